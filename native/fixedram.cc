@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: MIT
+// N-API surface of fixedram: a few synchronous, positional functions called from worker threads.
+// TypeScript validates every argument; the guards here only keep a bad call from crashing.
+#include <errno.h>
+#include <sys/file.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include <napi.h>
+
+#include "pages.h"
+#include "sys.h"
+
+namespace fixedram {
+
+namespace {
+
+constexpr double kMaxSafe = 9007199254740991.0;
+
+[[noreturn]] void Fail(Napi::Env env, const std::string& what) { throw Napi::TypeError::New(env, what); }
+
+int64_t Int(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsNumber()) Fail(info.Env(), std::string(name) + " must be a number");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(v) || v != std::floor(v) || v < -1 || v > kMaxSafe) {
+    Fail(info.Env(), std::string(name) + " must be a safe integer >= -1");
+  }
+  return static_cast<int64_t>(v);
+}
+
+int Fd(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  int64_t v = Int(info, i, name);
+  if (v > INT32_MAX) Fail(info.Env(), std::string(name) + " is not a file descriptor");
+  return static_cast<int>(v);
+}
+
+// A Uint8Array (or Buffer) argument with at least min_bytes bytes.
+unsigned char* Bytes(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min_bytes) {
+  if (i >= info.Length() || !info[i].IsTypedArray()) Fail(info.Env(), std::string(name) + " must be a Uint8Array");
+  Napi::TypedArray t = info[i].As<Napi::TypedArray>();
+  if (t.TypedArrayType() != napi_uint8_array) Fail(info.Env(), std::string(name) + " must be a Uint8Array");
+  Napi::Uint8Array a = t.As<Napi::Uint8Array>();
+  if (static_cast<int64_t>(a.ByteLength()) < min_bytes) Fail(info.Env(), std::string(name) + " is too short");
+  return a.Data();
+}
+
+int64_t PageSize(const Napi::CallbackInfo& info, size_t i) {
+  int64_t ps = Int(info, i, "pageSize");
+  if (ps < 64 || (ps & (ps - 1)) != 0 || ps > (int64_t{1} << 30)) Fail(info.Env(), "pageSize must be a power of two");
+  return ps;
+}
+
+// Common shape of the page movers' arguments: first, count and the block tables.
+PageBatch Batch(const Napi::CallbackInfo& info, size_t at, int64_t ps) {
+  PageBatch b;
+  b.first = Int(info, at, "firstPage");
+  b.count = Int(info, at + 1, "pageCount");
+  if (b.first < 0 || b.count < 0 || b.count > (int64_t{1} << 30) / 64) Fail(info.Env(), "bad page range");
+  b.scratch = Bytes(info, at + 2, "scratch", b.count * ps);
+  b.csums = Bytes(info, at + 3, "csums", 8 * (b.first + b.count));
+  b.present = Bytes(info, at + 4, "present", b.first + b.count);
+  return b;
+}
+
+[[noreturn]] void ThrowSys(Napi::Env env, const SysError& e) {
+  Napi::Error err = Napi::Error::New(env, std::string(e.syscall) + " failed");
+  err.Set("errno", Napi::Number::New(env, e.errno_value));
+  err.Set("syscall", Napi::String::New(env, e.syscall));
+  err.Set("offset", Napi::Number::New(env, static_cast<double>(e.offset)));
+  err.Set("file", Napi::Number::New(env, e.file));
+  throw err;
+}
+
+Napi::Array Numbers(Napi::Env env, std::initializer_list<int64_t> values) {
+  Napi::Array a = Napi::Array::New(env, values.size());
+  uint32_t i = 0;
+  for (int64_t v : values) a.Set(i++, Napi::Number::New(env, static_cast<double>(v)));
+  return a;
+}
+
+Napi::Value HostPageSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(sysconf(_SC_PAGESIZE)));
+}
+
+// fstatfs(fd) -> [f_type, f_bsize]
+Napi::Value Fstatfs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  struct statfs s;
+  if (fstatfs(fd, &s) != 0) ThrowSys(info.Env(), SysError{errno, "fstatfs", 0});
+  return Numbers(info.Env(), {static_cast<int64_t>(static_cast<uint32_t>(s.f_type)), static_cast<int64_t>(s.f_bsize)});
+}
+
+// hash64(bytes) -> bigint (XXH3-64, seed 0)
+Napi::Value Hash(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsTypedArray()) Fail(info.Env(), "bytes must be a Uint8Array");
+  Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(Hash64(a.Data(), a.ByteLength())));
+}
+
+// savePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags)
+//   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages]
+Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 4);
+  BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
+  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
+  PageBatch b = Batch(info, 5, ps);
+  uint32_t flags = static_cast<uint32_t>(Int(info, 10, "flags"));
+  try {
+    SaveResult r = SavePages(src, dst, b, flags);
+    return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
+                                r.unchanged_pages});
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// loadPages(snapFd, snapBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags)
+//   -> [bytesRead, bytesWritten, zeroedPages, badPage, badActual (bigint)]
+Napi::Value LoadPagesJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 4);
+  BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
+  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
+  PageBatch b = Batch(info, 5, ps);
+  uint32_t flags = static_cast<uint32_t>(Int(info, 10, "flags"));
+  try {
+    LoadResult r = LoadPages(snap, dst, b, flags);
+    Napi::Array a = Numbers(info.Env(), {r.bytes_read, r.bytes_written, r.zeroed_pages, r.bad_page});
+    a.Set(4u, Napi::BigInt::New(info.Env(), r.bad_actual));
+    return a;
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// verifyPages(snapFd, snapBase, pageSize, firstPage, pageCount, scratch, csums, present,
+//             againstFd, againstBase, scratch2, bad (BigUint64Array of triples), flags) -> [bytesRead, badCount]
+Napi::Value VerifyPagesJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 2);
+  BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
+  PageBatch b = Batch(info, 3, ps);
+  BlockFile against{Fd(info, 8, "againstFd"), Int(info, 9, "againstBase"), ps, 1};
+  unsigned char* scratch2 = Bytes(info, 10, "scratch2", against.fd >= 0 ? b.count * ps : 0);
+  if (info.Length() < 12 || !info[11].IsTypedArray() ||
+      info[11].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+    Fail(info.Env(), "bad must be a BigUint64Array");
+  }
+  Napi::BigUint64Array bad = info[11].As<Napi::BigUint64Array>();
+  uint32_t flags = static_cast<uint32_t>(Int(info, 12, "flags"));
+  try {
+    VerifyResult r = VerifyPages(snap, against, b, scratch2, bad.Data(), static_cast<int64_t>(bad.ElementLength() / 3), flags);
+    return Numbers(info.Env(), {r.bytes_read, r.bad_count});
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// punchHole(fd, offset, length) -> true, or false where the file system cannot punch holes
+Napi::Value PunchHoleJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  int64_t off = Int(info, 1, "offset");
+  int64_t len = Int(info, 2, "length");
+  try {
+    return Napi::Boolean::New(info.Env(), PunchHole(fd, off, len));
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// flock(fd, exclusive) -> true when taken, false when another process holds it (never waits)
+Napi::Value FlockJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  int op = (info.Length() > 1 && info[1].ToBoolean().Value()) ? LOCK_EX : LOCK_SH;
+  for (;;) {
+    if (flock(fd, op | LOCK_NB) == 0) return Napi::Boolean::New(info.Env(), true);
+    if (errno == EINTR) continue;
+    if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+    ThrowSys(info.Env(), SysError{errno, "flock", 0});
+  }
+}
+
+// syncRange(fd, offset, length): starts write-back of a range without waiting (best effort)
+Napi::Value SyncRangeJs(const Napi::CallbackInfo& info) {
+  StartWriteback(Fd(info, 0, "fd"), Int(info, 1, "offset"), Int(info, 2, "length"));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("hostPageSize", Napi::Function::New(env, HostPageSize, "hostPageSize"));
+  exports.Set("fstatfs", Napi::Function::New(env, Fstatfs, "fstatfs"));
+  exports.Set("hash64", Napi::Function::New(env, Hash, "hash64"));
+  exports.Set("savePages", Napi::Function::New(env, SavePagesJs, "savePages"));
+  exports.Set("loadPages", Napi::Function::New(env, LoadPagesJs, "loadPages"));
+  exports.Set("verifyPages", Napi::Function::New(env, VerifyPagesJs, "verifyPages"));
+  exports.Set("punchHole", Napi::Function::New(env, PunchHoleJs, "punchHole"));
+  exports.Set("flock", Napi::Function::New(env, FlockJs, "flock"));
+  exports.Set("syncRange", Napi::Function::New(env, SyncRangeJs, "syncRange"));
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace fixedram
+
+static Napi::Object InitFixedram(Napi::Env env, Napi::Object exports) { return fixedram::Init(env, exports); }
+
+NODE_API_MODULE(fixedram, InitFixedram)

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+#include "pages.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <vector>
+
+#include "sys.h"
+#include "xxhash.h"
+
+namespace fixedram {
+
+namespace {
+
+// File offset of page `page` of a block: base + page * page_size, refusing overflow and anything
+// past the largest offset a 64-bit off_t (and a JS safe integer) can name.
+int64_t PageOffset(const BlockFile& f, int64_t page) {
+  int64_t rel = 0;
+  int64_t abs = 0;
+  if (page < 0 || __builtin_mul_overflow(page, f.page_size, &rel) || __builtin_add_overflow(f.base, rel, &abs) ||
+      abs > (int64_t{1} << 53)) {
+    throw SysError{EOVERFLOW, "offset", f.base, f.role};
+  }
+  return abs;
+}
+
+// Runs fn, tagging any SysError with the role of the file it concerns.
+template <typename Fn>
+auto On(const BlockFile& f, Fn fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (SysError& e) {
+    e.file = f.role;
+    throw;
+  }
+}
+
+uint64_t LoadLe64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+void StoreLe64(unsigned char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+// Calls fn(begin, end) for every maximal run [begin, end) of indexes whose mark equals want.
+template <typename Fn>
+void ForRuns(const std::vector<uint8_t>& marks, uint8_t want, Fn fn) {
+  const int64_t n = static_cast<int64_t>(marks.size());
+  for (int64_t i = 0; i < n;) {
+    if (marks[i] != want) {
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && marks[j] == want) ++j;
+    fn(i, j);
+    i = j;
+  }
+}
+
+// Builds the iovec list of a run of pages held in scratch, merging pages that are adjacent in
+// memory into one entry (in scratch they always are; the split at IOV_MAX is PwritevFull's).
+void RunIovecs(unsigned char* scratch, int64_t page_size, int64_t begin, int64_t end,
+               std::vector<struct iovec>* iov) {
+  iov->clear();
+  for (int64_t i = begin; i < end; ++i) {
+    unsigned char* p = scratch + i * page_size;
+    if (!iov->empty()) {
+      struct iovec& last = iov->back();
+      if (static_cast<unsigned char*>(last.iov_base) + last.iov_len == p) {
+        last.iov_len += static_cast<size_t>(page_size);
+        continue;
+      }
+    }
+    iov->push_back({p, static_cast<size_t>(page_size)});
+  }
+}
+
+// Reads the pages of [begin, end) of a block into their slots in scratch.
+int64_t ReadRun(const BlockFile& f, const PageBatch& b, int64_t begin, int64_t end) {
+  const int64_t len = (end - begin) * f.page_size;
+  On(f, [&] { PreadFull(f.fd, b.scratch + begin * f.page_size, static_cast<size_t>(len), PageOffset(f, b.first + begin)); });
+  return len;
+}
+
+// Marks the pages of the batch that overlap a data extent of the file. Returns false when the file
+// system gives no hole information.
+bool MarkData(const BlockFile& f, const PageBatch& b, std::vector<uint8_t>* marks) {
+  const int64_t lo = PageOffset(f, b.first);
+  const int64_t hi = PageOffset(f, b.first + b.count);
+  std::vector<std::pair<int64_t, int64_t>> ext;
+  if (!On(f, [&] { return DataExtents(f.fd, lo, hi, &ext); })) return false;
+  marks->assign(static_cast<size_t>(b.count), 0);
+  for (const auto& e : ext) {
+    int64_t p0 = (e.first - lo) / f.page_size;
+    int64_t p1 = (e.second - lo + f.page_size - 1) / f.page_size;
+    for (int64_t p = p0; p < p1 && p < b.count; ++p) (*marks)[p] = 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+uint64_t Hash64(const void* data, size_t len) { return XXH3_64bits(data, len); }
+
+SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  SaveResult r;
+  const int64_t ps = src.page_size;
+  const int64_t n = b.count;
+  const bool update = (flags & kSaveUpdate) != 0;
+  const bool rewrite = (flags & kSaveRewrite) != 0;
+
+  // find: which source pages may hold data
+  std::vector<uint8_t> cand(static_cast<size_t>(n), 1);
+  if (flags & kSaveMask) {
+    for (int64_t i = 0; i < n; ++i) cand[i] = b.present[b.first + i] ? 1 : 0;
+  }
+  if (flags & kSaveSeekData) {
+    std::vector<uint8_t> data;
+    if (MarkData(src, b, &data)) {
+      for (int64_t i = 0; i < n; ++i) cand[i] &= data[i];
+    }
+  }
+
+  // read, then classify: zero scan and hash
+  ForRuns(cand, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(src, b, i, j); });
+  std::vector<uint8_t> now(static_cast<size_t>(n), 0);
+  std::vector<uint64_t> hash(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!cand[i]) continue;
+    const unsigned char* page = b.scratch + i * ps;
+    if (IsZero(page, static_cast<size_t>(ps))) continue;
+    now[i] = 1;
+    hash[i] = XXH3_64bits(page, static_cast<size_t>(ps));
+  }
+
+  // decide: 1 = write, 2 = punch, 0 = nothing
+  std::vector<uint8_t> act(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = b.first + i;
+    if (!update) {
+      act[i] = now[i];
+      continue;
+    }
+    const bool was = b.present[p] != 0;
+    if (now[i]) {
+      act[i] = (rewrite || !was || LoadLe64(b.csums + 8 * p) != hash[i]) ? 1 : 0;
+    } else {
+      act[i] = (rewrite || was) ? 2 : 0;
+    }
+    if (act[i] == 0) ++r.unchanged_pages;
+  }
+
+  // write runs of present pages, punch runs of pages that became zero
+  std::vector<struct iovec> iov;
+  ForRuns(act, 1, [&](int64_t i, int64_t j) {
+    RunIovecs(b.scratch, ps, i, j, &iov);
+    r.bytes_written += On(dst, [&] {
+      return static_cast<int64_t>(PwritevFull(dst.fd, iov.data(), iov.size(), PageOffset(dst, b.first + i)));
+    });
+    r.written_pages += j - i;
+  });
+  ForRuns(act, 2, [&](int64_t i, int64_t j) {
+    On(dst, [&] {
+      const int64_t off = PageOffset(dst, b.first + i);
+      if (!PunchHole(dst.fd, off, (j - i) * ps)) WriteZeros(dst.fd, off, (j - i) * ps);
+    });
+    r.punched_pages += j - i;
+  });
+  if ((flags & kSaveWriteback) && r.written_pages > 0) {
+    StartWriteback(dst.fd, On(dst, [&] { return PageOffset(dst, b.first); }), n * ps);
+  }
+
+  // store the batch's bitmap bytes and checksums
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = b.first + i;
+    b.present[p] = now[i];
+    StoreLe64(b.csums + 8 * p, hash[i]);
+    r.present_pages += now[i];
+  }
+  return r;
+}
+
+LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  LoadResult r;
+  const int64_t ps = snap.page_size;
+  const int64_t n = b.count;
+  std::vector<uint8_t> marks(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) marks[i] = b.present[b.first + i] ? 1 : 0;
+
+  // read and check everything before the first byte of the batch is written
+  ForRuns(marks, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });
+  if (flags & kLoadVerify) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (!marks[i]) continue;
+      const uint64_t h = XXH3_64bits(b.scratch + i * ps, static_cast<size_t>(ps));
+      if (h != LoadLe64(b.csums + 8 * (b.first + i))) {
+        r.bad_page = b.first + i;
+        r.bad_actual = h;
+        return r;
+      }
+    }
+  }
+
+  const bool zero = (flags & kLoadZeroAbsent) != 0;
+  if (flags & kLoadMmapTarget) {
+    // hugetlbfs: pwrite fails with EINVAL, so copy through a shared mapping of exactly the batch.
+    const int64_t off = PageOffset(dst, b.first);
+    void* m = mmap(nullptr, static_cast<size_t>(n * ps), PROT_READ | PROT_WRITE, MAP_SHARED, dst.fd, off);
+    if (m == MAP_FAILED) throw SysError{errno, "mmap", off, dst.role};
+    unsigned char* base = static_cast<unsigned char*>(m);
+    ForRuns(marks, 1, [&](int64_t i, int64_t j) {
+      memcpy(base + i * ps, b.scratch + i * ps, static_cast<size_t>((j - i) * ps));
+      r.bytes_written += (j - i) * ps;
+    });
+    if (zero) {
+      ForRuns(marks, 0, [&](int64_t i, int64_t j) {
+        if (!On(dst, [&] { return PunchHole(dst.fd, off + i * ps, (j - i) * ps); })) memset(base + i * ps, 0, static_cast<size_t>((j - i) * ps));
+        r.zeroed_pages += j - i;
+      });
+    }
+    munmap(m, static_cast<size_t>(n * ps));
+    return r;
+  }
+
+  std::vector<struct iovec> iov;
+  ForRuns(marks, 1, [&](int64_t i, int64_t j) {
+    RunIovecs(b.scratch, ps, i, j, &iov);
+    r.bytes_written += On(dst, [&] {
+      return static_cast<int64_t>(PwritevFull(dst.fd, iov.data(), iov.size(), PageOffset(dst, b.first + i)));
+    });
+  });
+  if (zero) {
+    ForRuns(marks, 0, [&](int64_t i, int64_t j) {
+      On(dst, [&] {
+        const int64_t off = PageOffset(dst, b.first + i);
+        if (!PunchHole(dst.fd, off, (j - i) * ps)) WriteZeros(dst.fd, off, (j - i) * ps);
+      });
+      r.zeroed_pages += j - i;
+    });
+  }
+  return r;
+}
+
+VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& b,
+                         unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags) {
+  VerifyResult r;
+  const int64_t ps = snap.page_size;
+  const int64_t n = b.count;
+  auto report = [&](int64_t i, uint64_t kind, uint64_t actual) {
+    if (r.bad_count < capacity) {
+      bad[3 * r.bad_count] = static_cast<uint64_t>(b.first + i);
+      bad[3 * r.bad_count + 1] = kind;
+      bad[3 * r.bad_count + 2] = actual;
+    }
+    ++r.bad_count;
+  };
+  std::vector<uint8_t> marks(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) marks[i] = b.present[b.first + i] ? 1 : 0;
+
+  // present pages: checksum
+  ForRuns(marks, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });
+  for (int64_t i = 0; i < n && (flags & kVerifyChecksums); ++i) {
+    if (!marks[i]) continue;
+    const uint64_t h = XXH3_64bits(b.scratch + i * ps, static_cast<size_t>(ps));
+    if (h != LoadLe64(b.csums + 8 * (b.first + i))) report(i, kBadChecksum, h);
+  }
+
+  // absent pages: their slots must be holes or zeros. Only slots with data are read.
+  std::vector<uint8_t> data;
+  const bool known = MarkData(snap, b, &data);
+  std::vector<uint8_t> check(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (marks[i]) continue;
+    memset(b.scratch + i * ps, 0, static_cast<size_t>(ps));
+    check[i] = known ? data[i] : 1;
+  }
+  ForRuns(check, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });
+  for (int64_t i = 0; i < n; ++i) {
+    if (!check[i]) continue;
+    unsigned char* page = b.scratch + i * ps;
+    if (!IsZero(page, static_cast<size_t>(ps))) {
+      report(i, kAbsentNotZero, XXH3_64bits(page, static_cast<size_t>(ps)));
+      memset(page, 0, static_cast<size_t>(ps));  // the snapshot's content of an absent page is zero
+    }
+  }
+
+  // live comparison: absent page <=> zero page
+  if (against.fd >= 0) {
+    const int64_t len = n * ps;
+    On(against, [&] { PreadFull(against.fd, scratch2, static_cast<size_t>(len), PageOffset(against, b.first)); });
+    r.bytes_read += len;
+    for (int64_t i = 0; i < n; ++i) {
+      if (memcmp(b.scratch + i * ps, scratch2 + i * ps, static_cast<size_t>(ps)) != 0) {
+        report(i, kDiffersFromLive, XXH3_64bits(scratch2 + i * ps, static_cast<size_t>(ps)));
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace fixedram

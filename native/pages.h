@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: MIT
+// Block-aware page movers. Every file offset is computed here from a block's base offset and a page
+// index (base + index * page_size, overflow-checked); no offset is ever derived from a pointer.
+#ifndef NATIVE_PAGES_H_
+#define NATIVE_PAGES_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fixedram {
+
+// Where a block's pages live in one file: page i is at base + i * page_size.
+struct BlockFile {
+  int fd;
+  int64_t base;
+  int64_t page_size;
+  int role;  // 0 or 1: the position of this file among the operation's files, reported with errors
+};
+
+// The pages [first, first + count) of a block, and the block's per-page tables. csums holds one
+// little-endian XXH3-64 per page of the whole block; present holds one byte per page (1 = present).
+struct PageBatch {
+  int64_t first;
+  int64_t count;
+  unsigned char* csums;
+  unsigned char* present;
+  unsigned char* scratch;  // at least count * page_size bytes
+};
+
+enum SaveFlags : uint32_t {
+  kSaveSeekData = 1u << 0,   // skip source holes found with SEEK_DATA/SEEK_HOLE
+  kSaveMask = 1u << 1,       // present[] on entry says which source pages may hold data
+  kSaveUpdate = 1u << 2,     // present[]/csums[] on entry are the stored state: write only changes
+  kSaveRewrite = 1u << 3,    // with kSaveUpdate: write/punch every page (repair of a torn update)
+  kSaveWriteback = 1u << 4,  // start write-back of written ranges at once (sync_file_range)
+};
+
+struct SaveResult {
+  int64_t present_pages = 0;
+  int64_t bytes_read = 0;
+  int64_t bytes_written = 0;
+  int64_t written_pages = 0;
+  int64_t punched_pages = 0;
+  int64_t unchanged_pages = 0;
+};
+
+// Reads the batch's pages from src, finds zero pages, hashes the others and writes every run of
+// present pages to dst with pwritev. Fills present[] and csums[] for the batch.
+SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch& batch, uint32_t flags);
+
+enum LoadFlags : uint32_t {
+  kLoadVerify = 1u << 0,       // check every present page's XXH3 before it is written
+  kLoadZeroAbsent = 1u << 1,   // make absent pages zero in dst (punch a hole, else write zeros)
+  kLoadMmapTarget = 1u << 2,   // dst is written through a shared mapping (hugetlbfs)
+};
+
+struct LoadResult {
+  int64_t bytes_read = 0;
+  int64_t bytes_written = 0;
+  int64_t zeroed_pages = 0;
+  int64_t bad_page = -1;  // first page whose checksum failed; nothing of the batch was written then
+  uint64_t bad_actual = 0;
+};
+
+// Reads the batch's present pages from the snapshot and writes them to dst; absent pages are made
+// zero when asked.
+LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatch& batch, uint32_t flags);
+
+enum VerifyKind : uint64_t {
+  kBadChecksum = 1,      // a present page whose XXH3 differs from the table
+  kAbsentNotZero = 2,    // an absent page whose slot holds non-zero bytes
+  kDiffersFromLive = 3,  // the page differs from the live file it is compared against
+};
+
+struct VerifyResult {
+  int64_t bytes_read = 0;
+  int64_t bad_count = 0;  // may exceed the capacity of the output table
+};
+
+// Checks a batch: present pages against their checksums, absent slots read as zero, and (when
+// against.fd >= 0) every page against the live file. Writes (page, kind, actual hash) triples into
+// bad (capacity triples at most). scratch2 (count * page_size bytes) is used for the live file.
+enum VerifyFlags : uint32_t {
+  kVerifyChecksums = 1u << 0,  // the image has per-page checksums to check
+};
+
+VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& batch,
+                         unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags);
+
+// XXH3-64 (seed 0) of a buffer, for metadata checksums computed in TS.
+uint64_t Hash64(const void* data, size_t len);
+
+}  // namespace fixedram
+
+#endif  // NATIVE_PAGES_H_

@@ -1,0 +1,227 @@
+/**
+ * RAM block files: parsing `NAME=PATH`, opening sources and targets safely, recognising hugetlbfs,
+ * and the injective name → file name encoding used by `load --dir`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ioError, sysError, usageError, isSystemError } from './errors';
+import { isPowerOfTwo, kMinPageSize, nameProblem } from './format';
+import { native } from './native';
+
+export const kHugetlbfsMagic = 0x958458f6;
+export const kTmpfsMagic = 0x01021994;
+export const kDefaultPageSize = 4096;
+
+export interface BlockArg {
+  name: string;
+  path: string;
+}
+
+/** Identity of an open file, to detect replacement and aliasing. */
+export interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+}
+
+export interface OpenFile extends FileIdentity {
+  path: string;
+  fd: number;
+  size: number;
+  hugetlbfs: boolean;
+  /** Huge page size on hugetlbfs, else undefined. */
+  hugePageSize?: number;
+  mtimeNs: bigint;
+}
+
+export interface FileOptions {
+  followSymlinks?: boolean;
+}
+
+/** Parses `NAME=PATH` (split at the first '='). */
+export function parseBlockArg(arg: string): BlockArg {
+  const eq = arg.indexOf('=');
+  if (eq <= 0 || eq === arg.length - 1) throw usageError(`block must be NAME=PATH (got '${arg}')`);
+  const name = arg.slice(0, eq);
+  const problem = nameProblem(name);
+  if (problem) throw usageError(`${problem}: '${name}'`);
+  return { name, path: arg.slice(eq + 1) };
+}
+
+/** Refuses duplicate block names. */
+export function checkUniqueNames(args: readonly BlockArg[]): void {
+  const seen = new Set<string>();
+  for (const a of args) {
+    if (seen.has(a.name)) throw usageError(`block '${a.name}' is given more than once`, { block: a.name });
+    seen.add(a.name);
+  }
+}
+
+function describeType(st: fs.BigIntStats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  return 'not a regular file';
+}
+
+/**
+ * Opens a file for a block without following a final symlink (unless asked), refusing anything but
+ * regular files. O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for files.
+ */
+export function openBlockFile(
+  file: string, flags: number, opts: FileOptions & { block: string; create?: boolean; mode?: number },
+): OpenFile {
+  const c = fs.constants;
+  let f = flags | c.O_NONBLOCK | (opts.followSymlinks ? 0 : c.O_NOFOLLOW);
+  if (opts.create) f |= c.O_CREAT | c.O_EXCL;
+  let fd: number;
+  try {
+    fd = fs.openSync(file, f, opts.mode ?? 0o644);
+  } catch (err) {
+    if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
+      throw ioError('ERR_SYMLINK', `'${file}' (block '${opts.block}') is a symbolic link; pass --follow-symlinks to use it`,
+        { path: file, block: opts.block });
+    }
+    if (isSystemError(err)) Object.assign(err, { block: opts.block });
+    throw err;
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) {
+      throw ioError('ERR_NOT_REGULAR', `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file`,
+        { path: file, block: opts.block });
+    }
+    const [fsType, bsize] = native().fstatfs(fd);
+    const hugetlbfs = fsType === kHugetlbfsMagic;
+    return {
+      path: file, fd, size: Number(st.size), dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs,
+      ...(hugetlbfs ? { hugePageSize: bsize } : {}),
+    };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/** Closes quietly (for cleanup paths). */
+export function closeQuietly(fd: number | undefined): void {
+  if (fd === undefined || fd < 0) return;
+  try {
+    fs.closeSync(fd);
+  } catch {
+    /* already closed */
+  }
+}
+
+/** The page size a block uses: --page-size if given, else the huge page size on hugetlbfs, else 4096. */
+export function pageSizeFor(file: OpenFile, requested: number | undefined): number {
+  if (requested !== undefined) {
+    if (!isPowerOfTwo(requested) || requested < kMinPageSize) {
+      throw usageError(`--page-size must be a power of two >= ${kMinPageSize} (got ${requested})`);
+    }
+    if (file.hugePageSize !== undefined && requested % file.hugePageSize !== 0) {
+      throw usageError(`--page-size ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
+    }
+    return requested;
+  }
+  return file.hugePageSize ?? kDefaultPageSize;
+}
+
+/** Checks that a file still is what was opened: same device, inode and size. */
+export function checkUnchanged(file: OpenFile, block: string): void {
+  let st: fs.BigIntStats;
+  try {
+    st = fs.fstatSync(file.fd, { bigint: true });
+  } catch (err) {
+    throw isSystemError(err) ? Object.assign(err, { path: file.path, block }) : err;
+  }
+  if (Number(st.size) !== file.size) {
+    throw ioError('ERR_SOURCE_CHANGED',
+      `source of block '${block}' changed size during the operation ('${file.path}': ${file.size} -> ${st.size} bytes)`,
+      { path: file.path, block });
+  }
+  let now: fs.BigIntStats | undefined;
+  try {
+    now = fs.statSync(file.path, { bigint: true });
+  } catch {
+    now = undefined;
+  }
+  if (!now || now.ino !== file.ino || now.dev !== file.dev) {
+    throw ioError('ERR_SOURCE_CHANGED', `source of block '${block}' was replaced or removed during the operation ('${file.path}')`,
+      { path: file.path, block });
+  }
+}
+
+/** Identity of a path if it exists (following symlinks), else undefined. */
+export function identityOf(file: string): FileIdentity | undefined {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    return { dev: st.dev, ino: st.ino };
+  } catch (err) {
+    if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return undefined;
+    throw err;
+  }
+}
+
+export const sameFile = (a: FileIdentity, b: FileIdentity): boolean => a.dev === b.dev && a.ino === b.ino;
+
+/**
+ * Encodes a block name as a relative path below a directory, injectively: bytes other than
+ * [A-Za-z0-9_.-] become %XX (upper-case hex), a leading '.' becomes %2E, so no component is '.',
+ * '..' or hidden and no '/' survives. An encoding longer than 200 bytes is split into 200-byte
+ * components, each but the last followed by '+' (which the encoding never produces), so a prefix
+ * directory can never collide with a file name.
+ */
+export function encodeBlockName(name: string): string {
+  const bytes = Buffer.from(name, 'utf8');
+  let out = '';
+  bytes.forEach((b, i) => {
+    const ch = String.fromCharCode(b);
+    const keep = /[A-Za-z0-9_.-]/.test(ch) && !(i === 0 && ch === '.');
+    out += keep ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  });
+  const parts: string[] = [];
+  for (let i = 0; i < out.length; i += 200) parts.push(out.slice(i, i + 200));
+  return parts.map((p, i) => (i < parts.length - 1 ? `${p}+` : p)).join('/');
+}
+
+/** Inverse of {@link encodeBlockName}. */
+export function decodeBlockName(rel: string): string {
+  const joined = rel.split('/').map((p, i, all) => (i < all.length - 1 ? p.slice(0, -1) : p)).join('');
+  const bytes: number[] = [];
+  for (let i = 0; i < joined.length; i++) {
+    if (joined[i] === '%') {
+      bytes.push(parseInt(joined.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else bytes.push(joined.charCodeAt(i));
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
+
+/**
+ * The target path of a block under `dir`, creating the intermediate directories of long names.
+ * Refuses to pass through anything but real directories, so the result is always inside `dir`.
+ */
+export function targetInDir(dir: string, name: string): string {
+  const rel = encodeBlockName(name);
+  const parts = rel.split('/');
+  let cur = path.resolve(dir);
+  for (const part of parts.slice(0, -1)) {
+    cur = path.join(cur, part);
+    try {
+      fs.mkdirSync(cur);
+    } catch (err) {
+      if (!isSystemError(err) || err.code !== 'EEXIST') throw err;
+    }
+    const st = fs.lstatSync(cur);
+    if (!st.isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${cur}' is not a directory`, { path: cur, block: name });
+  }
+  return path.join(cur, parts[parts.length - 1]!);
+}
+
+/** A Node-shaped error for a path, for checks made in TypeScript (e.g. ENOTDIR). */
+export function pathError(errno: number, syscall: string, file: string, block?: string): Error {
+  return sysError(errno, syscall, { path: file, ...(block !== undefined ? { block } : {}) });
+}

@@ -1,0 +1,95 @@
+/**
+ * The channel protocol: what the main thread hands to each channel (worker thread) and every
+ * message a channel sends back. Everything here is structured-clone safe; errors travel as records.
+ */
+import type { ErrorRecord } from '../errors';
+
+export type ChannelKind = 'save' | 'load' | 'verify';
+
+/** Control words in the shared Int32Array. */
+export const kCtlNextBatch = 0;
+export const kCtlCancel = 1;
+export const kCtlWords = 2;
+
+/** A block as a channel sees it. */
+export interface ChannelBlock {
+  name: string;
+  pageSize: number;
+  pages: number;
+  /** File offset of page 0 in the snapshot (the block's pagesOffset). */
+  snapBase: number;
+  /**
+   * The live file: the source of a save, the target of a load, the file compared against by
+   * verify. Channels reopen it through /proc/self/fd/<liveFd> (the main thread's descriptor), so
+   * each channel holds its own descriptor on exactly the inode the main thread checked.
+   */
+  liveFd?: number;
+  livePath?: string;
+  /** File offset of page 0 in the live file. */
+  liveBase: number;
+  /** Write the live file through a shared mapping (hugetlbfs). */
+  liveMmap?: boolean;
+  present: Uint8Array;
+  csums: Uint8Array;
+  /** Flags for the native page mover of this block. */
+  flags: number;
+}
+
+export interface ChannelJob {
+  kind: ChannelKind;
+  snapshotFd: number;
+  snapshotPath: string;
+  blocks: ChannelBlock[];
+  /** Float64Array of (block, first page, page count) triples. */
+  batches: SharedArrayBuffer;
+  batchCount: number;
+  /** Int32Array: [next batch, cancel]. */
+  control: SharedArrayBuffer;
+  scratchBytes: number;
+  /** verify: how many bad pages a channel reports in detail. */
+  badCapacity: number;
+}
+
+export interface ChannelStats {
+  batches: number;
+  bytesRead: number;
+  bytesWritten: number;
+  presentPages: number;
+  writtenPages: number;
+  punchedPages: number;
+  unchangedPages: number;
+  zeroedPages: number;
+  badCount: number;
+  bad: BadPage[];
+}
+
+/** A page that failed verification. */
+export interface BadPage {
+  block: number;
+  page: number;
+  kind: 'checksum' | 'absent-not-zero' | 'differs';
+  expected?: string;
+  actual: string;
+}
+
+export interface ProgressMessage {
+  type: 'progress';
+  /** Logical bytes of block data covered by the finished batch. */
+  bytes: number;
+}
+export interface DoneMessage {
+  type: 'done';
+  stats: ChannelStats;
+}
+export interface FailedMessage {
+  type: 'failed';
+  error: ErrorRecord;
+}
+export type ChannelMessage = ProgressMessage | DoneMessage | FailedMessage;
+
+export function emptyStats(): ChannelStats {
+  return {
+    batches: 0, bytesRead: 0, bytesWritten: 0, presentPages: 0, writtenPages: 0, punchedPages: 0,
+    unchangedPages: 0, zeroedPages: 0, badCount: 0, bad: [],
+  };
+}

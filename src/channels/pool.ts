@@ -1,0 +1,109 @@
+/**
+ * Runs a job on N channels (worker threads) and collects their results. The pool is created per
+ * job: channels start, drain the shared batch counter, report and exit.
+ *
+ * Why no message per batch: batches are planned up front into shared memory and each channel
+ * claims the next one with Atomics.add, so an idle channel never waits for the main thread, and a
+ * slow channel (a page-cache stall, a hole-free region) simply claims fewer batches.
+ */
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { fromRecord, interruptedError } from '../errors';
+import {
+  emptyStats, kCtlCancel, kCtlWords, type ChannelBlock, type ChannelKind, type ChannelMessage, type ChannelStats,
+} from './messages';
+import type { BatchPlan } from '../plan';
+
+export interface RunOptions {
+  kind: ChannelKind;
+  channels: number;
+  snapshotFd: number;
+  snapshotPath: string;
+  blocks: ChannelBlock[];
+  plan: BatchPlan;
+  badCapacity?: number;
+  signal?: AbortSignal;
+  /** Called as batches finish, with the logical bytes covered so far. */
+  onProgress?: (bytesDone: number) => void;
+}
+
+const kWorkerFile = path.join(__dirname, 'worker.js');
+
+/** Runs the job; resolves with the merged statistics or rejects with the first channel's error. */
+export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
+  const control = new SharedArrayBuffer(kCtlWords * 4);
+  const ctl = new Int32Array(control);
+  const n = Math.max(1, Math.min(opts.channels, opts.plan.count));
+  const job = {
+    kind: opts.kind,
+    snapshotFd: opts.snapshotFd,
+    snapshotPath: opts.snapshotPath,
+    blocks: opts.blocks,
+    batches: opts.plan.batches,
+    batchCount: opts.plan.count,
+    control,
+    scratchBytes: opts.plan.maxBatchBytes,
+    badCapacity: opts.badCapacity ?? 0,
+  };
+  const total = emptyStats();
+  let done = 0;
+  let firstError: Error | undefined;
+  const cancel = (): void => {
+    Atomics.store(ctl, kCtlCancel, 1);
+  };
+  if (opts.signal?.aborted) cancel();
+  opts.signal?.addEventListener('abort', cancel, { once: true });
+
+  const one = (index: number): Promise<void> =>
+    new Promise<void>((resolve) => {
+      const w = new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
+      let finished = false;
+      const fail = (err: Error): void => {
+        if (!firstError) firstError = err;
+        Atomics.store(ctl, kCtlCancel, 2);
+      };
+      w.on('message', (m: ChannelMessage) => {
+        if (m.type === 'progress') {
+          done += m.bytes;
+          opts.onProgress?.(done);
+        } else if (m.type === 'done') {
+          finished = true;
+          merge(total, m.stats);
+        } else if (m.type === 'failed') {
+          finished = true;
+          fail(fromRecord(m.error));
+        }
+      });
+      w.on('error', (err) => {
+        finished = true;
+        fail(err);
+      });
+      w.on('exit', (code) => {
+        if (!finished) fail(new Error(`channel ${index} exited with code ${code} before finishing`));
+        resolve();
+      });
+    });
+
+  try {
+    await Promise.all(Array.from({ length: n }, (_, i) => one(i)));
+  } finally {
+    opts.signal?.removeEventListener('abort', cancel);
+  }
+  if (firstError) throw firstError;
+  if (Atomics.load(ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
+  total.bad.sort((a, b) => a.block - b.block || a.page - b.page);
+  return total;
+}
+
+function merge(into: ChannelStats, s: ChannelStats): void {
+  into.batches += s.batches;
+  into.bytesRead += s.bytesRead;
+  into.bytesWritten += s.bytesWritten;
+  into.presentPages += s.presentPages;
+  into.writtenPages += s.writtenPages;
+  into.punchedPages += s.punchedPages;
+  into.unchangedPages += s.unchangedPages;
+  into.zeroedPages += s.zeroedPages;
+  into.badCount += s.badCount;
+  into.bad.push(...s.bad);
+}

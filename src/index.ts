@@ -1,0 +1,8 @@
+/** fixedram's library API: the typed core that the CLI maps its flags onto. */
+export { save, type SaveOptions, type SaveResult } from './save';
+export { load, type LoadOptions, type LoadResult } from './load';
+export { verify, type VerifyOptions, type VerifyResult, type VerifyFailure } from './verify';
+export { inspect, type InspectResult } from './inspect';
+export { encodeBlockName, decodeBlockName, parseBlockArg, type BlockArg } from './blocks';
+export { ExitCode, FixedramError, exitCodeOf } from './errors';
+export { runCli, makeProgram, main } from './cli';

@@ -1,0 +1,192 @@
+/**
+ * `fixedram load`: writes blocks of a snapshot (or a QEMU mapped-ram file) into target files.
+ *
+ * The whole image is validated (structure, completion, every selected block's bitmap and checksum
+ * table) and every target is opened and checked before the first byte is written. Pages absent
+ * from the bitmap end up zero in the target even if it held data before.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import {
+  checkUniqueNames, closeQuietly, openBlockFile, sameFile, targetInDir, type BlockArg, type OpenFile,
+} from './blocks';
+import { runChannels } from './channels/pool';
+import type { ChannelBlock } from './channels/messages';
+import { ioError, isSystemError, usageError } from './errors';
+import { openImage } from './image';
+import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent } from './native';
+import { kDefaultBatchBytes, planBatches } from './plan';
+import type { ProgressSink } from './progress';
+import { checkChannels } from './save';
+import type { BlockTables, RamImage } from './snapshot';
+
+export interface LoadOptions {
+  snapshot: string;
+  /** Blocks to load and where (NAME=PATH). */
+  blocks?: BlockArg[];
+  /** Load every block into DIR/<encoded name>. */
+  dir?: string;
+  channels?: number;
+  /** Check page checksums while loading (default true). */
+  verify?: boolean;
+  followSymlinks?: boolean;
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+}
+
+export interface LoadedBlock {
+  name: string;
+  path: string;
+  length: number;
+  pageSize: number;
+  presentPages: number;
+  zeroPages: number;
+  created: boolean;
+}
+
+export interface LoadResult {
+  command: 'load';
+  snapshot: string;
+  format: RamImage['format'];
+  blocks: LoadedBlock[];
+  bytesRead: number;
+  bytesWritten: number;
+  verified: boolean;
+  channels: number;
+  seconds: number;
+}
+
+interface Target {
+  index: number;
+  file: OpenFile;
+  created: boolean;
+  tables: BlockTables;
+}
+
+/** Opens (or creates) a target of exactly `length` bytes. */
+function openTarget(file: string, block: string, length: number, followSymlinks: boolean): { file: OpenFile; created: boolean } {
+  let exists = true;
+  try {
+    fs.lstatSync(file);
+  } catch (err) {
+    if (!isSystemError(err) || err.code !== 'ENOENT') throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+    exists = false;
+  }
+  if (exists) {
+    const f = openBlockFile(file, fs.constants.O_RDWR, { block, followSymlinks });
+    if (f.size !== length) {
+      closeQuietly(f.fd);
+      throw usageError(`target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
+        'remove it or give a target of the right size', { path: file, block });
+    }
+    return { file: f, created: false };
+  }
+  const f = openBlockFile(file, fs.constants.O_RDWR, { block, followSymlinks, create: true, mode: 0o644 });
+  try {
+    fs.ftruncateSync(f.fd, length);
+  } catch (err) {
+    closeQuietly(f.fd);
+    throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+  }
+  return { file: { ...f, size: length }, created: true };
+}
+
+/**
+ * Loads blocks of a snapshot into targets.
+ * @throws ERR_USAGE, ERR_SNAPSHOT_* (exit 3), ERR_INTEGRITY (a page fails its checksum; the targets are
+ *   then incomplete), system errors, ERR_INTERRUPTED.
+ */
+export async function load(opts: LoadOptions): Promise<LoadResult> {
+  const started = process.hrtime.bigint();
+  const channels = checkChannels(opts.channels);
+  const wantVerify = opts.verify ?? true;
+  if (!opts.blocks?.length && opts.dir === undefined) throw usageError('give the targets: -b NAME=PATH ... or --dir DIR');
+  if (opts.blocks?.length && opts.dir !== undefined) throw usageError('-b and --dir cannot be used together');
+  if (opts.blocks) checkUniqueNames(opts.blocks);
+
+  // validate the image before touching anything
+  const image = openImage(opts.snapshot);
+  const targets: Target[] = [];
+  try {
+    if (image.incomplete) throw image.incomplete;
+    const byName = new Map(image.blocks.map((b, i) => [b.name, i]));
+    const chosen: { index: number; path: string }[] = [];
+    if (opts.blocks?.length) {
+      for (const a of opts.blocks) {
+        const index = byName.get(a.name);
+        if (index === undefined) {
+          throw usageError(`block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
+            { block: a.name });
+        }
+        chosen.push({ index, path: path.resolve(a.path) });
+      }
+    } else {
+      const dir = path.resolve(opts.dir!);
+      try {
+        fs.mkdirSync(dir, { recursive: true });
+      } catch (err) {
+        throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
+      }
+      image.blocks.forEach((b, index) => chosen.push({ index, path: targetInDir(dir, b.name) }));
+    }
+    const tables = chosen.map((c) => image.readTables(c.index));
+    const snapId = fs.fstatSync(image.fd, { bigint: true });
+
+    // targets: all opened and checked before any data moves
+    chosen.forEach((c, k) => {
+      const b = image.blocks[c.index]!;
+      const t = openTarget(c.path, b.name, b.length, opts.followSymlinks ?? false);
+      targets.push({ index: c.index, file: t.file, created: t.created, tables: tables[k]! });
+      if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
+      if (t.file.hugePageSize !== undefined && b.length % t.file.hugePageSize !== 0) {
+        throw ioError('ERR_PAGE_SIZE', `block '${b.name}' (${b.length} bytes) cannot be loaded into hugetlbfs file '${c.path}': ` +
+          `its length is not a multiple of the huge page size ${t.file.hugePageSize}`, { path: c.path, block: b.name });
+      }
+    });
+
+    // load
+    const verify = wantVerify && image.hasChecksums;
+    const blocks: ChannelBlock[] = targets.map((t) => {
+      const b = image.blocks[t.index]!;
+      return {
+        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+        liveFd: t.file.fd, livePath: t.file.path, liveBase: 0, liveMmap: t.file.hugetlbfs,
+        present: t.tables.present, csums: t.tables.csums,
+        flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
+      };
+    });
+    // hugetlbfs targets are written through mappings, so their batches must be whole huge pages
+    const batchBytes = Math.max(opts.batchBytes ?? kDefaultBatchBytes, ...targets.map((t) => t.file.hugePageSize ?? 0));
+    const plan = planBatches(blocks, batchBytes);
+    const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+    opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
+    const stats = await runChannels({
+      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
+    });
+    return {
+      command: 'load',
+      snapshot: image.path,
+      format: image.format,
+      blocks: targets.map((t) => {
+        const b = image.blocks[t.index]!;
+        return {
+          name: b.name, path: t.file.path, length: b.length, pageSize: b.pageSize,
+          presentPages: t.tables.presentCount, zeroPages: b.pages - t.tables.presentCount, created: t.created,
+        };
+      }),
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten,
+      verified: verify,
+      channels: Math.min(channels, Math.max(plan.count, 1)),
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    };
+  } finally {
+    for (const t of targets) closeQuietly(t.file.fd);
+    image.close();
+  }
+}

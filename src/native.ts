@@ -1,0 +1,108 @@
+/**
+ * The one loader of the C++ addon and its typed contract. Every function is synchronous and meant
+ * to run on a channel (worker) thread; arguments are validated by the callers in TypeScript.
+ */
+import * as path from 'node:path';
+import { sysError, type ErrorContext, type SystemError } from './errors';
+
+/** Flags of {@link Native.savePages}; keep in step with native/pages.h. */
+export const kSaveSeekData = 1 << 0;
+export const kSaveMask = 1 << 1;
+export const kSaveUpdate = 1 << 2;
+export const kSaveRewrite = 1 << 3;
+export const kSaveWriteback = 1 << 4;
+/** Flags of {@link Native.loadPages}. */
+export const kLoadVerify = 1 << 0;
+export const kLoadZeroAbsent = 1 << 1;
+export const kLoadMmapTarget = 1 << 2;
+/** Flags of {@link Native.verifyPages}. */
+export const kVerifyChecksums = 1 << 0;
+/** Kinds of bad pages reported by {@link Native.verifyPages}. */
+export const kBadChecksum = 1;
+export const kAbsentNotZero = 2;
+export const kDiffersFromLive = 3;
+
+export interface Native {
+  hostPageSize(): number;
+  /** fstatfs(fd) → [f_type, f_bsize]. */
+  fstatfs(fd: number): [number, number];
+  /** XXH3-64 (seed 0). */
+  hash64(bytes: Uint8Array): bigint;
+  /** → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages] */
+  savePages(
+    srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
+    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
+    flags: number,
+  ): [number, number, number, number, number, number];
+  /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
+  loadPages(
+    snapFd: number, snapBase: number, dstFd: number, dstBase: number, pageSize: number,
+    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
+    flags: number,
+  ): [number, number, number, number, bigint];
+  /** → [bytesRead, badCount]; bad receives (page, kind, actual hash) triples. */
+  verifyPages(
+    snapFd: number, snapBase: number, pageSize: number, firstPage: number, pageCount: number,
+    scratch: Uint8Array, csums: Uint8Array, present: Uint8Array, againstFd: number, againstBase: number,
+    scratch2: Uint8Array, bad: BigUint64Array, flags: number,
+  ): [number, number];
+  punchHole(fd: number, offset: number, length: number): boolean;
+  /** Non-blocking flock: true when taken, false when held elsewhere. */
+  flock(fd: number, exclusive: boolean): boolean;
+  syncRange(fd: number, offset: number, length: number): void;
+}
+
+/** What the addon throws for a failed syscall: a positive errno (0: unexpected end of file). */
+interface RawNativeError extends Error {
+  errno: number;
+  syscall: string;
+  offset: number;
+}
+
+let loaded: Native | undefined;
+
+/** Loads the addon (once per thread): build/Release, then build/Debug. */
+export function native(): Native {
+  if (loaded) return loaded;
+  const root = path.resolve(__dirname, '..', '..', 'native', 'build');
+  const tried: string[] = [];
+  for (const flavour of ['Release', 'Debug']) {
+    const file = path.join(root, flavour, 'fixedram.node');
+    try {
+      loaded = require(file) as Native;
+      return loaded;
+    } catch (err) {
+      tried.push(`${file}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new Error(
+    `fixedram: could not load the native addon. Tried:\n  ${tried.join('\n  ')}\n` +
+      'Build it with `npm rebuild` (needs g++, make, python3 and libxxhash-dev).',
+  );
+}
+
+/** True when err came from the addon's syscall wrappers. */
+export function isRawNativeError(err: unknown): err is RawNativeError {
+  return err instanceof Error && typeof (err as RawNativeError).errno === 'number' &&
+    typeof (err as RawNativeError).syscall === 'string' && (err as { code?: unknown }).code === undefined;
+}
+
+/**
+ * Turns an addon error into a Node-shaped one with the path and block it concerns. errno 0 (a read
+ * that hit end of file) becomes a short-read error with code 'ERR_SHORT_READ'.
+ */
+export function fromNativeError(err: unknown, context: ErrorContext): unknown {
+  if (!isRawNativeError(err)) return err;
+  if (err.errno === 0) {
+    const e = new Error(
+      `unexpected end of file at offset 0x${err.offset.toString(16)}, ${err.syscall}` +
+        (context.path !== undefined ? ` '${context.path}'` : ''),
+    ) as SystemError;
+    e.code = 'ERR_SHORT_READ';
+    e.errno = 0;
+    e.syscall = err.syscall;
+    Object.assign(e, context, { offset: err.offset });
+    return e;
+  }
+  return sysError(err.errno, err.syscall, { ...context, offset: err.offset });
+}

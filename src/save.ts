@@ -1,0 +1,253 @@
+/**
+ * `fixedram save`: a fresh, atomic snapshot of RAM block files.
+ *
+ * Order of events (the commit protocol, see docs/format-v1.md):
+ *  1. open and check every source; plan the layout; take the output's lock;
+ *  2. create a temp file beside the output and size it (sparse) to the final length;
+ *  3. channels write the present pages at their fixed offsets and fill the bitmaps and checksums;
+ *  4. write bitmaps, checksum tables and the header WITHOUT the complete flag; fdatasync;
+ *  5. rewrite the header WITH the complete flag; fdatasync;
+ *  6. rename over the output; fsync the directory.
+ * A crash before 6 leaves the old output untouched; every failure path removes the temp file.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import {
+  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, sameFile, type BlockArg,
+  type OpenFile,
+} from './blocks';
+import { runChannels } from './channels/pool';
+import type { ChannelBlock } from './channels/messages';
+import { ioError, isSystemError, usageError } from './errors';
+import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
+import { lockOutput } from './lock';
+import { kSaveSeekData, kSaveWriteback, native } from './native';
+import { kDefaultBatchBytes, planBatches } from './plan';
+import type { ProgressSink } from './progress';
+import { newTables, type BlockTables } from './snapshot';
+
+export interface SaveOptions {
+  output: string;
+  blocks: BlockArg[];
+  /** Worker threads; default: the number of CPUs. */
+  channels?: number;
+  /** Page size in bytes; default 4096, or the huge page size for hugetlbfs sources. */
+  pageSize?: number;
+  /** fsync the data and the directory (default true). */
+  fsync?: boolean;
+  followSymlinks?: boolean;
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+}
+
+export interface SavedBlock {
+  name: string;
+  path: string;
+  length: number;
+  pageSize: number;
+  pages: number;
+  presentPages: number;
+  zeroPages: number;
+  pagesOffset: number;
+}
+
+export interface SaveResult {
+  command: 'save';
+  output: string;
+  fileSize: number;
+  blocks: SavedBlock[];
+  presentPages: number;
+  zeroPages: number;
+  bytesRead: number;
+  bytesWritten: number;
+  channels: number;
+  seconds: number;
+}
+
+/** The default channel count: one per CPU. */
+export const defaultChannels = (): number => Math.max(1, os.availableParallelism());
+
+export function checkChannels(n: number | undefined): number {
+  const v = n ?? defaultChannels();
+  if (!Number.isSafeInteger(v) || v < 1 || v > 256) throw usageError(`--channels must be an integer from 1 to 256 (got ${n})`);
+  return v;
+}
+
+/** Opens every source read-only and checks type, size and page size. */
+export function openSources(blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean }): OpenFile[] {
+  const opened: OpenFile[] = [];
+  try {
+    for (const b of blocks) {
+      const f = openBlockFile(b.path, fs.constants.O_RDONLY, { block: b.name, followSymlinks: opts.followSymlinks ?? false });
+      opened.push(f);
+      const ps = pageSizeFor(f, opts.pageSize);
+      if (f.size % ps !== 0) {
+        throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`,
+          { block: b.name, path: b.path });
+      }
+    }
+    return opened;
+  } catch (err) {
+    for (const f of opened) closeQuietly(f.fd);
+    throw err;
+  }
+}
+
+/** Refuses an output that is one of the given files (same device and inode; hard links too). */
+export function refuseAliasing(output: string, files: readonly { name: string; file: OpenFile }[]): void {
+  const id = identityOf(output);
+  if (!id) return;
+  for (const { name, file } of files) {
+    if (sameFile(id, file)) {
+      throw usageError(`output '${output}' is the same file as block '${name}' ('${file.path}')`, { path: output, block: name });
+    }
+  }
+}
+
+function writeAt(fd: number, buf: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+/** Per-block present counts and metadata checksums, as the header stores them. */
+export interface MetadataSummary {
+  counts: number[];
+  sums: bigint[];
+}
+
+/**
+ * Writes every block's bitmap and checksum table at its offset, and returns what the header needs
+ * to describe them.
+ */
+export function writeTables(fd: number, layout: SnapshotLayout, tables: readonly BlockTables[]): MetadataSummary {
+  const hash64 = native().hash64;
+  const summary: MetadataSummary = { counts: [], sums: [] };
+  layout.blocks.forEach((b, i) => {
+    const t = tables[i]!;
+    const meta = new Uint8Array(b.bitmapBytes + b.checksumsBytes);
+    meta.set(packBitmap(t.present, b.pages), 0);
+    meta.set(t.csums, b.bitmapBytes);
+    let count = 0;
+    for (let p = 0; p < b.pages; p++) count += t.present[p]!;
+    summary.counts.push(count);
+    summary.sums.push(hash64(meta));
+    writeAt(fd, meta.subarray(0, b.bitmapBytes), b.bitmapOffset);
+    writeAt(fd, meta.subarray(b.bitmapBytes), b.checksumsOffset);
+  });
+  return summary;
+}
+
+/** Writes the header and block table with `flags`. */
+export function writeHeader(fd: number, layout: SnapshotLayout, summary: MetadataSummary, flags: number): void {
+  writeAt(fd, encodeHeader(layout, flags, summary.counts, summary.sums, native().hash64), 0);
+}
+
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Saves the blocks into a new snapshot at `output`, atomically.
+ * @throws ERR_USAGE (bad options), system errors (ENOENT, ENOSPC, …), ERR_LOCKED, ERR_SOURCE_CHANGED,
+ *   ERR_INTERRUPTED.
+ */
+export async function save(opts: SaveOptions): Promise<SaveResult> {
+  const started = process.hrtime.bigint();
+  const channels = checkChannels(opts.channels);
+  if (!opts.output) throw usageError('an output file is required (-o FILE)');
+  if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
+  checkUniqueNames(opts.blocks);
+  const output = path.resolve(opts.output);
+  const dir = path.dirname(output);
+  const doSync = opts.fsync ?? true;
+
+  // open: sources, layout, lock, temp file
+  const sources = openSources(opts.blocks, opts);
+  let lock: ReturnType<typeof lockOutput> | undefined;
+  let tmp: string | undefined;
+  let fd: number | undefined;
+  try {
+    const layout = planLayout(opts.blocks.map((b, i) => ({
+      name: b.name, length: sources[i]!.size, pageSize: pageSizeFor(sources[i]!, opts.pageSize),
+    })));
+    try {
+      if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
+    } catch (err) {
+      throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
+    }
+    refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: sources[i]! })));
+    lock = lockOutput(output);
+    tmp = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+    try {
+      fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      fs.ftruncateSync(fd, layout.fileSize);
+    } catch (err) {
+      throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
+    }
+    opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels }, 'save: layout planned');
+
+    // write pages
+    const tables = layout.blocks.map((b) => newTables(b.pages));
+    const plan = planBatches(layout.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    const blocks: ChannelBlock[] = layout.blocks.map((b, i) => ({
+      name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+      liveFd: sources[i]!.fd, livePath: sources[i]!.path, liveBase: 0,
+      present: tables[i]!.present, csums: tables[i]!.csums,
+      flags: kSaveSeekData | (doSync ? kSaveWriteback : 0),
+    }));
+    const total = layout.blocks.reduce((s, b) => s + b.length, 0);
+    opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
+    const stats = await runChannels({
+      kind: 'save', channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+    });
+    sources.forEach((s, i) => checkUnchanged(s, opts.blocks[i]!.name));
+
+    // commit
+    const summary = writeTables(fd, layout, tables);
+    writeHeader(fd, layout, summary, 0);
+    if (doSync) fs.fdatasyncSync(fd);
+    writeHeader(fd, layout, summary, kFlagComplete);
+    if (doSync) fs.fdatasyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, output);
+    tmp = undefined;
+    if (doSync) fsyncDir(dir);
+
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const saved = layout.blocks.map((b, i): SavedBlock => ({
+      name: b.name, path: sources[i]!.path, length: b.length, pageSize: b.pageSize, pages: b.pages,
+      presentPages: summary.counts[i]!, zeroPages: b.pages - summary.counts[i]!, pagesOffset: b.pagesOffset,
+    }));
+    return {
+      command: 'save', output, fileSize: layout.fileSize, blocks: saved,
+      presentPages: saved.reduce((s, b) => s + b.presentPages, 0),
+      zeroPages: saved.reduce((s, b) => s + b.zeroPages, 0),
+      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, channels: Math.min(channels, Math.max(plan.count, 1)),
+      seconds,
+    };
+  } finally {
+    closeQuietly(fd);
+    if (tmp !== undefined) {
+      try {
+        fs.unlinkSync(tmp);
+      } catch {
+        /* never created */
+      }
+    }
+    lock?.release();
+    for (const s of sources) closeQuietly(s.fd);
+  }
+}

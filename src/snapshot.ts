@@ -1,0 +1,179 @@
+/**
+ * Opening an existing fixedram snapshot: header, block table and (optionally) the per-block
+ * bitmaps and checksum tables, each validated before use.
+ */
+import * as fs from 'node:fs';
+import { isSystemError, snapshotError, type FixedramError } from './errors';
+import {
+  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, unpackBitmap, type BlockLayout,
+  type SnapshotHeader,
+} from './format';
+import { native } from './native';
+
+/** A block's present-page bytes and checksum table, in shared memory so channels can use them. */
+export interface BlockTables {
+  /** One byte per page: 1 = present. */
+  present: Uint8Array;
+  /** One little-endian XXH3-64 per page (0 for absent pages). */
+  csums: Uint8Array;
+  presentCount: number;
+}
+
+export interface SnapshotFile {
+  path: string;
+  fd: number;
+  size: number;
+  header: SnapshotHeader;
+}
+
+/** Allocates shared tables for a block of `pages` pages. */
+export function newTables(pages: number): BlockTables {
+  return {
+    present: new Uint8Array(new SharedArrayBuffer(Math.max(pages, 1))).subarray(0, pages),
+    csums: new Uint8Array(new SharedArrayBuffer(Math.max(pages * 8, 8))).subarray(0, pages * 8),
+    presentCount: 0,
+  };
+}
+
+function readExact(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
+  const buf = into ?? Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buf, done, length - done, position + done);
+    if (n === 0) {
+      throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`,
+        { offset: position + done });
+    }
+    done += n;
+  }
+  return buf;
+}
+
+/**
+ * Opens a snapshot read-only (or read-write) and decodes its header and block table. Does not
+ * require the snapshot to be complete; see {@link requireComplete}.
+ */
+export function openSnapshot(file: string, writable = false): SnapshotFile {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    throw isSystemError(err) ? Object.assign(err, { path: file }) : err;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) {
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
+    }
+    const size = st.size;
+    const head = Buffer.from(readExact(fd, Math.min(kHeaderBytes, size), 0));
+    const { tableBytes } = decodeFixedHeader(head, size);
+    const all = Buffer.concat([head, readExact(fd, tableBytes, kHeaderBytes)]);
+    const header = decodeHeader(all, size, native().hash64);
+    return { path: file, fd, size, header };
+  } catch (err) {
+    fs.closeSync(fd);
+    if (err && typeof err === 'object' && !('path' in err)) Object.assign(err, { path: file });
+    throw err;
+  }
+}
+
+/** The one-line reason a snapshot cannot be used as is, or undefined when it is complete. */
+export function incompleteReason(header: SnapshotHeader): FixedramError | undefined {
+  if (header.flags & kFlagUpdating) {
+    return snapshotError('ERR_SNAPSHOT_INCOMPLETE',
+      'snapshot has an interrupted in-place update; re-run `fixedram save --update` with the same blocks to repair it',
+      { offset: 12 });
+  }
+  if (!(header.flags & kFlagComplete)) {
+    return snapshotError('ERR_SNAPSHOT_INCOMPLETE', 'incomplete snapshot: the save that wrote it did not finish', { offset: 12 });
+  }
+  return undefined;
+}
+
+export function requireComplete(snap: SnapshotFile): void {
+  const reason = incompleteReason(snap.header);
+  if (reason) {
+    reason.path = snap.path;
+    throw reason;
+  }
+}
+
+/**
+ * Reads a block's bitmap and checksum table into shared memory and checks them against the
+ * metadata checksum and the stored present count.
+ */
+export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): BlockTables {
+  const meta = new Uint8Array(new SharedArrayBuffer(Math.max(b.bitmapBytes + b.checksumsBytes, 8)))
+    .subarray(0, b.bitmapBytes + b.checksumsBytes);
+  readExact(snap.fd, b.bitmapBytes, b.bitmapOffset, meta.subarray(0, b.bitmapBytes));
+  readExact(snap.fd, b.checksumsBytes, b.checksumsOffset, meta.subarray(b.bitmapBytes));
+  const ctx = { block: b.name, path: snap.path };
+  if (native().hash64(meta) !== snap.header.metadataChecksums[index]) {
+    throw snapshotError('ERR_SNAPSHOT_INVALID',
+      `corrupt metadata: the bitmap or checksum table of block '${b.name}' fails its checksum ` +
+        `(bitmap at 0x${b.bitmapOffset.toString(16)}, checksums at 0x${b.checksumsOffset.toString(16)})`,
+      { ...ctx, offset: b.bitmapOffset });
+  }
+  const present = new Uint8Array(new SharedArrayBuffer(Math.max(b.pages, 1))).subarray(0, b.pages);
+  const count = unpackBitmap(meta.subarray(0, b.bitmapBytes), b.pages, present, b.name, b.bitmapOffset);
+  if (count !== snap.header.presentPages[index]) {
+    throw snapshotError('ERR_SNAPSHOT_INVALID',
+      `corrupt metadata: block '${b.name}' bitmap has ${count} pages set, the block table says ${snap.header.presentPages[index]}`,
+      { ...ctx, offset: b.bitmapOffset });
+  }
+  return { present, csums: meta.subarray(b.bitmapBytes), presentCount: count };
+}
+
+/** A block of any readable RAM image (a fixedram snapshot or a QEMU mapped-ram file). */
+export interface ImageBlock {
+  name: string;
+  length: number;
+  pageSize: number;
+  pages: number;
+  pagesOffset: number;
+  bitmapOffset: number;
+  presentPages: number;
+}
+
+/** A RAM image opened for reading; every format detected by its magic provides this. */
+export interface RamImage {
+  format: 'fixedram' | 'qemu-mapped-ram';
+  path: string;
+  fd: number;
+  size: number;
+  blocks: ImageBlock[];
+  /** Whether per-page checksums exist (fixedram) or not (QEMU). */
+  hasChecksums: boolean;
+  /** complete; incomplete (a save that did not finish); updating (an interrupted in-place update). */
+  state: 'complete' | 'incomplete' | 'updating';
+  /** The reason the image cannot be loaded as is, when state is not complete. */
+  incomplete?: Error;
+  /** Format-specific facts for `inspect` (version, machine type, wrapper, ...). */
+  details?: Record<string, unknown>;
+  /** Reads and validates the bitmap (and checksums) of block i. */
+  readTables(index: number): BlockTables;
+  close(): void;
+}
+
+/** A fixedram snapshot as a {@link RamImage}. */
+export function fixedramImage(snap: SnapshotFile): RamImage {
+  const reason = incompleteReason(snap.header);
+  if (reason) reason.path = snap.path;
+  return {
+    format: 'fixedram',
+    path: snap.path,
+    fd: snap.fd,
+    size: snap.size,
+    blocks: snap.header.blocks.map((b, i) => ({
+      name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
+      bitmapOffset: b.bitmapOffset, presentPages: snap.header.presentPages[i]!,
+    })),
+    hasChecksums: true,
+    state: snap.header.flags & kFlagUpdating ? 'updating' : snap.header.flags & kFlagComplete ? 'complete' : 'incomplete',
+    details: { version: snap.header.version, flags: snap.header.flags, metadataEnd: snap.header.metadataEnd },
+    ...(reason ? { incomplete: reason } : {}),
+    readTables: (i) => readTables(snap, snap.header.blocks[i]!, i),
+    close: () => fs.closeSync(snap.fd),
+  };
+}

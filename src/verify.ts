@@ -1,0 +1,155 @@
+/**
+ * `fixedram verify`: proves a snapshot intact. The structure is checked in full before any page is
+ * read; then every present page is hashed against its stored XXH3, every absent slot must read as
+ * zero, and with `against` a block is compared byte for byte with a live file.
+ */
+import * as fs from 'node:fs';
+import type { Logger } from 'pino';
+import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
+import { runChannels } from './channels/pool';
+import type { BadPage, ChannelBlock } from './channels/messages';
+import { usageError } from './errors';
+import { openImage } from './image';
+import { kVerifyChecksums } from './native';
+import { kDefaultBatchBytes, planBatches } from './plan';
+import type { ProgressSink } from './progress';
+import { checkChannels } from './save';
+import type { RamImage } from './snapshot';
+
+export interface VerifyOptions {
+  snapshot: string;
+  /** Live files to compare blocks with (NAME=PATH). */
+  against?: BlockArg[];
+  channels?: number;
+  /** How many failures are listed in detail (default 100); all are counted. */
+  maxReported?: number;
+  followSymlinks?: boolean;
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+}
+
+export interface VerifyFailure {
+  block: string;
+  /** Page index, or undefined for a whole-block failure (size mismatch against a live file). */
+  page?: number;
+  /** File offset of the page in the snapshot. */
+  offset?: number;
+  kind: 'checksum' | 'absent-not-zero' | 'differs' | 'size';
+  expected?: string;
+  actual?: string;
+  message: string;
+}
+
+export interface VerifyResult {
+  command: 'verify';
+  snapshot: string;
+  format: RamImage['format'];
+  ok: boolean;
+  blocks: { name: string; length: number; pageSize: number; pages: number; presentPages: number; zeroPages: number }[];
+  checksums: boolean;
+  compared: string[];
+  failures: VerifyFailure[];
+  failureCount: number;
+  bytesChecked: number;
+  bytesRead: number;
+  seconds: number;
+  channels: number;
+}
+
+const kindText: Record<BadPage['kind'], string> = {
+  'checksum': 'checksum mismatch',
+  'absent-not-zero': 'page absent from the bitmap holds non-zero data',
+  'differs': 'differs from the live file',
+};
+
+/**
+ * Verifies a snapshot. Structural problems throw (exit 3); page-level failures are returned with
+ * ok = false (exit 1).
+ */
+export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
+  const started = process.hrtime.bigint();
+  const channels = checkChannels(opts.channels);
+  const maxReported = opts.maxReported ?? 100;
+  if (!Number.isSafeInteger(maxReported) || maxReported < 0) throw usageError('maxReported must be a non-negative integer');
+  const against = opts.against ?? [];
+  checkUniqueNames(against);
+
+  const image = openImage(opts.snapshot);
+  const live: (OpenFile | undefined)[] = [];
+  try {
+    if (image.incomplete) throw image.incomplete;
+    const tables = image.blocks.map((_, i) => image.readTables(i));
+    const failures: VerifyFailure[] = [];
+    let failureCount = 0;
+    const byName = new Map(image.blocks.map((b, i) => [b.name, i]));
+    for (const a of against) {
+      const i = byName.get(a.name);
+      if (i === undefined) {
+        throw usageError(`block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
+          { block: a.name });
+      }
+      const f = openBlockFile(a.path, fs.constants.O_RDONLY, { block: a.name, followSymlinks: opts.followSymlinks ?? false });
+      const b = image.blocks[i]!;
+      if (f.size !== b.length) {
+        closeQuietly(f.fd);
+        failureCount++;
+        failures.push({
+          block: b.name, kind: 'size',
+          message: `block '${b.name}': live file '${a.path}' is ${f.size} bytes, the block is ${b.length} bytes`,
+        });
+        continue;
+      }
+      live[i] = f;
+    }
+
+    const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
+      name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+      ...(live[i] ? { liveFd: live[i]!.fd, livePath: live[i]!.path } : {}),
+      liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums,
+      flags: image.hasChecksums ? kVerifyChecksums : 0,
+    }));
+    const plan = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+    opts.onProgress?.({ command: 'verify', bytesDone: 0, bytesTotal: total });
+    const stats = await runChannels({
+      kind: 'verify', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan,
+      badCapacity: maxReported,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      onProgress: (done) => opts.onProgress?.({ command: 'verify', bytesDone: done, bytesTotal: total }),
+    });
+    failureCount += stats.badCount;
+    for (const bad of stats.bad) {
+      const b = image.blocks[bad.block]!;
+      const offset = b.pagesOffset + bad.page * b.pageSize;
+      failures.push({
+        block: b.name, page: bad.page, offset, kind: bad.kind,
+        ...(bad.expected !== undefined ? { expected: bad.expected } : {}), actual: bad.actual,
+        message: `block '${b.name}' page ${bad.page} (offset 0x${offset.toString(16)}): ${kindText[bad.kind]}` +
+          (bad.kind === 'checksum' ? ` (expected ${bad.expected}, got ${bad.actual})` : ''),
+      });
+    }
+    return {
+      command: 'verify',
+      snapshot: image.path,
+      format: image.format,
+      ok: failureCount === 0,
+      blocks: image.blocks.map((b, i) => ({
+        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages,
+        presentPages: tables[i]!.presentCount, zeroPages: b.pages - tables[i]!.presentCount,
+      })),
+      checksums: image.hasChecksums,
+      compared: image.blocks.filter((_, i) => live[i]).map((b) => b.name),
+      failures: failures.slice(0, maxReported),
+      failureCount,
+      bytesChecked: total,
+      bytesRead: stats.bytesRead,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      channels: Math.min(channels, Math.max(plan.count, 1)),
+    };
+  } finally {
+    for (const f of live) closeQuietly(f?.fd);
+    image.close();
+  }
+}
