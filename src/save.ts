@@ -24,7 +24,7 @@ import type { ChannelBlock } from './channels/messages';
 import { ioError, isSystemError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
 import { lockOutput } from './lock';
-import { kSaveSeekData, kSaveWriteback, native } from './native';
+import { kSaveMask, kSaveSeekData, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { newTables, type BlockTables } from './snapshot';
@@ -156,6 +156,115 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** Where the pages of one block of a new snapshot come from. */
+export interface SnapshotSource {
+  name: string;
+  length: number;
+  pageSize: number;
+  /** Open descriptor of the file holding the block; page i is at base + i * pageSize. */
+  fd: number;
+  path: string;
+  base: number;
+  /** Pages that may hold data (e.g. a QEMU bitmap); the others are taken as zero without reading. */
+  mask?: Uint8Array;
+}
+
+export interface WriteOptions {
+  command: 'save' | 'convert';
+  channels: number;
+  fsync: boolean;
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+  /** Called after the pages are written and before the commit: throw to abort (e.g. a source changed). */
+  beforeCommit?: () => void;
+}
+
+export interface WriteResult {
+  layout: SnapshotLayout;
+  summary: MetadataSummary;
+  bytesRead: number;
+  bytesWritten: number;
+  channels: number;
+}
+
+/**
+ * Writes a new snapshot of `sources` at `output` with the commit protocol described at the top of
+ * this file: lock, temp file, channels, metadata, complete flag, rename. The caller has checked
+ * that the output is none of the sources.
+ */
+export async function writeSnapshot(output: string, sources: readonly SnapshotSource[], opts: WriteOptions): Promise<WriteResult> {
+  const dir = path.dirname(output);
+  const layout = planLayout(sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize })));
+  try {
+    if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
+  } catch (err) {
+    throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
+  }
+  const lock = lockOutput(output);
+  let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  let fd: number | undefined;
+  try {
+    try {
+      fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      fs.ftruncateSync(fd, layout.fileSize);
+    } catch (err) {
+      throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
+    }
+    opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
+
+    // pages
+    const tables = layout.blocks.map((b) => newTables(b.pages));
+    const blocks: ChannelBlock[] = layout.blocks.map((b, i) => {
+      const src = sources[i]!;
+      if (src.mask) tables[i]!.present.set(src.mask.subarray(0, b.pages));
+      return {
+        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+        liveFd: src.fd, livePath: src.path, liveBase: src.base,
+        present: tables[i]!.present, csums: tables[i]!.csums,
+        flags: kSaveSeekData | (src.mask ? kSaveMask : 0) | (opts.fsync ? kSaveWriteback : 0),
+      };
+    });
+    const plan = planBatches(layout.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    const total = layout.blocks.reduce((s, b) => s + b.length, 0);
+    const command = opts.command;
+    opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
+    const stats = await runChannels({
+      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      onProgress: (done) => opts.onProgress?.({ command, bytesDone: done, bytesTotal: total }),
+    });
+    opts.beforeCommit?.();
+
+    // commit
+    const summary = writeTables(fd, layout, tables);
+    writeHeader(fd, layout, summary, 0);
+    if (opts.fsync) fs.fdatasyncSync(fd);
+    writeHeader(fd, layout, summary, kFlagComplete);
+    if (opts.fsync) fs.fdatasyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, output);
+    tmp = undefined;
+    if (opts.fsync) fsyncDir(dir);
+    return {
+      layout, summary, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten,
+      channels: Math.min(opts.channels, Math.max(plan.count, 1)),
+    };
+  } finally {
+    closeQuietly(fd);
+    if (tmp !== undefined) {
+      try {
+        fs.unlinkSync(tmp);
+      } catch {
+        /* never created */
+      }
+    }
+    lock.release();
+  }
+}
+
 /**
  * Saves the blocks into a new snapshot at `output`, atomically.
  * @throws ERR_USAGE (bad options), system errors (ENOENT, ENOSPC, …), ERR_LOCKED, ERR_SOURCE_CHANGED,
@@ -168,86 +277,33 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
   if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
   checkUniqueNames(opts.blocks);
   const output = path.resolve(opts.output);
-  const dir = path.dirname(output);
-  const doSync = opts.fsync ?? true;
-
-  // open: sources, layout, lock, temp file
-  const sources = openSources(opts.blocks, opts);
-  let lock: ReturnType<typeof lockOutput> | undefined;
-  let tmp: string | undefined;
-  let fd: number | undefined;
+  const files = openSources(opts.blocks, opts);
   try {
-    const layout = planLayout(opts.blocks.map((b, i) => ({
-      name: b.name, length: sources[i]!.size, pageSize: pageSizeFor(sources[i]!, opts.pageSize),
-    })));
-    try {
-      if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
-    } catch (err) {
-      throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
-    }
-    refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: sources[i]! })));
-    lock = lockOutput(output);
-    tmp = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-    try {
-      fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-      fs.ftruncateSync(fd, layout.fileSize);
-    } catch (err) {
-      throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
-    }
-    opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels }, 'save: layout planned');
-
-    // write pages
-    const tables = layout.blocks.map((b) => newTables(b.pages));
-    const plan = planBatches(layout.blocks, opts.batchBytes ?? kDefaultBatchBytes);
-    const blocks: ChannelBlock[] = layout.blocks.map((b, i) => ({
-      name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-      liveFd: sources[i]!.fd, livePath: sources[i]!.path, liveBase: 0,
-      present: tables[i]!.present, csums: tables[i]!.csums,
-      flags: kSaveSeekData | (doSync ? kSaveWriteback : 0),
+    refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));
+    const sources = opts.blocks.map((b, i): SnapshotSource => ({
+      name: b.name, length: files[i]!.size, pageSize: pageSizeFor(files[i]!, opts.pageSize),
+      fd: files[i]!.fd, path: files[i]!.path, base: 0,
     }));
-    const total = layout.blocks.reduce((s, b) => s + b.length, 0);
-    opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-    const stats = await runChannels({
-      kind: 'save', channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan,
+    const w = await writeSnapshot(output, sources, {
+      command: 'save', channels, fsync: opts.fsync ?? true,
+      ...(opts.batchBytes !== undefined ? { batchBytes: opts.batchBytes } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
-      onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      beforeCommit: () => files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name)),
     });
-    sources.forEach((s, i) => checkUnchanged(s, opts.blocks[i]!.name));
-
-    // commit
-    const summary = writeTables(fd, layout, tables);
-    writeHeader(fd, layout, summary, 0);
-    if (doSync) fs.fdatasyncSync(fd);
-    writeHeader(fd, layout, summary, kFlagComplete);
-    if (doSync) fs.fdatasyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, output);
-    tmp = undefined;
-    if (doSync) fsyncDir(dir);
-
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const saved = layout.blocks.map((b, i): SavedBlock => ({
-      name: b.name, path: sources[i]!.path, length: b.length, pageSize: b.pageSize, pages: b.pages,
-      presentPages: summary.counts[i]!, zeroPages: b.pages - summary.counts[i]!, pagesOffset: b.pagesOffset,
+    const saved = w.layout.blocks.map((b, i): SavedBlock => ({
+      name: b.name, path: files[i]!.path, length: b.length, pageSize: b.pageSize, pages: b.pages,
+      presentPages: w.summary.counts[i]!, zeroPages: b.pages - w.summary.counts[i]!, pagesOffset: b.pagesOffset,
     }));
     return {
-      command: 'save', output, fileSize: layout.fileSize, blocks: saved,
+      command: 'save', output, fileSize: w.layout.fileSize, blocks: saved,
       presentPages: saved.reduce((s, b) => s + b.presentPages, 0),
       zeroPages: saved.reduce((s, b) => s + b.zeroPages, 0),
-      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, channels: Math.min(channels, Math.max(plan.count, 1)),
-      seconds,
+      bytesRead: w.bytesRead, bytesWritten: w.bytesWritten, channels: w.channels,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {
-    closeQuietly(fd);
-    if (tmp !== undefined) {
-      try {
-        fs.unlinkSync(tmp);
-      } catch {
-        /* never created */
-      }
-    }
-    lock?.release();
-    for (const s of sources) closeQuietly(s.fd);
+    for (const f of files) closeQuietly(f.fd);
   }
 }
