@@ -14,6 +14,7 @@ import { load, type LoadResult } from './load';
 import { kLogLevels, makeLogger, type LogLevel } from './log';
 import { progressReporter, type ProgressMode } from './progress';
 import { save, type SaveResult } from './save';
+import { update, type UpdateResult } from './update';
 import { verify, type VerifyResult } from './verify';
 
 const kVersion: string = (require('../../package.json') as { version: string }).version;
@@ -102,6 +103,13 @@ function printSave(r: SaveResult, out: NodeJS.WritableStream): void {
     out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
   }
   out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${r.channels} channel${r.channels === 1 ? '' : 's'}\n`);
+}
+
+function printUpdate(r: UpdateResult, out: NodeJS.WritableStream): void {
+  out.write(`updated ${r.output} in place${r.repaired ? ' (repaired an interrupted update: every page rewritten)' : ''}\n`);
+  out.write(`  ${r.pagesChecked} pages checked: ${r.pagesWritten} written, ${r.pagesPunched} punched (now zero), ` +
+    `${r.pagesUnchanged} unchanged; ${r.presentPages} present\n`);
+  out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s, ${r.channels} channel${r.channels === 1 ? '' : 's'}\n`);
 }
 
 function printLoad(r: LoadResult, out: NodeJS.WritableStream): void {
@@ -199,14 +207,20 @@ export function makeProgram(io: ProgramIo): Command {
     .requiredOption('-o, --output <file>', 'snapshot file to write')
     .option('-b, --block <name=path>', 'a block: its name and file (repeat for more)', collectBlock)
     .option('--page-size <bytes>', 'page size (default 4096, the huge page size on hugetlbfs)', parseSize)
-    .option('--no-fsync', 'do not fsync the snapshot and its directory'))
-    .action(async (o: CommonFlags & { output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean }) => {
-      await run(o, (rep) => save({
+    .option('--no-fsync', 'do not fsync the snapshot and its directory')
+    .option('--update', 'refresh an existing snapshot in place, writing only the pages that changed'))
+    .action(async (o: CommonFlags & { output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean; update?: boolean }) => {
+      const common = {
         output: o.output, blocks: o.block ?? [], fsync: o.fsync, followSymlinks: o.followSymlinks ?? false,
         ...(o.channels !== undefined ? { channels: o.channels } : {}),
         ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
-        ...(io.signal ? { signal: io.signal } : {}), onProgress: rep.sink, ...(logger ? { logger } : {}),
-      }), (r) => printSave(r, io.stdout));
+        ...(io.signal ? { signal: io.signal } : {}), ...(logger ? { logger } : {}),
+      };
+      if (o.update) {
+        await run(o, (rep) => update({ ...common, onProgress: rep.sink }), (r) => printUpdate(r, io.stdout));
+      } else {
+        await run(o, (rep) => save({ ...common, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
+      }
     });
 
   common(program.command('load')

@@ -72,6 +72,12 @@ export function ioError(code: string, message: string, context: ErrorContext = {
   return new FixedramError(code, ExitCode.system, message, context);
 }
 
+/** Re-throws an ERR_INTERRUPTED error with a message saying what the interruption left behind. */
+export function explainInterrupt(err: unknown, what: string): unknown {
+  if (err instanceof FixedramError && err.code === 'ERR_INTERRUPTED') return interruptedError(`interrupted: ${what}`);
+  return err;
+}
+
 export interface SystemError extends Error {
   code: string;
   errno: number;

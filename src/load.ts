@@ -13,9 +13,9 @@ import {
 } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
-import { ioError, isSystemError, usageError } from './errors';
+import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { openImage } from './image';
-import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent } from './native';
+import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
@@ -112,6 +112,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const targets: Target[] = [];
   try {
     if (image.incomplete) throw image.incomplete;
+    // A shared lock: an in-place update (which holds it exclusively) cannot run under a load.
+    if (!native().flock(image.fd, false)) {
+      throw ioError('ERR_LOCKED', `'${image.path}' is being updated in place by another process`, { path: image.path });
+    }
     const byName = new Map(image.blocks.map((b, i) => [b.name, i]));
     const chosen: { index: number; path: string }[] = [];
     if (opts.blocks?.length) {
@@ -167,6 +171,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan,
       ...(opts.signal ? { signal: opts.signal } : {}),
       onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
+    }).catch((err: unknown) => {
+      throw explainInterrupt(err, `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`);
     });
     return {
       command: 'load',

@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ioError, isSystemError } from './errors';
+import { registerTemp, unregisterTemp } from './cleanup';
 import { native } from './native';
 
 export interface OutputLock {
@@ -55,12 +56,14 @@ export function lockOutput(output: string): OutputLock {
     }
     fs.ftruncateSync(fd, 0);
     fs.writeSync(fd, `${process.pid}\n`, 0);
+    registerTemp(lockPath);
     let released = false;
     return {
       path: lockPath,
       release(): void {
         if (released) return;
         released = true;
+        unregisterTemp(lockPath);
         try {
           fs.unlinkSync(lockPath);
         } catch {

@@ -21,8 +21,9 @@ import {
 } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
-import { ioError, isSystemError, usageError } from './errors';
+import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
+import { registerTemp, unregisterTemp } from './cleanup';
 import { lockOutput } from './lock';
 import { kSaveMask, kSaveSeekData, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
@@ -208,6 +209,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
   try {
     try {
       fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      registerTemp(tmp);
       fs.ftruncateSync(fd, layout.fileSize);
     } catch (err) {
       throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
@@ -246,6 +248,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, output);
+    unregisterTemp(tmp);
     tmp = undefined;
     if (opts.fsync) fsyncDir(dir);
     return {
@@ -260,6 +263,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
       } catch {
         /* never created */
       }
+      unregisterTemp(tmp);
     }
     lock.release();
   }
@@ -291,6 +295,8 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
       beforeCommit: () => files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name)),
+    }).catch((err: unknown) => {
+      throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });
     const saved = w.layout.blocks.map((b, i): SavedBlock => ({
       name: b.name, path: files[i]!.path, length: b.length, pageSize: b.pageSize, pages: b.pages,
