@@ -2,7 +2,10 @@
 // N-API surface of fixedram: a few synchronous, positional functions called from worker threads.
 // TypeScript validates every argument; the guards here only keep a bad call from crashing.
 #include <errno.h>
+#include <linux/fs.h>
+#include <stdlib.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -188,7 +191,26 @@ Napi::Value SyncRangeJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// alignedBuffer(bytes) -> ArrayBuffer whose memory is aligned to 4096 bytes (for O_DIRECT)
+Napi::Value AlignedBufferJs(const Napi::CallbackInfo& info) {
+  int64_t bytes = Int(info, 0, "bytes");
+  if (bytes < 1 || bytes > (int64_t{1} << 32)) Fail(info.Env(), "bytes must be from 1 to 2^32");
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, static_cast<size_t>(bytes)) != 0) ThrowSys(info.Env(), SysError{ENOMEM, "posix_memalign", 0});
+  return Napi::ArrayBuffer::New(info.Env(), p, static_cast<size_t>(bytes), [](Napi::Env, void* data) { free(data); });
+}
+
+// blockDeviceSize(fd) -> bytes of a block device (ioctl BLKGETSIZE64)
+Napi::Value BlockDeviceSizeJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  uint64_t size = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) != 0) ThrowSys(info.Env(), SysError{errno, "ioctl", 0});
+  return Napi::Number::New(info.Env(), static_cast<double>(size));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBufferJs, "alignedBuffer"));
+  exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSizeJs, "blockDeviceSize"));
   exports.Set("hostPageSize", Napi::Function::New(env, HostPageSize, "hostPageSize"));
   exports.Set("fstatfs", Napi::Function::New(env, Fstatfs, "fstatfs"));
   exports.Set("hash64", Napi::Function::New(env, Hash, "hash64"));

@@ -28,6 +28,8 @@ export interface OpenFile extends FileIdentity {
   fd: number;
   size: number;
   hugetlbfs: boolean;
+  /** A block device (only with allowDevice). */
+  device: boolean;
   /** Huge page size on hugetlbfs, else undefined. */
   hugePageSize?: number;
   mtimeNs: bigint;
@@ -35,6 +37,8 @@ export interface OpenFile extends FileIdentity {
 
 export interface FileOptions {
   followSymlinks?: boolean;
+  /** Accept block devices (their size comes from BLKGETSIZE64). */
+  allowDevice?: boolean;
 }
 
 /** Parses `NAME=PATH` (split at the first '='). */
@@ -89,14 +93,17 @@ export function openBlockFile(
   }
   try {
     const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile()) {
-      throw ioError('ERR_NOT_REGULAR', `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file`,
+    const device = st.isBlockDevice() && opts.allowDevice === true;
+    if (!st.isFile() && !device) {
+      const hint = st.isBlockDevice() ? ' (pass --allow-device to use a block device)' : '';
+      throw ioError('ERR_NOT_REGULAR', `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`,
         { path: file, block: opts.block });
     }
     const [fsType, bsize] = native().fstatfs(fd);
-    const hugetlbfs = fsType === kHugetlbfsMagic;
+    const hugetlbfs = !device && fsType === kHugetlbfsMagic;
+    const size = device ? native().blockDeviceSize(fd) : Number(st.size);
     return {
-      path: file, fd, size: Number(st.size), dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs,
+      path: file, fd, size, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs, device,
       ...(hugetlbfs ? { hugePageSize: bsize } : {}),
     };
   } catch (err) {
@@ -137,7 +144,7 @@ export function checkUnchanged(file: OpenFile, block: string): void {
   } catch (err) {
     throw isSystemError(err) ? Object.assign(err, { path: file.path, block }) : err;
   }
-  if (Number(st.size) !== file.size) {
+  if (!file.device && Number(st.size) !== file.size) {
     throw ioError('ERR_SOURCE_CHANGED',
       `source of block '${block}' changed size during the operation ('${file.path}': ${file.size} -> ${st.size} bytes)`,
       { path: file.path, block });
@@ -219,6 +226,23 @@ export function targetInDir(dir: string, name: string): string {
     if (!st.isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${cur}' is not a directory`, { path: cur, block: name });
   }
   return path.join(cur, parts[parts.length - 1]!);
+}
+
+/**
+ * Whether a file can be opened with O_DIRECT. Returns false (and the caller falls back to buffered
+ * I/O with a warning) when the file system refuses it with EINVAL.
+ */
+export function probeDirectIo(file: string, flags: number): boolean {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, flags | fs.constants.O_DIRECT);
+    return true;
+  } catch (err) {
+    if (isSystemError(err) && err.code === 'EINVAL') return false;
+    throw isSystemError(err) ? Object.assign(err, { path: file }) : err;
+  } finally {
+    closeQuietly(fd);
+  }
 }
 
 /** A Node-shaped error for a path, for checks made in TypeScript (e.g. ENOTDIR). */

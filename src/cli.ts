@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { Logger } from 'pino';
 import { parseBlockArg, type BlockArg } from './blocks';
+import { removeTempsSync } from './cleanup';
 import {
   ExitCode, describeLocation, exitCodeOf, FixedramError, isSystemError, toRecord, type ErrorRecord,
 } from './errors';
@@ -208,10 +209,16 @@ export function makeProgram(io: ProgramIo): Command {
     .option('-b, --block <name=path>', 'a block: its name and file (repeat for more)', collectBlock)
     .option('--page-size <bytes>', 'page size (default 4096, the huge page size on hugetlbfs)', parseSize)
     .option('--no-fsync', 'do not fsync the snapshot and its directory')
-    .option('--update', 'refresh an existing snapshot in place, writing only the pages that changed'))
-    .action(async (o: CommonFlags & { output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean; update?: boolean }) => {
+    .option('--update', 'refresh an existing snapshot in place, writing only the pages that changed')
+    .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)')
+    .option('--allow-device', 'accept block devices as block files'))
+    .action(async (o: CommonFlags & {
+      output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean; update?: boolean; directIo?: boolean;
+      allowDevice?: boolean;
+    }) => {
       const common = {
         output: o.output, blocks: o.block ?? [], fsync: o.fsync, followSymlinks: o.followSymlinks ?? false,
+        allowDevice: o.allowDevice ?? false,
         ...(o.channels !== undefined ? { channels: o.channels } : {}),
         ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
         ...(io.signal ? { signal: io.signal } : {}), ...(logger ? { logger } : {}),
@@ -219,7 +226,7 @@ export function makeProgram(io: ProgramIo): Command {
       if (o.update) {
         await run(o, (rep) => update({ ...common, onProgress: rep.sink }), (r) => printUpdate(r, io.stdout));
       } else {
-        await run(o, (rep) => save({ ...common, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
+        await run(o, (rep) => save({ ...common, directIo: o.directIo ?? false, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
       }
     });
 
@@ -228,11 +235,16 @@ export function makeProgram(io: ProgramIo): Command {
     .argument('<file>', 'snapshot to load')
     .option('-b, --block <name=path>', 'load block NAME into PATH (repeat for more)', collectBlock)
     .option('--dir <dir>', 'load every block into DIR/<encoded name>')
-    .option('--no-verify', 'do not check page checksums while loading'))
-    .action(async (file: string, o: CommonFlags & { block?: BlockArg[]; dir?: string; verify: boolean }) => {
+    .option('--no-verify', 'do not check page checksums while loading')
+    .option('--direct-io', 'read the snapshot with O_DIRECT (falls back to buffered I/O with a warning)')
+    .option('--allow-device', 'accept block devices as targets'))
+    .action(async (file: string, o: CommonFlags & {
+      block?: BlockArg[]; dir?: string; verify: boolean; directIo?: boolean; allowDevice?: boolean;
+    }) => {
       await run(o, (rep) => load({
         snapshot: file, ...(o.block ? { blocks: o.block } : {}), ...(o.dir !== undefined ? { dir: o.dir } : {}),
-        verify: o.verify, followSymlinks: o.followSymlinks ?? false,
+        verify: o.verify, followSymlinks: o.followSymlinks ?? false, allowDevice: o.allowDevice ?? false,
+        directIo: o.directIo ?? false,
         ...(o.channels !== undefined ? { channels: o.channels } : {}),
         ...(io.signal ? { signal: io.signal } : {}), onProgress: rep.sink, ...(logger ? { logger } : {}),
       }), (r) => printLoad(r, io.stdout));
@@ -292,6 +304,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const onSignal = (sig: NodeJS.Signals): void => {
     interrupts++;
     if (interrupts > 1) {
+      removeTempsSync();
       process.stderr.write(`fixedram: ${sig} again, exiting at once\n`);
       process.exit(ExitCode.interrupted);
     }

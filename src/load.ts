@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUniqueNames, closeQuietly, openBlockFile, sameFile, targetInDir, type BlockArg, type OpenFile,
+  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, sameFile, targetInDir, type BlockArg, type OpenFile,
 } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
@@ -31,6 +31,10 @@ export interface LoadOptions {
   /** Check page checksums while loading (default true). */
   verify?: boolean;
   followSymlinks?: boolean;
+  /** Accept block devices as targets (they must exist and have the block's size). */
+  allowDevice?: boolean;
+  /** Read the snapshot with O_DIRECT (falls back to buffered I/O with a warning where refused). */
+  directIo?: boolean;
   batchBytes?: number;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
@@ -67,7 +71,9 @@ interface Target {
 }
 
 /** Opens (or creates) a target of exactly `length` bytes. */
-function openTarget(file: string, block: string, length: number, followSymlinks: boolean): { file: OpenFile; created: boolean } {
+function openTarget(file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean }): {
+  file: OpenFile; created: boolean;
+} {
   let exists = true;
   try {
     fs.lstatSync(file);
@@ -76,7 +82,7 @@ function openTarget(file: string, block: string, length: number, followSymlinks:
     exists = false;
   }
   if (exists) {
-    const f = openBlockFile(file, fs.constants.O_RDWR, { block, followSymlinks });
+    const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts });
     if (f.size !== length) {
       closeQuietly(f.fd);
       throw usageError(`target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
@@ -84,7 +90,7 @@ function openTarget(file: string, block: string, length: number, followSymlinks:
     }
     return { file: f, created: false };
   }
-  const f = openBlockFile(file, fs.constants.O_RDWR, { block, followSymlinks, create: true, mode: 0o644 });
+  const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, create: true, mode: 0o644 });
   try {
     fs.ftruncateSync(f.fd, length);
   } catch (err) {
@@ -142,7 +148,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     // targets: all opened and checked before any data moves
     chosen.forEach((c, k) => {
       const b = image.blocks[c.index]!;
-      const t = openTarget(c.path, b.name, b.length, opts.followSymlinks ?? false);
+      const t = openTarget(c.path, b.name, b.length, {
+        followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
+      });
       targets.push({ index: c.index, file: t.file, created: t.created, tables: tables[k]! });
       if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
       if (t.file.hugePageSize !== undefined && b.length % t.file.hugePageSize !== 0) {
@@ -167,8 +175,14 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const plan = planBatches(blocks, batchBytes);
     const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
     opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
+    let directIo = opts.directIo ?? false;
+    if (directIo && !probeDirectIo(image.path, fs.constants.O_RDONLY)) {
+      opts.logger?.warn({ path: image.path }, 'the file system refuses O_DIRECT; using buffered I/O');
+      directIo = false;
+    }
     const stats = await runChannels({
-      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan,
+      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan, directIo,
+      onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
       onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
     }).catch((err: unknown) => {

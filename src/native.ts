@@ -50,6 +50,10 @@ export interface Native {
   /** Non-blocking flock: true when taken, false when held elsewhere. */
   flock(fd: number, exclusive: boolean): boolean;
   syncRange(fd: number, offset: number, length: number): void;
+  /** An ArrayBuffer whose memory is 4096-byte aligned (for O_DIRECT). */
+  alignedBuffer(bytes: number): ArrayBuffer;
+  /** Size in bytes of a block device (ioctl BLKGETSIZE64). */
+  blockDeviceSize(fd: number): number;
 }
 
 /** What the addon throws for a failed syscall: a positive errno (0: unexpected end of file). */

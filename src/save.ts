@@ -16,7 +16,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, sameFile, type BlockArg,
+  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, sameFile,
+  type BlockArg,
   type OpenFile,
 } from './blocks';
 import { runChannels } from './channels/pool';
@@ -40,6 +41,10 @@ export interface SaveOptions {
   /** fsync the data and the directory (default true). */
   fsync?: boolean;
   followSymlinks?: boolean;
+  /** Accept block devices as sources. */
+  allowDevice?: boolean;
+  /** Write page data with O_DIRECT (falls back to buffered I/O with a warning where refused). */
+  directIo?: boolean;
   batchBytes?: number;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
@@ -80,11 +85,15 @@ export function checkChannels(n: number | undefined): number {
 }
 
 /** Opens every source read-only and checks type, size and page size. */
-export function openSources(blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean }): OpenFile[] {
+export function openSources(
+  blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
+): OpenFile[] {
   const opened: OpenFile[] = [];
   try {
     for (const b of blocks) {
-      const f = openBlockFile(b.path, fs.constants.O_RDONLY, { block: b.name, followSymlinks: opts.followSymlinks ?? false });
+      const f = openBlockFile(b.path, fs.constants.O_RDONLY, {
+        block: b.name, followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
+      });
       opened.push(f);
       const ps = pageSizeFor(f, opts.pageSize);
       if (f.size % ps !== 0) {
@@ -174,6 +183,7 @@ export interface WriteOptions {
   command: 'save' | 'convert';
   channels: number;
   fsync: boolean;
+  directIo?: boolean;
   batchBytes?: number;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
@@ -215,6 +225,11 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
       throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
     }
     opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
+    let directIo = opts.directIo ?? false;
+    if (directIo && !probeDirectIo(tmp, fs.constants.O_WRONLY)) {
+      opts.logger?.warn({ path: tmp }, 'the file system refuses O_DIRECT; using buffered I/O');
+      directIo = false;
+    }
 
     // pages
     const tables = layout.blocks.map((b) => newTables(b.pages));
@@ -233,7 +248,8 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     const command = opts.command;
     opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
     const stats = await runChannels({
-      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan,
+      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan, directIo,
+      onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
       onProgress: (done) => opts.onProgress?.({ command, bytesDone: done, bytesTotal: total }),
     });
@@ -289,7 +305,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       fd: files[i]!.fd, path: files[i]!.path, base: 0,
     }));
     const w = await writeSnapshot(output, sources, {
-      command: 'save', channels, fsync: opts.fsync ?? true,
+      command: 'save', channels, fsync: opts.fsync ?? true, directIo: opts.directIo ?? false,
       ...(opts.batchBytes !== undefined ? { batchBytes: opts.batchBytes } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),

@@ -34,6 +34,7 @@ export interface UpdateOptions {
   pageSize?: number;
   fsync?: boolean;
   followSymlinks?: boolean;
+  allowDevice?: boolean;
   batchBytes?: number;
   signal?: AbortSignal;
   onProgress?: ProgressSink;

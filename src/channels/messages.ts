@@ -48,6 +48,12 @@ export interface ChannelJob {
   scratchBytes: number;
   /** verify: how many bad pages a channel reports in detail. */
   badCapacity: number;
+  /**
+   * Open the snapshot with O_DIRECT (page data is 1 MiB-aligned and written in whole pages from a
+   * 4096-aligned buffer). A channel whose direct transfer fails with EINVAL falls back to buffered
+   * I/O for the rest of the run and says so with a warning.
+   */
+  directIo: boolean;
 }
 
 export interface ChannelStats {
@@ -85,7 +91,11 @@ export interface FailedMessage {
   type: 'failed';
   error: ErrorRecord;
 }
-export type ChannelMessage = ProgressMessage | DoneMessage | FailedMessage;
+export interface WarningMessage {
+  type: 'warning';
+  message: string;
+}
+export type ChannelMessage = ProgressMessage | DoneMessage | FailedMessage | WarningMessage;
 
 export function emptyStats(): ChannelStats {
   return {

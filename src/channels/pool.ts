@@ -25,6 +25,10 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Called as batches finish, with the logical bytes covered so far. */
   onProgress?: (bytesDone: number) => void;
+  /** Open the snapshot with O_DIRECT in the channels. */
+  directIo?: boolean;
+  /** Warnings from channels (the main thread logs them: channels never log). */
+  onWarning?: (message: string) => void;
 }
 
 const kWorkerFile = path.join(__dirname, 'worker.js');
@@ -44,6 +48,7 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
     control,
     scratchBytes: opts.plan.maxBatchBytes,
     badCapacity: opts.badCapacity ?? 0,
+    directIo: opts.directIo ?? false,
   };
   const total = emptyStats();
   let done = 0;
@@ -69,6 +74,8 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
         } else if (m.type === 'done') {
           finished = true;
           merge(total, m.stats);
+        } else if (m.type === 'warning') {
+          opts.onWarning?.(m.message);
         } else if (m.type === 'failed') {
           finished = true;
           fail(fromRecord(m.error));

@@ -24,13 +24,18 @@ function run(job: ChannelJob): void {
   const control = new Int32Array(job.control);
   const batches = new Float64Array(job.batches);
   const stats = emptyStats();
-  const scratch = Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
+  const scratch = job.directIo
+    ? new Uint8Array(addon.alignedBuffer(Math.max(job.scratchBytes, 4096)))
+    : Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
   const scratch2 = job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined)
     ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64)) : Buffer.alloc(0);
   const bad = new BigUint64Array(Math.max(job.badCapacity, 1) * 3);
   const live = new Map<number, number>();
   const reopen = (fd: number, flags: number): number => fs.openSync(`/proc/self/fd/${fd}`, flags);
   let snapFd = -1;
+  let direct = job.directIo;
+  const snapFlags = (): number => (job.kind === 'save' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) |
+    (direct ? fs.constants.O_DIRECT : 0);
 
   const liveFd = (i: number, b: ChannelBlock): number => {
     const have = live.get(i);
@@ -47,7 +52,7 @@ function run(job: ChannelJob): void {
   };
 
   try {
-    snapFd = reopen(job.snapshotFd, job.kind === 'save' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY);
+    snapFd = reopen(job.snapshotFd, snapFlags());
     for (;;) {
       if (Atomics.load(control, kCtlCancel) !== 0) break;
       const i = Atomics.add(control, kCtlNextBatch, 1);
@@ -57,7 +62,7 @@ function run(job: ChannelJob): void {
       const count = batches[3 * i + 2]!;
       const b = job.blocks[blockIndex]!;
       const where = { block: b.name };
-      try {
+      const once = (): void => {
         if (job.kind === 'save') {
           const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
             scratch, b.csums, b.present, b.flags);
@@ -101,6 +106,22 @@ function run(job: ChannelJob): void {
             stats.bad.push(entry);
           }
           stats.badCount += r[1];
+        }
+      };
+      try {
+        try {
+          once();
+        } catch (err) {
+          // O_DIRECT refused on this file system or for this transfer: go on buffered, once.
+          const e = err as { errno?: number; file?: number };
+          const snapRole = job.kind === 'save' ? 1 : 0;
+          if (!direct || e.errno !== 22 || e.file !== snapRole) throw err;
+          direct = false;
+          fs.closeSync(snapFd);
+          snapFd = -1;
+          snapFd = reopen(job.snapshotFd, snapFlags());
+          post({ type: 'warning', message: `direct I/O failed with EINVAL on '${job.snapshotPath}'; continuing with buffered I/O` });
+          once();
         }
       } catch (err) {
         // The addon says which of the call's two files failed: 0 is the first (the source of a save,
