@@ -1,0 +1,174 @@
+/**
+ * `save --update`: in-place incremental re-save. Checked against the sources byte for byte, with the
+ * file's allocation, with SIGKILL at random points (the interrupted state must be reported and a
+ * re-run must repair it), and with mismatched layouts (refused, file untouched).
+ */
+import * as assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { load, save, verify } from '../src/index';
+import { update } from '../src/update';
+import { fixedram, fixedramChild } from './support/cli';
+import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
+import { allocated, tempDir } from './support/tmp';
+
+const kPage = 4096;
+
+/** Changes ~5% of the pages: some data → other data, some data → zero, some zero/hole → data. */
+function mutate(file: string, blockId: number, seed: number): { changed: number; toZero: number; fromZero: number } {
+  const fd = fs.openSync(file, 'r+');
+  const pages = fs.fstatSync(fd).size / kPage;
+  const page = Buffer.alloc(kPage);
+  const zero = Buffer.alloc(kPage);
+  let changed = 0;
+  let toZero = 0;
+  let fromZero = 0;
+  try {
+    for (let i = 0; i < pages; i++) {
+      const h = crypto.createHash('sha256').update(`${seed}:${i}`).digest().readUInt32LE(0) % 1000;
+      if (h >= 50) continue; // 5%
+      fs.readSync(fd, page, 0, kPage, i * kPage);
+      const wasZero = page.equals(zero);
+      if (!wasZero && h < 10) {
+        fs.writeSync(fd, zero, 0, kPage, i * kPage);
+        toZero++;
+      } else {
+        stampPage(page, blockId, i, 1000 + seed);
+        fs.writeSync(fd, page, 0, kPage, i * kPage);
+        if (wasZero) fromZero++;
+      }
+      changed++;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { changed, toZero, fromZero };
+}
+
+function setup(t: Parameters<typeof tempDir>[0], pages = [3000, 1500], base?: string) {
+  const dir = tempDir(t, base);
+  const blocks = pages.map((n, i) => {
+    const p = path.join(dir, `b${i}.ram`);
+    makeBlock(p, i + 1, n);
+    return { name: `b${i}`, path: p };
+  });
+  return { dir, blocks, out: path.join(dir, 'snap.fxr') };
+}
+
+async function assertLoadsAs(out: string, blocks: { name: string; path: string }[], dir: string): Promise<void> {
+  const back = path.join(dir, `back-${crypto.randomBytes(3).toString('hex')}`);
+  await load({ snapshot: out, dir: back, channels: 2 });
+  for (const b of blocks) assert.equal(firstDifferentPage(b.path, path.join(back, b.name)), -1, `block ${b.name}`);
+}
+
+describe('save --update', () => {
+  it('writes only the changed pages, punches new zero pages, and loads as the new sources', async (t) => {
+    const { dir, blocks, out } = setup(t);
+    const full = await save({ output: out, blocks, channels: 2, batchBytes: 64 * kPage });
+    const ino = fs.statSync(out).ino;
+    const m = blocks.map((b, i) => mutate(b.path, i + 1, 1));
+    const changed = m.reduce((s, x) => s + x.changed, 0);
+    assert.ok(m.every((x) => x.toZero > 0 && x.fromZero > 0), 'the mutation covers data→zero and zero→data');
+
+    const r = await update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage });
+    assert.equal(fs.statSync(out).ino, ino, 'updated in place');
+    assert.equal(r.pagesChecked, 4500);
+    assert.equal(r.pagesWritten + r.pagesPunched, changed);
+    assert.equal(r.pagesPunched, m.reduce((s, x) => s + x.toZero, 0));
+    assert.equal(r.pagesUnchanged, 4500 - changed);
+    assert.ok(r.bytesWritten < full.bytesWritten * 0.15, `${r.bytesWritten} vs full ${full.bytesWritten}`);
+
+    const v = await verify({ snapshot: out, against: blocks, channels: 2 });
+    assert.equal(v.ok, true, JSON.stringify(v.failures.slice(0, 3)));
+    await assertLoadsAs(out, blocks, dir);
+    // the allocation follows the new present pages (punched pages are holes again)
+    const present = r.presentPages * kPage;
+    const alloc = allocated(out);
+    assert.ok(alloc >= present && alloc <= present + 256 * 1024, `allocated ${alloc}, present ${present}`);
+
+    // equal to a fresh save of the same sources
+    const fresh = path.join(dir, 'fresh.fxr');
+    await save({ output: fresh, blocks, channels: 2, fsync: false });
+    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(out)), 'an updated snapshot is byte-identical to a fresh save');
+  });
+
+  it('an update with no changes writes no pages', async (t) => {
+    const { blocks, out } = setup(t, [700]);
+    await save({ output: out, blocks, channels: 1 });
+    const before = fs.readFileSync(out);
+    const r = await update({ output: out, blocks, channels: 2 });
+    assert.equal(r.pagesWritten, 0);
+    assert.equal(r.pagesPunched, 0);
+    assert.ok(fs.readFileSync(out).equals(before));
+  });
+
+  it('refuses a mismatched layout (added, removed, resized, renamed block) without modifying the file', async (t) => {
+    const { dir, blocks, out } = setup(t, [300, 200]);
+    await save({ output: out, blocks, channels: 1 });
+    const before = fs.readFileSync(out);
+    const extra = path.join(dir, 'extra.ram');
+    makeBlock(extra, 9, 10);
+    const bigger = path.join(dir, 'bigger.ram');
+    makeBlock(bigger, 1, 301);
+    const cases: [string, { name: string; path: string }[], RegExp][] = [
+      ['added', [...blocks, { name: 'extra', path: extra }], /block 'extra' is not in the snapshot/],
+      ['removed', [blocks[0]!], /block 'b1' is in the snapshot but not given/],
+      ['resized', [{ name: 'b0', path: bigger }, blocks[1]!], /block 'b0' is 1232896 bytes, the snapshot has 1228800/],
+      ['renamed', [{ name: 'renamed', path: blocks[0]!.path }, blocks[1]!], /block 'b0' is in the snapshot but not given/],
+    ];
+    for (const [what, given, message] of cases) {
+      await assert.rejects(update({ output: out, blocks: given, channels: 1 }), { code: 'ERR_SNAPSHOT_INVALID', message }, what);
+      assert.ok(fs.readFileSync(out).equals(before), `${what}: the snapshot was modified`);
+    }
+    const cli = fixedram(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`]);
+    assert.equal(cli.status, 3);
+    assert.match(cli.stderr, /nothing was changed/);
+    const missing = fixedram(['save', '--update', '-o', path.join(dir, 'none.fxr'), '-b', `b0=${blocks[0]!.path}`]);
+    assert.equal(missing.status, 3);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('none')), []);
+  });
+
+  it('SIGKILL at random points: verify reports the interrupted update, a re-run repairs it', async (t) => {
+    const base = fs.existsSync('/dev/shm') ? '/dev/shm' : undefined;
+    const { dir, blocks, out } = setup(t, [16384], base); // 64 MiB
+    await save({ output: out, blocks, channels: 2, fsync: false });
+    let interrupted = 0;
+    for (let round = 0; round < 4; round++) {
+      mutate(blocks[0]!.path, 1, 10 + round);
+      // make every page differ so the update has work for its whole run
+      const child = fixedramChild(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--progress', 'json', '--no-fsync'],
+        { env: { ...process.env } });
+      const killAt = round === 0 ? 1 : 1 + crypto.randomInt(4);
+      let events = 0;
+      let buf = '';
+      child.stderr!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line.startsWith('{"event":"progress"') && ++events === killAt) child.kill('SIGKILL');
+        }
+      });
+      const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
+      const v = fixedram(['verify', out, '--json']);
+      if (signal === 'SIGKILL') {
+        interrupted++;
+        assert.equal(v.status, 3, v.stdout);
+        assert.match(JSON.parse(v.stdout).error.message, /interrupted in-place update.*re-run `fixedram save --update`/);
+        const l = fixedram(['load', out, '--dir', path.join(dir, 'x')]);
+        assert.equal(l.status, 3);
+        const repair = await update({ output: out, blocks, channels: 2, fsync: false });
+        assert.equal(repair.repaired, true);
+      } else {
+        assert.equal(code, 0);
+      }
+      const ok = await verify({ snapshot: out, against: blocks, channels: 2 });
+      assert.equal(ok.ok, true, `round ${round}: ${JSON.stringify(ok.failures.slice(0, 2))}`);
+    }
+    await assertLoadsAs(out, blocks, dir);
+    assert.ok(interrupted >= 1, 'at least one update was killed mid-way');
+  });
+});
