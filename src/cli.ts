@@ -10,13 +10,13 @@ import { removeTempsSync } from './cleanup';
 import {
   ExitCode, describeLocation, exitCodeOf, FixedramError, isSystemError, toRecord, type ErrorRecord,
 } from './errors';
-import { inspect, type InspectResult } from './inspect';
-import { load, type LoadResult } from './load';
-import { kLogLevels, makeLogger, type LogLevel } from './log';
+import type { InspectResult } from './inspect';
+import type { LoadResult } from './load';
+import { kLogLevels, makeLazyLogger, type LogLevel } from './log';
 import { progressReporter, type ProgressMode } from './progress';
-import { save, type SaveResult } from './save';
-import { update, type UpdateResult } from './update';
-import { verify, type VerifyResult } from './verify';
+import type { SaveResult } from './save';
+import type { UpdateResult } from './update';
+import type { VerifyResult } from './verify';
 
 const kVersion: string = (require('../../package.json') as { version: string }).version;
 
@@ -167,7 +167,7 @@ export function makeProgram(io: ProgramIo): Command {
       writeErr: (s) => io.stderr.write(s),
     })
     .hook('preAction', (cmd) => {
-      logger = makeLogger(cmd.opts<{ logLevel: LogLevel }>().logLevel, io.stderr === process.stderr ? 2 : io.stderr);
+      logger = makeLazyLogger(cmd.opts<{ logLevel: LogLevel }>().logLevel, io.stderr === process.stderr ? 2 : io.stderr);
     });
 
   // Runs a command body: result → stdout, error → stderr (+ JSON on stdout), exit status.
@@ -224,9 +224,9 @@ export function makeProgram(io: ProgramIo): Command {
         ...(io.signal ? { signal: io.signal } : {}), ...(logger ? { logger } : {}),
       };
       if (o.update) {
-        await run(o, (rep) => update({ ...common, onProgress: rep.sink }), (r) => printUpdate(r, io.stdout));
+        await run(o, async (rep) => (await import('./update')).update({ ...common, onProgress: rep.sink }), (r) => printUpdate(r, io.stdout));
       } else {
-        await run(o, (rep) => save({ ...common, directIo: o.directIo ?? false, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
+        await run(o, async (rep) => (await import('./save')).save({ ...common, directIo: o.directIo ?? false, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
       }
     });
 
@@ -241,7 +241,7 @@ export function makeProgram(io: ProgramIo): Command {
     .action(async (file: string, o: CommonFlags & {
       block?: BlockArg[]; dir?: string; verify: boolean; directIo?: boolean; allowDevice?: boolean;
     }) => {
-      await run(o, (rep) => load({
+      await run(o, async (rep) => (await import('./load')).load({
         snapshot: file, ...(o.block ? { blocks: o.block } : {}), ...(o.dir !== undefined ? { dir: o.dir } : {}),
         verify: o.verify, followSymlinks: o.followSymlinks ?? false, allowDevice: o.allowDevice ?? false,
         directIo: o.directIo ?? false,
@@ -256,7 +256,7 @@ export function makeProgram(io: ProgramIo): Command {
     .option('--against <name=path>', 'compare block NAME with a live file byte for byte (repeat)', collectBlock)
     .option('--max-failures <n>', 'failures listed in detail (all are counted)', parseCount('--max-failures', 0, 1_000_000), 100))
     .action(async (file: string, o: CommonFlags & { against?: BlockArg[]; maxFailures: number }) => {
-      await run(o, (rep) => verify({
+      await run(o, async (rep) => (await import('./verify')).verify({
         snapshot: file, against: o.against ?? [], maxReported: o.maxFailures, followSymlinks: o.followSymlinks ?? false,
         ...(o.channels !== undefined ? { channels: o.channels } : {}),
         ...(io.signal ? { signal: io.signal } : {}), onProgress: rep.sink, ...(logger ? { logger } : {}),
@@ -269,7 +269,7 @@ export function makeProgram(io: ProgramIo): Command {
     .option('--json', 'print one JSON object on stdout (also for errors)')
     .addHelpText('after', kExitHelp)
     .action(async (file: string, o: { json?: boolean }) => {
-      await run({ ...o, progress: 'none' }, async () => inspect(file), (r) => printInspect(r, io.stdout));
+      await run({ ...o, progress: 'none' }, async () => (await import('./inspect')).inspect(file), (r) => printInspect(r, io.stdout));
     });
 
   return program;

@@ -1,5 +1,4 @@
 /** Progress events of long operations, and the ways the CLI shows them. */
-import cliProgress from 'cli-progress';
 
 export interface ProgressEvent {
   command: 'save' | 'load' | 'verify' | 'convert';
@@ -43,6 +42,7 @@ export function progressReporter(mode: ProgressMode, stderr: NodeJS.WriteStream 
       },
     };
   }
+  const cliProgress = require('cli-progress') as typeof import('cli-progress');
   const bar = new cliProgress.SingleBar({
     stream: stderr,
     format: '{command} [{bar}] {percentage}% | {doneMiB}/{totalMiB} MiB | {eta_formatted}',

@@ -8,6 +8,7 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { runChannel } from './channel';
 import { fromRecord, interruptedError } from '../errors';
 import {
   emptyStats, kCtlCancel, kCtlWords, type ChannelBlock, type ChannelKind, type ChannelMessage, type ChannelStats,
@@ -59,40 +60,48 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
   if (opts.signal?.aborted) cancel();
   opts.signal?.addEventListener('abort', cancel, { once: true });
 
+  const onMessage = (m: ChannelMessage, fail: (err: Error) => void): boolean => {
+    if (m.type === 'progress') {
+      done += m.bytes;
+      opts.onProgress?.(done);
+    } else if (m.type === 'warning') {
+      opts.onWarning?.(m.message);
+    } else if (m.type === 'done') {
+      merge(total, m.stats);
+      return true;
+    } else {
+      fail(fromRecord(m.error));
+      return true;
+    }
+    return false;
+  };
+  const failWith = (err: Error): void => {
+    if (!firstError) firstError = err;
+    Atomics.store(ctl, kCtlCancel, 2);
+  };
+
+  // One batch: run it here. A worker thread would cost more to start than the batch takes.
+  const inline = opts.plan.count <= 1 ? async (): Promise<void> => runChannel(job, (m) => void onMessage(m, failWith)) : undefined;
+
   const one = (index: number): Promise<void> =>
     new Promise<void>((resolve) => {
       const w = new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
       let finished = false;
-      const fail = (err: Error): void => {
-        if (!firstError) firstError = err;
-        Atomics.store(ctl, kCtlCancel, 2);
-      };
       w.on('message', (m: ChannelMessage) => {
-        if (m.type === 'progress') {
-          done += m.bytes;
-          opts.onProgress?.(done);
-        } else if (m.type === 'done') {
-          finished = true;
-          merge(total, m.stats);
-        } else if (m.type === 'warning') {
-          opts.onWarning?.(m.message);
-        } else if (m.type === 'failed') {
-          finished = true;
-          fail(fromRecord(m.error));
-        }
+        if (onMessage(m, failWith)) finished = true;
       });
       w.on('error', (err) => {
         finished = true;
-        fail(err);
+        failWith(err);
       });
       w.on('exit', (code) => {
-        if (!finished) fail(new Error(`channel ${index} exited with code ${code} before finishing`));
+        if (!finished) failWith(new Error(`channel ${index} exited with code ${code} before finishing`));
         resolve();
       });
     });
 
   try {
-    await Promise.all(Array.from({ length: n }, (_, i) => one(i)));
+    await (inline ? inline() : Promise.all(Array.from({ length: n }, (_, i) => one(i))));
   } finally {
     opts.signal?.removeEventListener('abort', cancel);
   }

@@ -1,0 +1,144 @@
+/**
+ * A channel: takes batches from the shared counter until none are left (or the run is cancelled)
+ * and moves their pages with the native addon. It never logs; it reports progress, its totals, or
+ * one failure as messages. It runs in a worker thread (worker.ts), or inline on the main thread for
+ * a job of a single batch, where starting a thread would cost more than the work.
+ */
+import * as fs from 'node:fs';
+import { integrityError, toRecord } from '../errors';
+import { fromNativeError, kBadChecksum, kDiffersFromLive, native } from '../native';
+import {
+  emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
+} from './messages';
+
+const kMaxOpenLive = 64;
+
+const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
+
+/** Runs a channel to the end; every outcome is reported through `post`, nothing is thrown. */
+export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): void {
+  const addon = native();
+  const control = new Int32Array(job.control);
+  const batches = new Float64Array(job.batches);
+  const stats = emptyStats();
+  const scratch = job.directIo
+    ? new Uint8Array(addon.alignedBuffer(Math.max(job.scratchBytes, 4096)))
+    : Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
+  const scratch2 = job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined)
+    ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64)) : Buffer.alloc(0);
+  const bad = new BigUint64Array(Math.max(job.badCapacity, 1) * 3);
+  const live = new Map<number, number>();
+  const reopen = (fd: number, flags: number): number => fs.openSync(`/proc/self/fd/${fd}`, flags);
+  let snapFd = -1;
+  let direct = job.directIo;
+  const snapFlags = (): number => (job.kind === 'save' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) |
+    (direct ? fs.constants.O_DIRECT : 0);
+
+  const liveFd = (i: number, b: ChannelBlock): number => {
+    const have = live.get(i);
+    if (have !== undefined) return have;
+    if (live.size >= kMaxOpenLive) {
+      const [oldest, fd] = live.entries().next().value as [number, number];
+      fs.closeSync(fd);
+      live.delete(oldest);
+    }
+    const flags = job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
+    const fd = reopen(b.liveFd!, flags);
+    live.set(i, fd);
+    return fd;
+  };
+
+  try {
+    snapFd = reopen(job.snapshotFd, snapFlags());
+    for (;;) {
+      if (Atomics.load(control, kCtlCancel) !== 0) break;
+      const i = Atomics.add(control, kCtlNextBatch, 1);
+      if (i >= job.batchCount) break;
+      const blockIndex = batches[3 * i]!;
+      const first = batches[3 * i + 1]!;
+      const count = batches[3 * i + 2]!;
+      const b = job.blocks[blockIndex]!;
+      const where = { block: b.name };
+      const once = (): void => {
+        if (job.kind === 'save') {
+          const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
+            scratch, b.csums, b.present, b.flags);
+          stats.presentPages += r[0];
+          stats.bytesRead += r[1];
+          stats.bytesWritten += r[2];
+          stats.writtenPages += r[3];
+          stats.punchedPages += r[4];
+          stats.unchangedPages += r[5];
+        } else if (job.kind === 'load') {
+          const r = addon.loadPages(snapFd, b.snapBase, liveFd(blockIndex, b), b.liveBase, b.pageSize, first, count,
+            scratch, b.csums, b.present, b.flags);
+          stats.bytesRead += r[0];
+          stats.bytesWritten += r[1];
+          stats.zeroedPages += r[2];
+          if (r[3] >= 0) {
+            const page = r[3];
+            const expected = Buffer.from(b.csums.buffer, b.csums.byteOffset + 8 * page, 8).readBigUInt64LE(0);
+            throw integrityError(
+              `block '${b.name}' page ${page}: checksum mismatch (expected ${hex(expected)}, got ${hex(r[4])}) at ` +
+                `offset 0x${(b.snapBase + page * b.pageSize).toString(16)}; the targets are incomplete`,
+              { block: b.name, page, offset: b.snapBase + page * b.pageSize, path: job.snapshotPath });
+          }
+        } else {
+          const fd = b.liveFd !== undefined ? liveFd(blockIndex, b) : -1;
+          const r = addon.verifyPages(snapFd, b.snapBase, b.pageSize, first, count, scratch, b.csums, b.present,
+            fd, b.liveBase, scratch2, bad, b.flags);
+          stats.bytesRead += r[0];
+          const reported = Math.min(r[1], job.badCapacity - stats.bad.length);
+          for (let k = 0; k < reported; k++) {
+            const page = Number(bad[3 * k]!);
+            const kind = Number(bad[3 * k + 1]!);
+            const entry: BadPage = {
+              block: blockIndex, page,
+              kind: kind === kBadChecksum ? 'checksum' : kind === kDiffersFromLive ? 'differs' : 'absent-not-zero',
+              actual: hex(bad[3 * k + 2]!),
+            };
+            if (kind === kBadChecksum) {
+              entry.expected = hex(Buffer.from(b.csums.buffer, b.csums.byteOffset + 8 * page, 8).readBigUInt64LE(0));
+            }
+            stats.bad.push(entry);
+          }
+          stats.badCount += r[1];
+        }
+      };
+      try {
+        try {
+          once();
+        } catch (err) {
+          // O_DIRECT refused on this file system or for this transfer: go on buffered, once.
+          const e = err as { errno?: number; file?: number };
+          const snapRole = job.kind === 'save' ? 1 : 0;
+          if (!direct || e.errno !== 22 || e.file !== snapRole) throw err;
+          direct = false;
+          fs.closeSync(snapFd);
+          snapFd = -1;
+          snapFd = reopen(job.snapshotFd, snapFlags());
+          post({ type: 'warning', message: `direct I/O failed with EINVAL on '${job.snapshotPath}'; continuing with buffered I/O` });
+          once();
+        }
+      } catch (err) {
+        // The addon says which of the call's two files failed: 0 is the first (the source of a save,
+        // the snapshot of a load or verify), 1 the second.
+        const file = (err as { file?: number }).file;
+        const first = job.kind === 'save' ? b.livePath : job.snapshotPath;
+        const second = job.kind === 'save' ? job.snapshotPath : b.livePath;
+        const path = file === 0 ? first : file === 1 ? second : undefined;
+        throw fromNativeError(err, { ...where, ...(path !== undefined ? { path } : {}) });
+      }
+      stats.batches++;
+      post({ type: 'progress', bytes: count * b.pageSize });
+    }
+    post({ type: 'done', stats });
+  } catch (err) {
+    Atomics.store(control, kCtlCancel, 2);
+    post({ type: 'failed', error: toRecord(err) });
+  } finally {
+    for (const fd of live.values()) fs.closeSync(fd);
+    if (snapFd >= 0) fs.closeSync(snapFd);
+  }
+}
+
