@@ -1,5 +1,6 @@
 /** fixedram's library API: the typed core that the CLI maps its flags onto. */
 export { save, type SaveOptions, type SaveResult } from './save';
+export { update, type UpdateOptions, type UpdateResult } from './update';
 export { load, type LoadOptions, type LoadResult } from './load';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyFailure } from './verify';
 export { inspect, type InspectResult } from './inspect';
