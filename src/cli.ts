@@ -10,6 +10,7 @@ import { removeTempsSync } from './cleanup';
 import {
   ExitCode, describeLocation, exitCodeOf, FixedramError, isSystemError, toRecord, type ErrorRecord,
 } from './errors';
+import type { ConvertResult } from './convert';
 import type { InspectResult } from './inspect';
 import type { LoadResult } from './load';
 import { kLogLevels, makeLazyLogger, type LogLevel } from './log';
@@ -100,6 +101,16 @@ function jsonError(err: unknown): { ok: false; exitCode: number; error: Omit<Err
 function printSave(r: SaveResult, out: NodeJS.WritableStream): void {
   const bytes = r.blocks.reduce((s, b) => s + b.length, 0);
   out.write(`saved ${r.blocks.length} block${r.blocks.length === 1 ? '' : 's'} (${mib(bytes)}) to ${r.output}\n`);
+  for (const b of r.blocks) {
+    out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
+  }
+  out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${r.channels} channel${r.channels === 1 ? '' : 's'}\n`);
+}
+
+function printConvert(r: ConvertResult, out: NodeJS.WritableStream): void {
+  const bytes = r.blocks.reduce((s, b) => s + b.length, 0);
+  out.write(`converted ${r.input} (QEMU mapped-ram, ${r.machineType}) to ${r.output}: ${r.blocks.length} block` +
+    `${r.blocks.length === 1 ? '' : 's'} (${mib(bytes)})\n`);
   for (const b of r.blocks) {
     out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
   }
@@ -261,6 +272,20 @@ export function makeProgram(io: ProgramIo): Command {
         ...(o.channels !== undefined ? { channels: o.channels } : {}),
         ...(io.signal ? { signal: io.signal } : {}), onProgress: rep.sink, ...(logger ? { logger } : {}),
       }), (r) => printVerify(r, io.stdout), (r) => (r.ok ? ExitCode.ok : ExitCode.integrity));
+    });
+
+  common(program.command('convert')
+    .description('write a fixedram snapshot (with checksums) of the RAM blocks of a QEMU mapped-ram file')
+    .argument('<qemufile>', 'QEMU mapped-ram migration file (or libvirt sparse save image)')
+    .requiredOption('-o, --output <file>', 'snapshot file to write')
+    .option('--no-fsync', 'do not fsync the snapshot and its directory')
+    .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)'))
+    .action(async (file: string, o: CommonFlags & { output: string; fsync: boolean; directIo?: boolean }) => {
+      await run(o, async (rep) => (await import('./convert')).convert({
+        input: file, output: o.output, fsync: o.fsync, directIo: o.directIo ?? false,
+        ...(o.channels !== undefined ? { channels: o.channels } : {}),
+        ...(io.signal ? { signal: io.signal } : {}), onProgress: rep.sink, ...(logger ? { logger } : {}),
+      }), (r) => printConvert(r, io.stdout));
     });
 
   program.command('inspect')

@@ -13,7 +13,7 @@
  * QEMU's own checks are in shared/reference/qemu-mapped-ram.md.
  */
 import * as fs from 'node:fs';
-import { isSystemError, snapshotError, type FixedramError } from './errors';
+import { FixedramError, isSystemError, snapshotError } from './errors';
 import { nameProblem, unpackBitmap } from './format';
 import { newTables, type BlockTables, type ImageBlock, type RamImage } from './snapshot';
 
@@ -476,7 +476,24 @@ function parse(r: FileReader): Parsed {
     incomplete = snapshotError('ERR_SNAPSHOT_INCOMPLETE',
       'incomplete libvirt save image: the header still says LibvirtQemudPart (libvirt did not finish the save)', { offset: 0, path: r.path });
   }
-  return { details, blocks, bitmaps, ...(incomplete ? { incomplete } : {}) };
+  const { libvirt: wrapper, ...rest } = details;
+  return { details: { ...rest, ...(wrapper ? { libvirt: wrapper } : {}) }, blocks, bitmaps, ...(incomplete ? { incomplete } : {}) };
+}
+
+/**
+ * {@link parse}, except that a libvirt image still marked LibvirtQemudPart (libvirt did not finish
+ * the save) that is cut short is reported as incomplete rather than truncated.
+ */
+function parseOrIncomplete(r: FileReader): Parsed {
+  try {
+    return parse(r);
+  } catch (err) {
+    if (!(err instanceof FixedramError) || err.code !== 'ERR_SNAPSHOT_TRUNCATED' || r.size < 16) throw err;
+    if (!r.read(0, 16, 'magic').equals(kLibvirtPart)) throw err;
+    throw snapshotError('ERR_SNAPSHOT_INCOMPLETE',
+      `incomplete libvirt save image (still marked LibvirtQemudPart, libvirt did not finish the save): ${err.message}`,
+      { ...(err.block !== undefined ? { block: err.block } : {}), ...(err.offset !== undefined ? { offset: err.offset } : {}) });
+  }
 }
 
 /**
@@ -590,7 +607,7 @@ export function openQemuImage(file: string): RamImage {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
     const reader = new FileReader(fd, st.size, file);
-    const p = parse(reader);
+    const p = parseOrIncomplete(reader);
     let closed = false;
     return {
       format: 'qemu-mapped-ram',
@@ -620,7 +637,8 @@ export function openQemuImage(file: string): RamImage {
     };
   } catch (err) {
     fs.closeSync(fd);
-    if (err && typeof err === 'object' && !('path' in err)) Object.assign(err, { path: file });
+    // (FixedramError declares `path`, so the property exists even when it is undefined)
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
     throw err;
   }
 }
