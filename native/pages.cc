@@ -273,12 +273,13 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
 
   // absent pages: their slots must be holes or zeros. Only slots with data are read.
   std::vector<uint8_t> data;
-  const bool known = MarkData(snap, b, &data);
+  const bool absent_zero = (flags & kVerifyAbsentZero) != 0;
+  const bool known = absent_zero && MarkData(snap, b, &data);
   std::vector<uint8_t> check(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) {
     if (marks[i]) continue;
     memset(b.scratch + i * ps, 0, static_cast<size_t>(ps));
-    check[i] = known ? data[i] : 1;
+    check[i] = !absent_zero ? 0 : known ? data[i] : 1;
   }
   ForRuns(check, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });
   for (int64_t i = 0; i < n; ++i) {

@@ -81,7 +81,8 @@ struct VerifyResult {
 // against.fd >= 0) every page against the live file. Writes (page, kind, actual hash) triples into
 // bad (capacity triples at most). scratch2 (count * page_size bytes) is used for the live file.
 enum VerifyFlags : uint32_t {
-  kVerifyChecksums = 1u << 0,  // the image has per-page checksums to check
+  kVerifyChecksums = 1u << 0,   // the image has per-page checksums to check
+  kVerifyAbsentZero = 1u << 1,  // absent slots must read as zero (fixedram; QEMU may leave stale data)
 };
 
 VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& batch,

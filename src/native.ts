@@ -17,6 +17,8 @@ export const kLoadZeroAbsent = 1 << 1;
 export const kLoadMmapTarget = 1 << 2;
 /** Flags of {@link Native.verifyPages}. */
 export const kVerifyChecksums = 1 << 0;
+/** Absent slots must read as zero (fixedram images; QEMU may leave stale data behind a clear bit). */
+export const kVerifyAbsentZero = 1 << 1;
 /** Kinds of bad pages reported by {@link Native.verifyPages}. */
 export const kBadChecksum = 1;
 export const kAbsentNotZero = 2;
