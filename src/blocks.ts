@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ioError, sysError, usageError, isSystemError } from './errors';
+import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
 import { isPowerOfTwo, kMinPageSize, nameProblem } from './format';
 import { native } from './native';
 
@@ -25,7 +25,10 @@ export interface FileIdentity {
 
 export interface OpenFile extends FileIdentity {
   path: string;
+  /** The open descriptor, or -1 once released (see {@link releaseFd}). */
   fd: number;
+  /** Whether a final symlink was followed when it was opened (channels reopen it the same way). */
+  follow: boolean;
   size: number;
   hugetlbfs: boolean;
   /** A block device (only with allowDevice). */
@@ -84,9 +87,13 @@ export function openBlockFile(
   try {
     fd = fs.openSync(file, f, opts.mode ?? 0o644);
   } catch (err) {
-    if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
-      throw ioError('ERR_SYMLINK', `'${file}' (block '${opts.block}') is a symbolic link; pass --follow-symlinks to use it`,
+    if (isSystemError(err) && err.code === 'EISDIR') {
+      throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage, `'${file}' (block '${opts.block}') is a directory, not a regular file`,
         { path: file, block: opts.block });
+    }
+    if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
+      throw new FixedramError('ERR_SYMLINK', ExitCode.usage,
+        `'${file}' (block '${opts.block}') is a symbolic link; pass --follow-symlinks to use it`, { path: file, block: opts.block });
     }
     if (isSystemError(err)) Object.assign(err, { block: opts.block });
     throw err;
@@ -96,14 +103,15 @@ export function openBlockFile(
     const device = st.isBlockDevice() && opts.allowDevice === true;
     if (!st.isFile() && !device) {
       const hint = st.isBlockDevice() ? ' (pass --allow-device to use a block device)' : '';
-      throw ioError('ERR_NOT_REGULAR', `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`,
-        { path: file, block: opts.block });
+      throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
+        `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`, { path: file, block: opts.block });
     }
     const [fsType, bsize] = native().fstatfs(fd);
     const hugetlbfs = !device && fsType === kHugetlbfsMagic;
     const size = device ? native().blockDeviceSize(fd) : Number(st.size);
     return {
-      path: file, fd, size, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs, device,
+      path: file, fd, follow: opts.followSymlinks === true, size, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs,
+      device,
       ...(hugetlbfs ? { hugePageSize: bsize } : {}),
     };
   } catch (err) {
@@ -136,27 +144,31 @@ export function pageSizeFor(file: OpenFile, requested: number | undefined): numb
   return file.hugePageSize ?? kDefaultPageSize;
 }
 
-/** Checks that a file still is what was opened: same device, inode and size. */
+/**
+ * Closes the descriptor of a checked block file. Why: a snapshot may have thousands of blocks, and
+ * the main thread must not hold a descriptor per block; channels reopen each file by path and
+ * compare its device and inode with the ones recorded here.
+ */
+export function releaseFd(file: OpenFile): void {
+  closeQuietly(file.fd);
+  file.fd = -1;
+}
+
+/** Checks that the path still names what was opened: same device, inode and (not for devices) size. */
 export function checkUnchanged(file: OpenFile, block: string): void {
-  let st: fs.BigIntStats;
-  try {
-    st = fs.fstatSync(file.fd, { bigint: true });
-  } catch (err) {
-    throw isSystemError(err) ? Object.assign(err, { path: file.path, block }) : err;
-  }
-  if (!file.device && Number(st.size) !== file.size) {
-    throw ioError('ERR_SOURCE_CHANGED',
-      `source of block '${block}' changed size during the operation ('${file.path}': ${file.size} -> ${st.size} bytes)`,
-      { path: file.path, block });
-  }
   let now: fs.BigIntStats | undefined;
   try {
-    now = fs.statSync(file.path, { bigint: true });
+    now = file.follow ? fs.statSync(file.path, { bigint: true }) : fs.lstatSync(file.path, { bigint: true });
   } catch {
     now = undefined;
   }
   if (!now || now.ino !== file.ino || now.dev !== file.dev) {
     throw ioError('ERR_SOURCE_CHANGED', `source of block '${block}' was replaced or removed during the operation ('${file.path}')`,
+      { path: file.path, block });
+  }
+  if (!file.device && Number(now.size) !== file.size) {
+    throw ioError('ERR_SOURCE_CHANGED',
+      `source of block '${block}' changed size during the operation ('${file.path}': ${file.size} -> ${now.size} bytes)`,
       { path: file.path, block });
   }
 }

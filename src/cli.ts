@@ -329,9 +329,13 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const onSignal = (sig: NodeJS.Signals): void => {
     interrupts++;
     if (interrupts > 1) {
+      // Exit at once, even while channels are inside a native call: remove the temp files, then
+      // die by the signal itself (default action), which shells report as 128 + 2 = 130.
       removeTempsSync();
       process.stderr.write(`fixedram: ${sig} again, exiting at once\n`);
-      process.exit(ExitCode.interrupted);
+      process.removeAllListeners(sig);
+      process.kill(process.pid, sig);
+      return;
     }
     process.stderr.write(`fixedram: ${sig}: stopping (again to exit at once)\n`);
     controller.abort();

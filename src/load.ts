@@ -9,7 +9,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, sameFile, targetInDir, type BlockArg, type OpenFile,
+  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, releaseFd, sameFile, targetInDir, type BlockArg,
+  type OpenFile,
 } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
@@ -70,10 +71,18 @@ interface Target {
   tables: BlockTables;
 }
 
+/** Refuses a hugetlbfs target whose length is not a whole number of huge pages. */
+function checkHugeMultiple(f: OpenFile, block: string, length: number): void {
+  if (f.hugePageSize !== undefined && length % f.hugePageSize !== 0) {
+    throw ioError('ERR_PAGE_SIZE', `block '${block}' (${length} bytes) cannot be loaded into hugetlbfs file '${f.path}': ` +
+      `its length is not a multiple of the huge page size ${f.hugePageSize}`, { path: f.path, block });
+  }
+}
+
 /** Opens (or creates) a target of exactly `length` bytes. */
-function openTarget(file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean }): {
-  file: OpenFile; created: boolean;
-} {
+function openTarget(
+  file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean },
+): { file: OpenFile; created: boolean } {
   let exists = true;
   try {
     fs.lstatSync(file);
@@ -83,6 +92,14 @@ function openTarget(file: string, block: string, length: number, opts: { followS
   }
   if (exists) {
     const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts });
+    if (f.size === length) {
+      try {
+        checkHugeMultiple(f, block, length);
+      } catch (err) {
+        closeQuietly(f.fd);
+        throw err;
+      }
+    }
     if (f.size !== length) {
       closeQuietly(f.fd);
       throw usageError(`target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
@@ -92,9 +109,11 @@ function openTarget(file: string, block: string, length: number, opts: { followS
   }
   const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, create: true, mode: 0o644 });
   try {
+    checkHugeMultiple(f, block, length);
     fs.ftruncateSync(f.fd, length);
   } catch (err) {
     closeQuietly(f.fd);
+    fs.rmSync(file, { force: true });
     throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
   }
   return { file: { ...f, size: length }, created: true };
@@ -116,6 +135,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   // validate the image before touching anything
   const image = openImage(opts.snapshot);
   const targets: Target[] = [];
+  let dataStarted = false;
   try {
     if (image.incomplete) throw image.incomplete;
     // A shared lock: an in-place update (which holds it exclusively) cannot run under a load.
@@ -152,12 +172,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
       });
       targets.push({ index: c.index, file: t.file, created: t.created, tables: tables[k]! });
+      releaseFd(t.file);
       if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
-      if (t.file.hugePageSize !== undefined && b.length % t.file.hugePageSize !== 0) {
-        throw ioError('ERR_PAGE_SIZE', `block '${b.name}' (${b.length} bytes) cannot be loaded into hugetlbfs file '${c.path}': ` +
-          `its length is not a multiple of the huge page size ${t.file.hugePageSize}`, { path: c.path, block: b.name });
-      }
     });
+    dataStarted = true;
 
     // load
     const verify = wantVerify && image.hasChecksums;
@@ -165,7 +183,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       const b = image.blocks[t.index]!;
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        liveFd: t.file.fd, livePath: t.file.path, liveBase: 0, liveMmap: t.file.hugetlbfs,
+        livePath: t.file.path, liveDev: t.file.dev, liveIno: t.file.ino, liveFollow: t.file.follow,
+        liveBase: 0, liveMmap: t.file.hugetlbfs,
         present: t.tables.present, csums: t.tables.csums,
         flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
       };
@@ -205,6 +224,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       channels: Math.min(channels, Math.max(plan.count, 1)),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
+  } catch (err) {
+    // nothing was written yet: remove the targets this run created
+    if (!dataStarted) for (const t of targets) if (t.created) fs.rmSync(t.file.path, { force: true });
+    throw err;
   } finally {
     for (const t of targets) closeQuietly(t.file.fd);
     image.close();

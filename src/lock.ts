@@ -54,8 +54,14 @@ export function lockOutput(output: string): OutputLock {
       fs.closeSync(fd);
       continue;
     }
-    fs.ftruncateSync(fd, 0);
-    fs.writeSync(fd, `${process.pid}\n`, 0);
+    try {
+      // the pid is for the message of a refused second writer; a file system that cannot write
+      // small files (hugetlbfs) still gets the lock, just without the pid
+      fs.ftruncateSync(fd, 0);
+      fs.writeSync(fd, `${process.pid}\n`, 0);
+    } catch {
+      /* lock without a pid */
+    }
     registerTemp(lockPath);
     let released = false;
     return {

@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, sameFile,
+  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd, sameFile,
   type BlockArg,
   type OpenFile,
 } from './blocks';
@@ -84,7 +84,10 @@ export function checkChannels(n: number | undefined): number {
   return v;
 }
 
-/** Opens every source read-only and checks type, size and page size. */
+/**
+ * Opens every source read-only, checks type, size and page size, and closes it again (channels
+ * reopen sources by path and check their identity; see releaseFd).
+ */
 export function openSources(
   blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
 ): OpenFile[] {
@@ -100,6 +103,7 @@ export function openSources(
         throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`,
           { block: b.name, path: b.path });
       }
+      releaseFd(f);
     }
     return opened;
   } catch (err) {
@@ -171,10 +175,12 @@ export interface SnapshotSource {
   name: string;
   length: number;
   pageSize: number;
-  /** Open descriptor of the file holding the block; page i is at base + i * pageSize. */
-  fd: number;
+  /** The file holding the block; page i is at base + i * pageSize. */
   path: string;
   base: number;
+  /** An open descriptor of it (channels reopen it), or else the identity channels check when they open path. */
+  fd?: number;
+  identity?: { dev: bigint; ino: bigint; follow: boolean };
   /** Pages that may hold data (e.g. a QEMU bitmap); the others are taken as zero without reading. */
   mask?: Uint8Array;
 }
@@ -201,6 +207,40 @@ export interface WriteResult {
 }
 
 /**
+ * Removes temp files that earlier saves of `output` left behind when they were killed (SIGKILL,
+ * power loss): `.<name>.<pid>.<hex>.tmp` whose pid is no longer running. Called under the lock.
+ */
+function removeStaleTemps(output: string, logger?: Logger): void {
+  const dir = path.dirname(output);
+  const prefix = `.${path.basename(output)}.`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const m = /^(\d+)\.[0-9a-f]{8}\.tmp$/.exec(name.slice(prefix.length));
+    if (!m) continue;
+    const pid = Number(m[1]);
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch (err) {
+      alive = (err as NodeJS.ErrnoException).code !== 'ESRCH';
+    }
+    if (alive || pid === process.pid) continue;
+    try {
+      fs.unlinkSync(path.join(dir, name));
+      logger?.info({ file: name }, 'removed the temp file of an interrupted save');
+    } catch {
+      /* gone already */
+    }
+  }
+}
+
+/**
  * Writes a new snapshot of `sources` at `output` with the commit protocol described at the top of
  * this file: lock, temp file, channels, metadata, complete flag, rename. The caller has checked
  * that the output is none of the sources.
@@ -214,6 +254,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
   }
   const lock = lockOutput(output);
+  removeStaleTemps(output, opts.logger);
   let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
   let fd: number | undefined;
   try {
@@ -238,7 +279,9 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
       if (src.mask) tables[i]!.present.set(src.mask.subarray(0, b.pages));
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        liveFd: src.fd, livePath: src.path, liveBase: src.base,
+        ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
+        ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
+        livePath: src.path, liveBase: src.base,
         present: tables[i]!.present, csums: tables[i]!.csums,
         flags: kSaveSeekData | (src.mask ? kSaveMask : 0) | (opts.fsync ? kSaveWriteback : 0),
       };
@@ -302,7 +345,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
     refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));
     const sources = opts.blocks.map((b, i): SnapshotSource => ({
       name: b.name, length: files[i]!.size, pageSize: pageSizeFor(files[i]!, opts.pageSize),
-      fd: files[i]!.fd, path: files[i]!.path, base: 0,
+      path: files[i]!.path, base: 0, identity: { dev: files[i]!.dev, ino: files[i]!.ino, follow: files[i]!.follow },
     }));
     const w = await writeSnapshot(output, sources, {
       command: 'save', channels, fsync: opts.fsync ?? true, directIo: opts.directIo ?? false,

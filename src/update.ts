@@ -130,7 +130,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       const f = files[order[i]!]!;
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        liveFd: f.fd, livePath: f.path, liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums,
+        livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: 0,
+        present: tables[i]!.present, csums: tables[i]!.csums,
         flags: kSaveSeekData | kSaveUpdate | (repair ? kSaveRewrite : 0) | (doSync ? kSaveWriteback : 0),
       };
     });

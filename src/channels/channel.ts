@@ -5,7 +5,7 @@
  * a job of a single batch, where starting a thread would cost more than the work.
  */
 import * as fs from 'node:fs';
-import { integrityError, toRecord } from '../errors';
+import { integrityError, ioError, isSystemError, toRecord } from '../errors';
 import { fromNativeError, kBadChecksum, kDiffersFromLive, native } from '../native';
 import {
   emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
@@ -24,7 +24,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
   const scratch = job.directIo
     ? new Uint8Array(addon.alignedBuffer(Math.max(job.scratchBytes, 4096)))
     : Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
-  const scratch2 = job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined)
+  const scratch2 = job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined || b.livePath !== undefined)
     ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64)) : Buffer.alloc(0);
   const bad = new BigUint64Array(Math.max(job.badCapacity, 1) * 3);
   const live = new Map<number, number>();
@@ -43,7 +43,25 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       live.delete(oldest);
     }
     const flags = job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
-    const fd = reopen(b.liveFd!, flags);
+    let fd: number;
+    if (b.liveFd !== undefined) {
+      fd = reopen(b.liveFd, flags);
+    } else {
+      const c = fs.constants;
+      const changed = (): Error => ioError('ERR_SOURCE_CHANGED',
+        `'${b.livePath}' (block '${b.name}') was replaced or removed during the operation`, { path: b.livePath!, block: b.name });
+      try {
+        fd = fs.openSync(b.livePath!, flags | c.O_NONBLOCK | (b.liveFollow ? 0 : c.O_NOFOLLOW));
+      } catch (err) {
+        if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
+        throw isSystemError(err) ? Object.assign(err, { path: b.livePath, block: b.name }) : err;
+      }
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.dev !== b.liveDev || st.ino !== b.liveIno) {
+        fs.closeSync(fd);
+        throw changed();
+      }
+    }
     live.set(i, fd);
     return fd;
   };
@@ -84,7 +102,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
               { block: b.name, page, offset: b.snapBase + page * b.pageSize, path: job.snapshotPath });
           }
         } else {
-          const fd = b.liveFd !== undefined ? liveFd(blockIndex, b) : -1;
+          const fd = b.liveFd !== undefined || b.liveIno !== undefined ? liveFd(blockIndex, b) : -1;
           const r = addon.verifyPages(snapFd, b.snapBase, b.pageSize, first, count, scratch, b.csums, b.present,
             fd, b.liveBase, scratch2, bad, b.flags);
           stats.bytesRead += r[0];

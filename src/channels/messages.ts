@@ -20,11 +20,19 @@ export interface ChannelBlock {
   snapBase: number;
   /**
    * The live file: the source of a save, the target of a load, the file compared against by
-   * verify. Channels reopen it through /proc/self/fd/<liveFd> (the main thread's descriptor), so
-   * each channel holds its own descriptor on exactly the inode the main thread checked.
+   * verify. With liveFd, channels reopen it through /proc/self/fd/<liveFd> (the main thread's
+   * descriptor), so each channel holds its own descriptor on exactly the inode the main thread
+   * checked.
    */
   liveFd?: number;
   livePath?: string;
+  /**
+   * Without liveFd: channels open livePath themselves (following a final symlink only when
+   * liveFollow) and refuse a file whose device and inode differ from these.
+   */
+  liveDev?: bigint;
+  liveIno?: bigint;
+  liveFollow?: boolean;
   /** File offset of page 0 in the live file. */
   liveBase: number;
   /** Write the live file through a shared mapping (hugetlbfs). */
