@@ -246,8 +246,11 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
       throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': page size ${pageSize} is not a power of two >= ${kMinPageSize}`, ctx);
     }
     const length = u64(table, o + 8, `block '${name}' length`, 0);
-    if (length % pageSize !== 0 || length > kMaxBlockLength) {
+    if (length % pageSize !== 0) {
       throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': length ${length} is not a multiple of page size ${pageSize}`, ctx);
+    }
+    if (length > kMaxBlockLength) {
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': length ${length} exceeds the maximum 2^50`, ctx);
     }
     const pages = length / pageSize;
     const b: BlockLayout = {
@@ -292,13 +295,15 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
           `${prev.what}${prev.block ? ` of '${prev.block}'` : ''}`, { offset: cur.start, ...(cur.block ? { block: cur.block } : {}) });
     }
   }
-  const end = sorted.length ? Math.max(...sorted.map((r) => r.end)) : tableEnd;
+  // a loop, not Math.max(...): with tens of thousands of blocks the spread overflows the stack
+  let end = tableEnd;
+  for (const r of sorted) end = Math.max(end, r.end);
   if (metadataEnd > declaredSize || end > declaredSize) {
     throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: regions end at 0x${end.toString(16)} past the declared size 0x${declaredSize.toString(16)}`, { offset: 40 });
   }
   if (fileSize < declaredSize) {
     const cut = sorted.find((r) => r.end > fileSize);
-    const where = cut ? ` inside the ${cut.what}${cut.block ? ` of block '${cut.block}'` : ''}` : '';
+    const where = cut ? ` ${cut.start < fileSize ? 'inside' : 'before'} the ${cut.what}${cut.block ? ` of block '${cut.block}'` : ''}` : '';
     throw snapshotError('ERR_SNAPSHOT_TRUNCATED',
       `truncated snapshot: file size is ${fileSize} (0x${fileSize.toString(16)}), expected ${declaredSize}${where}`,
       { offset: fileSize, ...(cut?.block ? { block: cut.block } : {}) });
@@ -307,6 +312,43 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     throw snapshotError('ERR_SNAPSHOT_INVALID', `snapshot has ${fileSize - declaredSize} unexpected bytes after offset 0x${declaredSize.toString(16)}`, { offset: declaredSize });
   }
   return { version: kVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums };
+}
+
+/** A byte range of a snapshot that no region covers; it must read as zero. */
+export interface Padding {
+  start: number;
+  end: number;
+  /** The block whose region follows the padding (or precedes it, at the end of the file); '' if none. */
+  block: string;
+  /** The regions around it: "between the checksum table of 'a' and the pages of 'b'", "after ...". */
+  where: string;
+}
+
+/**
+ * The padding of a validated layout: every byte range in [0, fileSize) outside the header, block
+ * table, bitmaps, checksum tables and page regions (in a file from planLayout: the hole after the
+ * metadata and the holes between page regions, each under 1 MiB).
+ */
+export function paddingOf(layout: SnapshotLayout): Padding[] {
+  const tableEnd = kHeaderBytes + layout.blocks.length * kEntryBytes;
+  const regions = [{ start: 0, end: tableEnd, block: '', what: layout.blocks.length ? 'the block table' : 'the header' }];
+  for (const b of layout.blocks) {
+    regions.push({ start: b.bitmapOffset, end: b.bitmapOffset + b.bitmapBytes, block: b.name, what: `the bitmap of '${b.name}'` });
+    regions.push({ start: b.checksumsOffset, end: b.checksumsOffset + b.checksumsBytes, block: b.name,
+      what: `the checksum table of '${b.name}'` });
+    regions.push({ start: b.pagesOffset, end: b.pagesOffset + b.length, block: b.name, what: `the pages of '${b.name}'` });
+  }
+  const used = regions.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
+  const out: Padding[] = [];
+  let pos = 0;
+  let last = used[0]!;
+  for (const r of used) {
+    if (r.start > pos) out.push({ start: pos, end: r.start, block: r.block, where: `between ${last.what} and ${r.what}` });
+    pos = Math.max(pos, r.end);
+    last = r;
+  }
+  if (pos < layout.fileSize) out.push({ start: pos, end: layout.fileSize, block: last.block, where: `after ${last.what}` });
+  return out;
 }
 
 /** Packs one byte per page (non-zero = present) into the v1 bitmap: LE u64 words, bit i = page i. */

@@ -5,8 +5,8 @@
 import * as fs from 'node:fs';
 import { isSystemError, snapshotError, type FixedramError } from './errors';
 import {
-  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, unpackBitmap, type BlockLayout,
-  type SnapshotHeader,
+  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, paddingOf, unpackBitmap, type BlockLayout,
+  type Padding, type SnapshotHeader,
 } from './format';
 import { native } from './native';
 
@@ -73,7 +73,8 @@ export function openSnapshot(file: string, writable = false): SnapshotFile {
     return { path: file, fd, size, header };
   } catch (err) {
     fs.closeSync(fd);
-    if (err && typeof err === 'object' && !('path' in err)) Object.assign(err, { path: file });
+    // (FixedramError declares `path` as a class field, so test the value, not `'path' in err`)
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
     throw err;
   }
 }
@@ -104,8 +105,8 @@ export function requireComplete(snap: SnapshotFile): void {
  * metadata checksum and the stored present count.
  */
 export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): BlockTables {
-  const meta = new Uint8Array(new SharedArrayBuffer(Math.max(b.bitmapBytes + b.checksumsBytes, 8)))
-    .subarray(0, b.bitmapBytes + b.checksumsBytes);
+  const metaBytes = b.bitmapBytes + b.checksumsBytes;
+  const meta = sharedBytes(metaBytes + b.pages, b.name).subarray(0, metaBytes);
   readExact(snap.fd, b.bitmapBytes, b.bitmapOffset, meta.subarray(0, b.bitmapBytes));
   readExact(snap.fd, b.checksumsBytes, b.checksumsOffset, meta.subarray(b.bitmapBytes));
   const ctx = { block: b.name, path: snap.path };
@@ -115,14 +116,40 @@ export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): B
         `(bitmap at 0x${b.bitmapOffset.toString(16)}, checksums at 0x${b.checksumsOffset.toString(16)})`,
       { ...ctx, offset: b.bitmapOffset });
   }
-  const present = new Uint8Array(new SharedArrayBuffer(Math.max(b.pages, 1))).subarray(0, b.pages);
+  const present = new Uint8Array(meta.buffer, metaBytes, b.pages);
   const count = unpackBitmap(meta.subarray(0, b.bitmapBytes), b.pages, present, b.name, b.bitmapOffset);
   if (count !== snap.header.presentPages[index]) {
     throw snapshotError('ERR_SNAPSHOT_INVALID',
       `corrupt metadata: block '${b.name}' bitmap has ${count} pages set, the block table says ${snap.header.presentPages[index]}`,
       { ...ctx, offset: b.bitmapOffset });
   }
-  return { present, csums: meta.subarray(b.bitmapBytes), presentCount: count };
+  // the checksum of an absent page is 0 (format v1); anything else is a corrupt table
+  const csums = meta.subarray(b.bitmapBytes);
+  for (let p = 0; p < b.pages; p++) {
+    if (present[p]) continue;
+    for (let k = 8 * p; k < 8 * p + 8; k++) {
+      if (csums[k] !== 0) {
+        throw snapshotError('ERR_SNAPSHOT_INVALID',
+          `corrupt metadata: block '${b.name}' page ${p} is absent but its checksum entry is not 0`,
+          { ...ctx, page: p, offset: b.checksumsOffset + 8 * p });
+      }
+    }
+  }
+  return { present, csums, presentCount: count };
+}
+
+/**
+ * Shared memory for a block's tables. The size is bounded by the file (the tables lie inside it),
+ * but a sparse file can still ask for more than this process can hold: that is a typed error.
+ */
+function sharedBytes(bytes: number, block: string): Uint8Array {
+  try {
+    return new Uint8Array(new SharedArrayBuffer(Math.max(bytes, 8)));
+  } catch (err) {
+    if (!(err instanceof RangeError)) throw err;
+    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+      `block '${block}': its bitmap and checksum table (${bytes} bytes with the page map) do not fit in memory`, { block });
+  }
 }
 
 /** A block of any readable RAM image (a fixedram snapshot or a QEMU mapped-ram file). */
@@ -149,6 +176,8 @@ export interface RamImage {
   state: 'complete' | 'incomplete' | 'updating';
   /** The reason the image cannot be loaded as is, when state is not complete. */
   incomplete?: Error;
+  /** Byte ranges outside every region, which must read as zero (fixedram snapshots). */
+  padding?: Padding[];
   /** Format-specific facts for `inspect` (version, machine type, wrapper, ...). */
   details?: Record<string, unknown>;
   /** Reads and validates the bitmap (and checksums) of block i. */
@@ -172,6 +201,7 @@ export function fixedramImage(snap: SnapshotFile): RamImage {
     hasChecksums: true,
     state: snap.header.flags & kFlagUpdating ? 'updating' : snap.header.flags & kFlagComplete ? 'complete' : 'incomplete',
     details: { version: snap.header.version, flags: snap.header.flags, metadataEnd: snap.header.metadataEnd },
+    padding: paddingOf(snap.header),
     ...(reason ? { incomplete: reason } : {}),
     readTables: (i) => readTables(snap, snap.header.blocks[i]!, i),
     close: () => fs.closeSync(snap.fd),

@@ -8,9 +8,10 @@ import type { Logger } from 'pino';
 import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
 import { runChannels } from './channels/pool';
 import type { BadPage, ChannelBlock } from './channels/messages';
-import { usageError } from './errors';
+import { interruptedError, usageError } from './errors';
 import { openImage } from './image';
-import { kVerifyChecksums } from './native';
+import type { Padding } from './format';
+import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
@@ -32,11 +33,14 @@ export interface VerifyOptions {
 
 export interface VerifyFailure {
   block: string;
-  /** Page index, or undefined for a whole-block failure (size mismatch against a live file). */
+  /**
+   * Page index, or undefined for a whole-block failure (size mismatch against a live file) and for
+   * non-zero padding (then `block` is the block whose region follows the padding).
+   */
   page?: number;
-  /** File offset of the page in the snapshot. */
+  /** File offset of the page in the snapshot (padding: of the first non-zero byte). */
   offset?: number;
-  kind: 'checksum' | 'absent-not-zero' | 'differs' | 'size';
+  kind: 'checksum' | 'absent-not-zero' | 'differs' | 'size' | 'padding-not-zero';
   expected?: string;
   actual?: string;
   message: string;
@@ -108,7 +112,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
       ...(live[i] ? { liveFd: live[i]!.fd, livePath: live[i]!.path } : {}),
       liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums,
-      flags: image.hasChecksums ? kVerifyChecksums : 0,
+      flags: image.format === 'fixedram' ? kVerifyChecksums | kVerifyAbsentZero : 0,
     }));
     const plan = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
     const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
@@ -119,7 +123,8 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       ...(opts.signal ? { signal: opts.signal } : {}),
       onProgress: (done) => opts.onProgress?.({ command: 'verify', bytesDone: done, bytesTotal: total }),
     });
-    failureCount += stats.badCount;
+    const padding = await checkPadding(image, opts.signal);
+    failureCount += stats.badCount + padding.length;
     for (const bad of stats.bad) {
       const b = image.blocks[bad.block]!;
       const offset = b.pagesOffset + bad.page * b.pageSize;
@@ -130,6 +135,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
           (bad.kind === 'checksum' ? ` (expected ${bad.expected}, got ${bad.actual})` : ''),
       });
     }
+    failures.push(...padding.slice(0, Math.max(0, maxReported - failures.length)));
     return {
       command: 'verify',
       snapshot: image.path,
@@ -152,4 +158,59 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     for (const f of live) closeQuietly(f?.fd);
     image.close();
   }
+}
+
+const kPaddingChunkPages = 256;
+
+/**
+ * Checks that the padding of a snapshot (bytes outside every region) reads as zero, and returns one
+ * failure per non-zero 4 KiB chunk (offset: its first non-zero byte). Runs on this thread: the
+ * unaligned ends are read here, the aligned middle goes through the addon in 1 MiB steps, which
+ * reads only the data extents (SEEK_DATA), so holes cost nothing.
+ */
+async function checkPadding(image: RamImage, signal?: AbortSignal): Promise<VerifyFailure[]> {
+  const out: VerifyFailure[] = [];
+  const ps = 4096;
+  const buf = Buffer.alloc(ps);
+  // reads [start, end) (at most one chunk) and reports its first non-zero byte, if any
+  const scan = (p: Padding, start: number, end: number): void => {
+    const n = fs.readSync(image.fd, buf, 0, end - start, start);
+    const at = buf.subarray(0, n).findIndex((v) => v !== 0);
+    if (at < 0) return;
+    const offset = start + at;
+    out.push({
+      block: p.block, offset, kind: 'padding-not-zero',
+      message: `padding at 0x${p.start.toString(16)}-0x${p.end.toString(16)} (${p.where}) ` +
+        `holds non-zero data at offset 0x${offset.toString(16)}`,
+    });
+  };
+  const addon = native();
+  const scratch = Buffer.alloc(kPaddingChunkPages * ps);
+  const present = new Uint8Array(kPaddingChunkPages);
+  const csums = new Uint8Array(kPaddingChunkPages * 8);
+  const bad = new BigUint64Array(kPaddingChunkPages * 3);
+  for (const p of image.padding ?? []) {
+    const a = Math.min(Math.ceil(p.start / ps) * ps, p.end);
+    const z = Math.max(Math.floor(p.end / ps) * ps, a);
+    if (p.start < a) scan(p, p.start, a);
+    for (let pos = a, steps = 0; pos < z; pos += kPaddingChunkPages * ps, steps++) {
+      if (steps % 64 === 63) {
+        await new Promise((resolve) => setImmediate(resolve));
+        if (signal?.aborted) throw interruptedError('interrupted');
+      }
+      const count = Math.min(kPaddingChunkPages, (z - pos) / ps);
+      let r: [number, number];
+      try {
+        r = addon.verifyPages(image.fd, pos, ps, 0, count, scratch, csums, present, -1, 0, scratch, bad, kVerifyAbsentZero);
+      } catch (err) {
+        throw fromNativeError(err, { path: image.path });
+      }
+      for (let k = 0; k < Math.min(r[1], kPaddingChunkPages); k++) {
+        const page = pos + Number(bad[3 * k]!) * ps;
+        scan(p, page, page + ps);
+      }
+    }
+    if (z < p.end) scan(p, Math.max(z, p.start), p.end);
+  }
+  return out;
 }
