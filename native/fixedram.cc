@@ -104,14 +104,16 @@ Napi::Value Hash(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(Hash64(a.Data(), a.ByteLength())));
 }
 
-// savePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags)
+// savePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, mask, flags)
+//   mask: Uint8Array, one byte per page of the block (used with kSaveMask; may be empty otherwise)
 //   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages]
 Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
   const int64_t ps = PageSize(info, 4);
   BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
   BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
   PageBatch b = Batch(info, 5, ps);
-  uint32_t flags = static_cast<uint32_t>(Int(info, 10, "flags"));
+  uint32_t flags = static_cast<uint32_t>(Int(info, 11, "flags"));
+  b.mask = (flags & kSaveMask) ? Bytes(info, 10, "mask", b.first + b.count) : nullptr;
   try {
     SaveResult r = SavePages(src, dst, b, flags);
     return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
@@ -140,7 +142,8 @@ Napi::Value LoadPagesJs(const Napi::CallbackInfo& info) {
 }
 
 // verifyPages(snapFd, snapBase, pageSize, firstPage, pageCount, scratch, csums, present,
-//             againstFd, againstBase, scratch2, bad (BigUint64Array of triples), flags) -> [bytesRead, badCount]
+//             againstFd, againstBase, scratch2, bad (BigUint64Array of triples), flags, mask)
+//   -> [bytesRead, badCount]; mask (with kVerifyDataMask): one byte per page, 1 where the slot holds data
 Napi::Value VerifyPagesJs(const Napi::CallbackInfo& info) {
   const int64_t ps = PageSize(info, 2);
   BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
@@ -153,9 +156,26 @@ Napi::Value VerifyPagesJs(const Napi::CallbackInfo& info) {
   }
   Napi::BigUint64Array bad = info[11].As<Napi::BigUint64Array>();
   uint32_t flags = static_cast<uint32_t>(Int(info, 12, "flags"));
+  if (flags & kVerifyDataMask) b.mask = Bytes(info, 13, "mask", b.first + b.count);
   try {
     VerifyResult r = VerifyPages(snap, against, b, scratch2, bad.Data(), static_cast<int64_t>(bad.ElementLength() / 3), flags);
     return Numbers(info.Env(), {r.bytes_read, r.bad_count});
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// markData(fd, base, pageSize, firstPage, pageCount, mask) -> false when the file system has no hole
+// information (every page is then marked)
+Napi::Value MarkDataJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 2);
+  BlockFile f{Fd(info, 0, "fd"), Int(info, 1, "base"), ps, 0};
+  int64_t first = Int(info, 3, "firstPage");
+  int64_t count = Int(info, 4, "pageCount");
+  if (first < 0 || count < 0) Fail(info.Env(), "bad page range");
+  unsigned char* mask = Bytes(info, 5, "mask", first + count);
+  try {
+    return Napi::Boolean::New(info.Env(), MarkDataPages(f, first, count, mask));
   } catch (const SysError& e) {
     ThrowSys(info.Env(), e);
   }
@@ -217,6 +237,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("savePages", Napi::Function::New(env, SavePagesJs, "savePages"));
   exports.Set("loadPages", Napi::Function::New(env, LoadPagesJs, "loadPages"));
   exports.Set("verifyPages", Napi::Function::New(env, VerifyPagesJs, "verifyPages"));
+  exports.Set("markData", Napi::Function::New(env, MarkDataJs, "markData"));
   exports.Set("punchHole", Napi::Function::New(env, PunchHoleJs, "punchHole"));
   exports.Set("flock", Napi::Function::New(env, FlockJs, "flock"));
   exports.Set("syncRange", Napi::Function::New(env, SyncRangeJs, "syncRange"));

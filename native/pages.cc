@@ -108,6 +108,19 @@ bool MarkData(const BlockFile& f, const PageBatch& b, std::vector<uint8_t>* mark
 
 uint64_t Hash64(const void* data, size_t len) { return XXH3_64bits(data, len); }
 
+bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask) {
+  PageBatch whole{};
+  whole.first = first;
+  whole.count = count;
+  std::vector<uint8_t> marks;
+  if (!MarkData(f, whole, &marks)) {
+    memset(mask + first, 1, static_cast<size_t>(count));
+    return false;
+  }
+  memcpy(mask + first, marks.data(), static_cast<size_t>(count));
+  return true;
+}
+
 SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
   SaveResult r;
   const int64_t ps = src.page_size;
@@ -117,8 +130,8 @@ SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch
 
   // find: which source pages may hold data
   std::vector<uint8_t> cand(static_cast<size_t>(n), 1);
-  if (flags & kSaveMask) {
-    for (int64_t i = 0; i < n; ++i) cand[i] = b.present[b.first + i] ? 1 : 0;
+  if ((flags & kSaveMask) && b.mask != nullptr) {
+    for (int64_t i = 0; i < n; ++i) cand[i] = b.mask[b.first + i] ? 1 : 0;
   }
   if (flags & kSaveSeekData) {
     std::vector<uint8_t> data;
@@ -274,7 +287,13 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
   // absent pages: their slots must be holes or zeros. Only slots with data are read.
   std::vector<uint8_t> data;
   const bool absent_zero = (flags & kVerifyAbsentZero) != 0;
-  const bool known = absent_zero && MarkData(snap, b, &data);
+  bool known = false;
+  if (absent_zero && (flags & kVerifyDataMask) && b.mask != nullptr) {
+    data.assign(b.mask + b.first, b.mask + b.first + n);
+    known = true;
+  } else if (absent_zero) {
+    known = MarkData(snap, b, &data);
+  }
   std::vector<uint8_t> check(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) {
     if (marks[i]) continue;

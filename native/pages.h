@@ -25,11 +25,15 @@ struct PageBatch {
   unsigned char* csums;
   unsigned char* present;
   unsigned char* scratch;  // at least count * page_size bytes
+  // One byte per page of the whole block: 1 where the file may hold data (see MarkDataPages), or
+  // null. Filled once per block by the main thread, because asking SEEK_HOLE per batch costs a scan
+  // to the next hole on tmpfs, which is the end of the file when the file is dense.
+  const unsigned char* mask = nullptr;
 };
 
 enum SaveFlags : uint32_t {
   kSaveSeekData = 1u << 0,   // skip source holes found with SEEK_DATA/SEEK_HOLE
-  kSaveMask = 1u << 1,       // present[] on entry says which source pages may hold data
+  kSaveMask = 1u << 1,       // mask[] says which source pages may hold data; the others are zero
   kSaveUpdate = 1u << 2,     // present[]/csums[] on entry are the stored state: write only changes
   kSaveRewrite = 1u << 3,    // with kSaveUpdate: write/punch every page (repair of a torn update)
   kSaveWriteback = 1u << 4,  // start write-back of written ranges at once (sync_file_range)
@@ -83,10 +87,16 @@ struct VerifyResult {
 enum VerifyFlags : uint32_t {
   kVerifyChecksums = 1u << 0,   // the image has per-page checksums to check
   kVerifyAbsentZero = 1u << 1,  // absent slots must read as zero (fixedram; QEMU may leave stale data)
+  kVerifyDataMask = 1u << 2,    // mask[] says which slots of the snapshot hold data (else SEEK_DATA per batch)
 };
 
 VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& batch,
                          unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags);
+
+// Sets mask[p] = 1 for every page p in [first, first + count) of the block that overlaps a data
+// extent of the file (SEEK_DATA/SEEK_HOLE, one walk), 0 for pages inside holes. Returns false, with
+// every page set, when the file system gives no hole information.
+bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask);
 
 // XXH3-64 (seed 0) of a buffer, for metadata checksums computed in TS.
 uint64_t Hash64(const void* data, size_t len);

@@ -154,6 +154,37 @@ export function releaseFd(file: OpenFile): void {
   file.fd = -1;
 }
 
+/**
+ * Opens a checked block file again by path (never following a final symlink unless it was followed
+ * the first time) and makes sure it is the same file: same device and inode.
+ * @throws ERR_SOURCE_CHANGED when it was replaced or removed in between.
+ */
+export function reopenChecked(
+  file: string, flags: number, id: { dev: bigint; ino: bigint; follow: boolean }, block: string,
+): number {
+  const c = fs.constants;
+  const changed = (): Error => ioError('ERR_SOURCE_CHANGED',
+    `'${file}' (block '${block}') was replaced or removed during the operation`, { path: file, block });
+  let fd: number;
+  try {
+    fd = fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
+  } catch (err) {
+    if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
+    throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+  }
+  const st = fs.fstatSync(fd, { bigint: true });
+  if (st.dev !== id.dev || st.ino !== id.ino) {
+    fs.closeSync(fd);
+    throw changed();
+  }
+  return fd;
+}
+
+/** One byte per page in shared memory (page masks and bitmaps handed to channels). */
+export function sharedPageBytes(pages: number): Uint8Array {
+  return new Uint8Array(new SharedArrayBuffer(Math.max(pages, 1))).subarray(0, pages);
+}
+
 /** Checks that the path still names what was opened: same device, inode and (not for devices) size. */
 export function checkUnchanged(file: OpenFile, block: string): void {
   let now: fs.BigIntStats | undefined;

@@ -19,6 +19,8 @@ export const kLoadMmapTarget = 1 << 2;
 export const kVerifyChecksums = 1 << 0;
 /** Absent slots must read as zero (fixedram images; QEMU may leave stale data behind a clear bit). */
 export const kVerifyAbsentZero = 1 << 1;
+/** Use the mask argument of verifyPages for where the snapshot holds data. */
+export const kVerifyDataMask = 1 << 2;
 /** Kinds of bad pages reported by {@link Native.verifyPages}. */
 export const kBadChecksum = 1;
 export const kAbsentNotZero = 2;
@@ -34,7 +36,7 @@ export interface Native {
   savePages(
     srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
     firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
-    flags: number,
+    mask: Uint8Array, flags: number,
   ): [number, number, number, number, number, number];
   /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
   loadPages(
@@ -46,8 +48,14 @@ export interface Native {
   verifyPages(
     snapFd: number, snapBase: number, pageSize: number, firstPage: number, pageCount: number,
     scratch: Uint8Array, csums: Uint8Array, present: Uint8Array, againstFd: number, againstBase: number,
-    scratch2: Uint8Array, bad: BigUint64Array, flags: number,
+    scratch2: Uint8Array, bad: BigUint64Array, flags: number, mask?: Uint8Array,
   ): [number, number];
+  /**
+   * Marks in `mask` (one byte per page) the pages [firstPage, firstPage + pageCount) of a block at
+   * `base` that overlap data extents, in one SEEK_DATA/SEEK_HOLE walk. False: no hole information
+   * (every page marked).
+   */
+  markData(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): boolean;
   punchHole(fd: number, offset: number, length: number): boolean;
   /** Non-blocking flock: true when taken, false when held elsewhere. */
   flock(fd: number, exclusive: boolean): boolean;

@@ -16,7 +16,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd, sameFile,
+  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd,
+  reopenChecked, sameFile, sharedPageBytes,
   type BlockArg,
   type OpenFile,
 } from './blocks';
@@ -26,7 +27,7 @@ import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
 import { registerTemp, unregisterTemp } from './cleanup';
 import { lockOutput } from './lock';
-import { kSaveMask, kSaveSeekData, kSaveWriteback, native } from './native';
+import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { newTables, type BlockTables } from './snapshot';
@@ -207,6 +208,25 @@ export interface WriteResult {
 }
 
 /**
+ * The pages of a source that may hold data: one SEEK_DATA/SEEK_HOLE walk over the whole block
+ * (holes are never read), intersected with the source's own mask (a QEMU bitmap) if it has one.
+ */
+export function dataMask(src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'pageSize' | 'fd' | 'identity' | 'mask'>, pages: number): Uint8Array {
+  const mask = sharedPageBytes(pages);
+  if (pages === 0) return mask;
+  const fd = src.fd ?? reopenChecked(src.path, fs.constants.O_RDONLY, src.identity!, src.name);
+  try {
+    native().markData(fd, src.base, src.pageSize, 0, pages, mask);
+  } catch (err) {
+    throw fromNativeError(err, { path: src.path, block: src.name });
+  } finally {
+    if (src.fd === undefined) fs.closeSync(fd);
+  }
+  if (src.mask) for (let p = 0; p < pages; p++) mask[p]! &= src.mask[p]!;
+  return mask;
+}
+
+/**
  * Removes temp files that earlier saves of `output` left behind when they were killed (SIGKILL,
  * power loss): `.<name>.<pid>.<hex>.tmp` whose pid is no longer running. Called under the lock.
  */
@@ -274,16 +294,16 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
 
     // pages
     const tables = layout.blocks.map((b) => newTables(b.pages));
+    const masks = layout.blocks.map((b, i) => dataMask(sources[i]!, b.pages));
     const blocks: ChannelBlock[] = layout.blocks.map((b, i) => {
       const src = sources[i]!;
-      if (src.mask) tables[i]!.present.set(src.mask.subarray(0, b.pages));
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
         ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
         ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
         livePath: src.path, liveBase: src.base,
-        present: tables[i]!.present, csums: tables[i]!.csums,
-        flags: kSaveSeekData | (src.mask ? kSaveMask : 0) | (opts.fsync ? kSaveWriteback : 0),
+        present: tables[i]!.present, csums: tables[i]!.csums, mask: masks[i]!,
+        flags: kSaveMask | (opts.fsync ? kSaveWriteback : 0),
       };
     });
     const plan = planBatches(layout.blocks, opts.batchBytes ?? kDefaultBatchBytes);

@@ -21,10 +21,10 @@ import type { ChannelBlock } from './channels/messages';
 import { explainInterrupt, ioError, isSystemError, snapshotError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { lockOutput } from './lock';
-import { kSaveRewrite, kSaveSeekData, kSaveUpdate, kSaveWriteback, native } from './native';
+import { kSaveMask, kSaveRewrite, kSaveUpdate, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
-import { checkChannels, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
+import { checkChannels, dataMask, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 
 export interface UpdateOptions {
@@ -128,11 +128,13 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // pages
     const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
       const f = files[order[i]!]!;
+      const mask = dataMask({ name: b.name, path: f.path, base: 0, pageSize: b.pageSize,
+        identity: { dev: f.dev, ino: f.ino, follow: f.follow } }, b.pages);
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
         livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: 0,
-        present: tables[i]!.present, csums: tables[i]!.csums,
-        flags: kSaveSeekData | kSaveUpdate | (repair ? kSaveRewrite : 0) | (doSync ? kSaveWriteback : 0),
+        present: tables[i]!.present, csums: tables[i]!.csums, mask,
+        flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0) | (doSync ? kSaveWriteback : 0),
       };
     });
     const plan = planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);

@@ -5,13 +5,13 @@
  */
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
-import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
+import { checkUniqueNames, closeQuietly, openBlockFile, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
 import { runChannels } from './channels/pool';
 import type { BadPage, ChannelBlock } from './channels/messages';
 import { interruptedError, usageError } from './errors';
 import { openImage } from './image';
 import type { Padding } from './format';
-import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, native } from './native';
+import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, kVerifyDataMask, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
@@ -108,12 +108,18 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       live[i] = f;
     }
 
-    const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
-      name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-      ...(live[i] ? { liveFd: live[i]!.fd, livePath: live[i]!.path } : {}),
-      liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums,
-      flags: image.format === 'fixedram' ? kVerifyChecksums | kVerifyAbsentZero : 0,
-    }));
+    // where the snapshot holds data: one SEEK_DATA/SEEK_HOLE walk per block, not one per batch
+    const fixedram = image.format === 'fixedram';
+    const blocks: ChannelBlock[] = image.blocks.map((b, i) => {
+      const mask = fixedram ? sharedPageBytes(b.pages) : undefined;
+      if (mask && b.pages > 0) native().markData(image.fd, b.pagesOffset, b.pageSize, 0, b.pages, mask);
+      return {
+        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+        ...(live[i] ? { liveFd: live[i]!.fd, livePath: live[i]!.path } : {}),
+        liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums, ...(mask ? { mask } : {}),
+        flags: fixedram ? kVerifyChecksums | kVerifyAbsentZero | kVerifyDataMask : 0,
+      };
+    });
     const plan = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
     const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
     opts.onProgress?.({ command: 'verify', bytesDone: 0, bytesTotal: total });

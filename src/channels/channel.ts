@@ -5,13 +5,15 @@
  * a job of a single batch, where starting a thread would cost more than the work.
  */
 import * as fs from 'node:fs';
-import { integrityError, ioError, isSystemError, toRecord } from '../errors';
+import { reopenChecked } from '../blocks';
+import { integrityError, toRecord } from '../errors';
 import { fromNativeError, kBadChecksum, kDiffersFromLive, native } from '../native';
 import {
   emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
 } from './messages';
 
 const kMaxOpenLive = 64;
+const kNoMask = new Uint8Array(0);
 
 const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
 
@@ -43,25 +45,8 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       live.delete(oldest);
     }
     const flags = job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
-    let fd: number;
-    if (b.liveFd !== undefined) {
-      fd = reopen(b.liveFd, flags);
-    } else {
-      const c = fs.constants;
-      const changed = (): Error => ioError('ERR_SOURCE_CHANGED',
-        `'${b.livePath}' (block '${b.name}') was replaced or removed during the operation`, { path: b.livePath!, block: b.name });
-      try {
-        fd = fs.openSync(b.livePath!, flags | c.O_NONBLOCK | (b.liveFollow ? 0 : c.O_NOFOLLOW));
-      } catch (err) {
-        if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
-        throw isSystemError(err) ? Object.assign(err, { path: b.livePath, block: b.name }) : err;
-      }
-      const st = fs.fstatSync(fd, { bigint: true });
-      if (st.dev !== b.liveDev || st.ino !== b.liveIno) {
-        fs.closeSync(fd);
-        throw changed();
-      }
-    }
+    const fd = b.liveFd !== undefined ? reopen(b.liveFd, flags)
+      : reopenChecked(b.livePath!, flags, { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false }, b.name);
     live.set(i, fd);
     return fd;
   };
@@ -80,7 +65,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const once = (): void => {
         if (job.kind === 'save') {
           const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
-            scratch, b.csums, b.present, b.flags);
+            scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);
           stats.presentPages += r[0];
           stats.bytesRead += r[1];
           stats.bytesWritten += r[2];
@@ -104,7 +89,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
         } else {
           const fd = b.liveFd !== undefined || b.liveIno !== undefined ? liveFd(blockIndex, b) : -1;
           const r = addon.verifyPages(snapFd, b.snapBase, b.pageSize, first, count, scratch, b.csums, b.present,
-            fd, b.liveBase, scratch2, bad, b.flags);
+            fd, b.liveBase, scratch2, bad, b.flags, b.mask ?? kNoMask);
           stats.bytesRead += r[0];
           const reported = Math.min(r[1], job.badCapacity - stats.bad.length);
           for (let k = 0; k < reported; k++) {

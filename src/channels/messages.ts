@@ -39,6 +39,11 @@ export interface ChannelBlock {
   liveMmap?: boolean;
   present: Uint8Array;
   csums: Uint8Array;
+  /**
+   * One byte per page: where the file read from (the source of a save, the snapshot of a verify)
+   * holds data, computed once per block by the main thread (kSaveMask / kVerifyDataMask).
+   */
+  mask?: Uint8Array;
   /** Flags for the native page mover of this block. */
   flags: number;
 }
