@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "sys.h"
@@ -265,14 +266,14 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
   VerifyResult r;
   const int64_t ps = snap.page_size;
   const int64_t n = b.count;
-  auto report = [&](int64_t i, uint64_t kind, uint64_t actual) {
-    if (r.bad_count < capacity) {
-      bad[3 * r.bad_count] = static_cast<uint64_t>(b.first + i);
-      bad[3 * r.bad_count + 1] = kind;
-      bad[3 * r.bad_count + 2] = actual;
-    }
-    ++r.bad_count;
+  // Failures are gathered, then reported in page order, so a capped report lists the first pages.
+  struct Bad {
+    int64_t page;
+    uint64_t kind;
+    uint64_t actual;
   };
+  std::vector<Bad> found;
+  auto report = [&](int64_t i, uint64_t kind, uint64_t actual) { found.push_back({b.first + i, kind, actual}); };
   std::vector<uint8_t> marks(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) marks[i] = b.present[b.first + i] ? 1 : 0;
 
@@ -320,6 +321,15 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
         report(i, kDiffersFromLive, XXH3_64bits(scratch2 + i * ps, static_cast<size_t>(ps)));
       }
     }
+  }
+  std::stable_sort(found.begin(), found.end(), [](const Bad& x, const Bad& y) { return x.page < y.page; });
+  for (const Bad& f : found) {
+    if (r.bad_count < capacity) {
+      bad[3 * r.bad_count] = static_cast<uint64_t>(f.page);
+      bad[3 * r.bad_count + 1] = f.kind;
+      bad[3 * r.bad_count + 2] = f.actual;
+    }
+    ++r.bad_count;
   }
   return r;
 }

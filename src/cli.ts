@@ -76,7 +76,11 @@ const rate = (bytes: number, s: number): string => (s > 0 ? `${mib(bytes / s)}/s
 /** One line describing an error: what, where, errno code and syscall. */
 export function errorLine(err: unknown): string {
   if (err instanceof FixedramError) {
-    const where = describeLocation({ ...(err.path && !err.message.includes(err.path) ? { path: err.path } : {}) });
+    // name the file and offset unless the message already does
+    const where = [
+      err.path !== undefined && !err.message.includes(err.path) ? `'${err.path}'` : '',
+      err.offset !== undefined && !/offset|0x/.test(err.message) ? `offset 0x${err.offset.toString(16)}` : '',
+    ].filter(Boolean).join(', ');
     return where ? `${err.message} (${where})` : err.message;
   }
   if (isSystemError(err)) {
@@ -237,7 +241,7 @@ export function makeProgram(io: ProgramIo): Command {
       if (o.update) {
         await run(o, async (rep) => (await import('./update')).update({ ...common, onProgress: rep.sink }), (r) => printUpdate(r, io.stdout));
       } else {
-        await run(o, async (rep) => (await import('./save')).save({ ...common, directIo: o.directIo ?? false, onProgress: rep.sink }), (r) => printSave(r, io.stdout));
+        await run(o, async (rep) => (await import('./save')).save({ ...common, ...(o.directIo ? { directIo: true } : {}), onProgress: rep.sink }), (r) => printSave(r, io.stdout));
       }
     });
 

@@ -154,15 +154,19 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         chosen.push({ index, path: path.resolve(a.path) });
       }
     } else {
-      const dir = path.resolve(opts.dir!);
+      image.blocks.forEach((_, index) => chosen.push({ index, path: '' }));
+    }
+    const tables = chosen.map((c) => image.readTables(c.index));
+    if (opts.dir !== undefined) {
+      // only now that every table is known good
+      const dir = path.resolve(opts.dir);
       try {
         fs.mkdirSync(dir, { recursive: true });
       } catch (err) {
         throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
       }
-      image.blocks.forEach((b, index) => chosen.push({ index, path: targetInDir(dir, b.name) }));
+      for (const c of chosen) c.path = targetInDir(dir, image.blocks[c.index]!.name);
     }
-    const tables = chosen.map((c) => image.readTables(c.index));
     const snapId = fs.fstatSync(image.fd, { bigint: true });
 
     // targets: all opened and checked before any data moves

@@ -317,11 +317,13 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
       onProgress: (done) => opts.onProgress?.({ command, bytesDone: done, bytesTotal: total }),
     });
     opts.beforeCommit?.();
+    opts.logger?.debug({ bytesWritten: stats.bytesWritten }, 'pages written');
 
     // commit
     const summary = writeTables(fd, layout, tables);
     writeHeader(fd, layout, summary, 0);
     if (opts.fsync) fs.fdatasyncSync(fd);
+    opts.logger?.debug('data synced');
     writeHeader(fd, layout, summary, kFlagComplete);
     if (opts.fsync) fs.fdatasyncSync(fd);
     fs.closeSync(fd);
@@ -368,7 +370,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       path: files[i]!.path, base: 0, identity: { dev: files[i]!.dev, ino: files[i]!.ino, follow: files[i]!.follow },
     }));
     const w = await writeSnapshot(output, sources, {
-      command: 'save', channels, fsync: opts.fsync ?? true, directIo: opts.directIo ?? false,
+      command: 'save', channels, fsync: opts.fsync ?? true, ...(opts.directIo !== undefined ? { directIo: opts.directIo } : {}),
       ...(opts.batchBytes !== undefined ? { batchBytes: opts.batchBytes } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),

@@ -39,7 +39,14 @@ function readExact(fd: number, length: number, position: number, into?: Uint8Arr
   const buf = into ?? Buffer.alloc(length);
   let done = 0;
   while (done < length) {
-    const n = fs.readSync(fd, buf, done, length - done, position + done);
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, done, length - done, position + done);
+    } catch (err) {
+      // libuv does not retry EINTR for synchronous reads (possible on NFS and FUSE)
+      if (isSystemError(err) && (err.code === 'EINTR' || err.code === 'EAGAIN')) continue;
+      throw err;
+    }
     if (n === 0) {
       throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`,
         { offset: position + done });

@@ -148,10 +148,12 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
     });
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
+    opts.logger?.debug({ written: stats.writtenPages, punched: stats.punchedPages }, 'update: pages written');
 
     // commit
     const summary = writeTables(snap.fd, h, tables);
     if (doSync) fs.fdatasyncSync(snap.fd);
+    opts.logger?.debug('update: data synced');
     writeHeader(snap.fd, h, summary, kFlagComplete);
     if (doSync) {
       fs.fdatasyncSync(snap.fd);
