@@ -85,6 +85,17 @@ export function checkChannels(n: number | undefined): number {
   return v;
 }
 
+/** Checks the options common to save and update; returns the channel count and the absolute output path. */
+export function checkWriteOptions(opts: { output: string; blocks: readonly BlockArg[]; channels?: number }): {
+  channels: number; output: string;
+} {
+  const channels = checkChannels(opts.channels);
+  if (!opts.output) throw usageError('an output file is required (-o FILE)');
+  if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
+  checkUniqueNames(opts.blocks);
+  return { channels, output: path.resolve(opts.output) };
+}
+
 /**
  * Opens every source read-only, checks type, size and page size, and closes it again (channels
  * reopen sources by path and check their identity; see releaseFd).
@@ -357,11 +368,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
  */
 export async function save(opts: SaveOptions): Promise<SaveResult> {
   const started = process.hrtime.bigint();
-  const channels = checkChannels(opts.channels);
-  if (!opts.output) throw usageError('an output file is required (-o FILE)');
-  if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
-  checkUniqueNames(opts.blocks);
-  const output = path.resolve(opts.output);
+  const { channels, output } = checkWriteOptions(opts);
   const files = openSources(opts.blocks, opts);
   try {
     refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));

@@ -15,16 +15,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { checkUnchanged, checkUniqueNames, closeQuietly, pageSizeFor, type BlockArg } from './blocks';
+import { checkUnchanged, closeQuietly, pageSizeFor, type BlockArg } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
-import { explainInterrupt, ioError, isSystemError, snapshotError, usageError } from './errors';
+import { explainInterrupt, ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { lockOutput } from './lock';
 import { kSaveMask, kSaveRewrite, kSaveUpdate, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
-import { checkChannels, dataMask, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
+import { checkWriteOptions, dataMask, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 
 export interface UpdateOptions {
@@ -67,11 +67,7 @@ export interface UpdateResult {
  */
 export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const started = process.hrtime.bigint();
-  const channels = checkChannels(opts.channels);
-  if (!opts.output) throw usageError('an output file is required (-o FILE)');
-  if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
-  checkUniqueNames(opts.blocks);
-  const output = path.resolve(opts.output);
+  const { channels, output } = checkWriteOptions(opts);
   const doSync = opts.fsync ?? true;
   const hash64 = native().hash64;
 
