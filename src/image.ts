@@ -1,22 +1,16 @@
 /** Opening any RAM image fixedram reads, detected by its magic. */
 import * as fs from 'node:fs';
-import { isSystemError, snapshotError } from './errors';
+import { snapshotError } from './errors';
 import { kMagic } from './format';
 import { openQemuImage, isQemuMagic } from './qemu';
-import { fixedramImage, openSnapshot, type RamImage } from './snapshot';
+import { fixedramImage, openImageFile, openSnapshot, type RamImage } from './snapshot';
 
 /** Opens a fixedram snapshot or a QEMU mapped-ram file (also inside a libvirt save image). */
 export function openImage(file: string): RamImage {
   const head = Buffer.alloc(16);
   let n = 0;
-  let fd: number;
+  const { fd } = openImageFile(file);
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    throw isSystemError(err) ? Object.assign(err, { path: file }) : err;
-  }
-  try {
-    if (!fs.fstatSync(fd).isFile()) throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
     n = fs.readSync(fd, head, 0, 16, 0);
   } finally {
     fs.closeSync(fd);

@@ -13,9 +13,9 @@
  * QEMU's own checks are in shared/reference/qemu-mapped-ram.md.
  */
 import * as fs from 'node:fs';
-import { FixedramError, isSystemError, snapshotError } from './errors';
+import { FixedramError, snapshotError } from './errors';
 import { nameProblem, unpackBitmap } from './format';
-import { newTables, type BlockTables, type ImageBlock, type RamImage } from './snapshot';
+import { newTables, openImageFile, type BlockTables, type ImageBlock, type RamImage } from './snapshot';
 
 const kQevm = Buffer.from('QEVM', 'latin1');
 const kLibvirt = Buffer.from('LibvirtQemudSave', 'latin1');
@@ -597,23 +597,16 @@ function walkToEnd(c: Cursor, sid: number, d: QemuDetails): { incomplete?: strin
  * @throws ERR_SNAPSHOT_TRUNCATED, ERR_SNAPSHOT_INVALID, ERR_SNAPSHOT_UNSUPPORTED (exit 3), system errors.
  */
 export function openQemuImage(file: string): RamImage {
-  let fd: number;
+  const { fd, size } = openImageFile(file);
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    throw isSystemError(err) ? Object.assign(err, { path: file }) : err;
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
-    const reader = new FileReader(fd, st.size, file);
+    const reader = new FileReader(fd, size, file);
     const p = parseOrIncomplete(reader);
     let closed = false;
     return {
       format: 'qemu-mapped-ram',
       path: file,
       fd,
-      size: st.size,
+      size,
       blocks: p.blocks.map((b) => ({
         name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
         bitmapOffset: b.bitmapOffset, presentPages: b.presentPages,

@@ -57,10 +57,10 @@ function readExact(fd: number, length: number, position: number, into?: Uint8Arr
 }
 
 /**
- * Opens a snapshot read-only (or read-write) and decodes its header and block table. Does not
- * require the snapshot to be complete; see {@link requireComplete}.
+ * Opens an image file (a snapshot or a QEMU file) read-only or read-write, refusing anything but a
+ * regular file. System errors carry the path; the descriptor is closed on every failure.
  */
-export function openSnapshot(file: string, writable = false): SnapshotFile {
+export function openImageFile(file: string, writable = false): { fd: number; size: number } {
   let fd: number;
   try {
     fd = fs.openSync(file, (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK);
@@ -69,10 +69,21 @@ export function openSnapshot(file: string, writable = false): SnapshotFile {
   }
   try {
     const st = fs.fstatSync(fd);
-    if (!st.isFile()) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
-    }
-    const size = st.size;
+    if (!st.isFile()) throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a regular file`, { path: file });
+    return { fd, size: st.size };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/**
+ * Opens a snapshot read-only (or read-write) and decodes its header and block table. Does not
+ * require the snapshot to be complete; see {@link requireComplete}.
+ */
+export function openSnapshot(file: string, writable = false): SnapshotFile {
+  const { fd, size } = openImageFile(file, writable);
+  try {
     const head = Buffer.from(readExact(fd, Math.min(kHeaderBytes, size), 0));
     const { tableBytes } = decodeFixedHeader(head, size);
     const all = Buffer.concat([head, readExact(fd, tableBytes, kHeaderBytes)]);
