@@ -6,7 +6,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe } from 'node:test';
 import { convert } from '../src/convert';
 import { encodeBlockName, inspect, load, save, verify } from '../src/index';
 import { fixedram } from './support/cli';
@@ -15,13 +15,14 @@ import {
   type Manifest,
 } from './support/qemu';
 import { allocated, openFds, tempDir } from './support/tmp';
+import { prereqSuite } from './support/prereq';
 
-const skip = fixturesAvailable() ? false : `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`;
+const { it, before, after } = prereqSuite(fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`);
 
 /** Files of a directory other than block files, fixture files and the given names. */
 const leftovers = (dir: string): string[] => fs.readdirSync(dir).filter((f) => f.startsWith('.') || f.endsWith('.tmp') || f.endsWith('.lock'));
 
-describe('convert (QEMU mapped-ram → fixedram snapshot)', { skip }, () => {
+describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
   let dir: string;
   let mig: string;
   let ram: string;

@@ -13,6 +13,7 @@ import { fixedram } from './support/cli';
 import { denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
 import { fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requireSetup } from './support/prereq';
 
 describe('faults: atomicity', () => {
   it('#1 truncated snapshot (header, bitmap, checksum table, page region, last byte): exit 3 before any target is touched', async (t) => {
@@ -109,8 +110,8 @@ describe('faults: atomicity', () => {
     fs.unlinkSync(ref);
     assert.notEqual(oldHash, newHash);
 
-    const env = so.startsWith('skip:') ? {} : shimEnv(so, { delayUs: 50_000, path: dir });
-    if (so.startsWith('skip:')) t.diagnostic(`${so}; kills land at progress events of an unslowed save`);
+    if (!requireSetup(t, so)) return;
+    const env = shimEnv(so, { delayUs: 50_000, path: dir });
     const seen = { old: 0, new: 0 };
     for (let k = 0; k < 20; k++) {
       // a random point: a progress fraction in [0, 1.2) plus up to 60 ms after the event; a fraction
@@ -147,7 +148,8 @@ describe('faults: atomicity', () => {
     denseBlock(src, 1, 4096);
     const out = path.join(dir, 'snap.fxr');
     const so = shimPath();
-    const env = so.startsWith('skip:') ? {} : shimEnv(so, { delayUs: 50_000 });
+    if (!requireSetup(t, so)) return;
+    const env = shimEnv(so, { delayUs: 50_000 });
     const w = new Watched(['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1'], env);
     reap(t, w);
     await w.midway();

@@ -13,6 +13,7 @@ import { fixedram } from './support/cli';
 import { assertNoStack, denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
 import { makeBlock, stampPage } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requireSetup } from './support/prereq';
 
 const kPages = 4096; // 16 MiB: 4 batches
 
@@ -45,7 +46,7 @@ describe('faults: concurrency', () => {
   for (const [what, change, message] of changes) {
     it(`#9 source ${what} during save: exit 4 with a clear message, no SIGBUS, no temp file, old snapshot intact`, async (t) => {
       const so = shimPath();
-      if (so.startsWith('skip:')) return t.skip(so);
+      if (!requireSetup(t, so)) return;
       const { dir, src, out } = setup(t);
       const old = path.join(dir, 'old.ram');
       makeBlock(old, 3, 64);
@@ -67,7 +68,7 @@ describe('faults: concurrency', () => {
 
   it('#10 source written while it is saved: the snapshot is self-consistent (verify 0) and --against shows the drift (1)', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const w = slowSave(t, so, dir, ['save', '-o', out, '-b', `mem=${src}`]);
     // after the first batch is written, rewrite every page in place (generation 2), as a running VM would
@@ -93,7 +94,7 @@ describe('faults: concurrency', () => {
 
   it('#11 two saves to the same output: the second is refused with "locked by pid N"; the first completes', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const w = slowSave(t, so, dir, ['save', '-o', out, '-b', `mem=${src}`], 50_000);
     assert.ok(await w.waitFor(() => true), w.stderr);
@@ -109,7 +110,7 @@ describe('faults: concurrency', () => {
 
   it('#11 a save replacing a snapshot that a verify is reading: both succeed, the verify sees the old file whole', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const old = path.join(dir, 'old.ram');
     denseBlock(old, 2, kPages);
@@ -125,7 +126,7 @@ describe('faults: concurrency', () => {
 
   it('#11 save --update while a load reads the snapshot is refused (and a load during an update is refused)', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     assert.equal(fixedram(['save', '-o', out, '-b', `mem=${src}`, '--no-fsync']).status, 0);
     const before = sha1(out);

@@ -12,6 +12,7 @@ import { fixedram } from './support/cli';
 import { readShimReport, shimEnv, shimPath } from './support/faults';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requirePrereq, requireSetup } from './support/prereq';
 
 function setup(t: TestContext, base?: string) {
   const dir = tempDir(t, base);
@@ -46,13 +47,13 @@ describe('faults: direct I/O', () => {
   });
 
   it('#19 --direct-io on tmpfs (/dev/shm): byte-identical (direct or with a fallback warning)', (t) => {
-    if (!fs.existsSync('/dev/shm')) return t.skip('no /dev/shm');
+    if (!requirePrereq(t, fs.existsSync('/dev/shm'), 'no /dev/shm')) return;
     roundTrip(t, {}, '/dev/shm');
   });
 
   it('#19 O_DIRECT refused at open (EINVAL): buffered fallback with a warning, byte-identical', (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const report = path.join(tempDir(t), 'shim.txt');
     const r = roundTrip(t, shimEnv(so, { direct: 'refuse-open', report, funcs: 'none' }));
     assert.match(r.save, /refuses O_DIRECT; using buffered I\/O/);
@@ -62,7 +63,7 @@ describe('faults: direct I/O', () => {
 
   it('#19 O_DIRECT accepted at open but the transfer fails with EINVAL: per-channel fallback with a warning, byte-identical', (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const report = path.join(tempDir(t), 'shim.txt');
     const r = roundTrip(t, shimEnv(so, { direct: 'einval-io', report }));
     assert.match(r.save, /direct I\/O failed with EINVAL .*; continuing with buffered I\/O/);

@@ -13,19 +13,14 @@ import { fixedram } from './support/cli';
 import { freeHugePages, hugetlbfsDir, leftovers } from './support/faults';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requirePrereq, requireSetup } from './support/prereq';
 
 const kHuge = 2 << 20;
 
 function huge(t: TestContext, pages: number): string | undefined {
   const dir = hugetlbfsDir(t);
-  if (dir.startsWith('skip:')) {
-    t.skip(dir);
-    return undefined;
-  }
-  if (freeHugePages() < pages) {
-    t.skip(`needs ${pages} free 2 MiB huge pages, ${freeHugePages()} free`);
-    return undefined;
-  }
+  if (!requireSetup(t, dir)) return undefined;
+  if (!requirePrereq(t, freeHugePages() >= pages, `needs ${pages} free 2 MiB huge pages, ${freeHugePages()} free`)) return undefined;
   return dir;
 }
 

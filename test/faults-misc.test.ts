@@ -16,6 +16,7 @@ import { fixedram, kBin } from './support/cli';
 import { assertNoStack, denseBlock, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { openFds, tempDir } from './support/tmp';
+import { requirePrereq, requireSetup } from './support/prereq';
 
 function reseal(buf: Buffer): void {
   const n = Math.min(buf.readUInt32LE(16), 65536);
@@ -83,7 +84,7 @@ describe('faults: misc', () => {
     assert.equal(l.status, 0, l.stderr);
     assert.equal(firstDifferentPage(a, target), -1);
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.diagnostic(`${so}: the no-punch case is not run`);
+    if (!requireSetup(t, so)) return;
     fillFile(target, 1300 * 4096, 0xaa);
     const l2 = fixedram(['load', snap, '-b', `mem0=${target}`, '-j', '2'], { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: dir }) });
     assert.equal(l2.status, 0, l2.stderr);
@@ -138,7 +139,7 @@ describe('faults: misc', () => {
 
   it('#21 interrupted in-place update (SIGKILL mid save --update): detected (exit 3), re-running repairs it', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
     const src = path.join(dir, 'a.ram');
     denseBlock(src, 1, 4096, { generation: 1 });
@@ -166,7 +167,7 @@ describe('faults: misc', () => {
 
   it('#21 SIGINT during save --update: exit 130, the file says it is being updated, re-running repairs it', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
     const src = path.join(dir, 'a.ram');
     denseBlock(src, 1, 4096, { generation: 1 });
@@ -254,7 +255,7 @@ describe('faults: misc', () => {
     const s2 = path.join(dir, 's2.fxr');
     const args = [`--nofile=1024:1024`, process.execPath, kBin, 'save', '-o', s2, ...many, '--no-fsync', '-j', '2'];
     const r = spawnSync('prlimit', args, { encoding: 'utf8', maxBuffer: 16 << 20 });
-    if (r.error) return t.skip(`prlimit: ${r.error.message}`);
+    if (!requirePrereq(t, !r.error, `prlimit: ${r.error?.message}`)) return;
     assertNoStack(r.stderr);
     assert.equal(r.status, 0, `2000 blocks with 1024 descriptors: ${r.stderr.slice(0, 500)}`);
     assert.equal(inspect(s2).blocks.length, 2000);

@@ -15,6 +15,7 @@ import { fixedram } from './support/cli';
 import { isRoot, sha1 } from './support/faults';
 import { firstDifferentPage, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requirePrereq } from './support/prereq';
 
 /** Every file and directory below root, relative. */
 function walk(root: string, rel = ''): string[] {
@@ -201,13 +202,13 @@ describe('faults: paths', () => {
   });
 
   it('#13 a block device: refused without --allow-device; with it, load into and save from a loop device', (t: TestContext) => {
-    if (!isRoot()) return t.skip('needs root for losetup');
+    if (!requirePrereq(t, isRoot(), 'needs root for losetup')) return;
     const dir = tempDir(t);
     const img = path.join(dir, 'disk.img');
     fs.writeFileSync(img, Buffer.alloc(0));
     fs.truncateSync(img, 64 * 4096);
     const lo = spawnSync('losetup', ['-f', '--show', img], { encoding: 'utf8' });
-    if (lo.status !== 0) return t.skip(`losetup failed: ${lo.stderr.trim()}`);
+    if (!requirePrereq(t, lo.status === 0, `losetup failed: ${lo.stderr.trim()}`)) return;
     const dev = lo.stdout.trim();
     t.after(() => spawnSync('losetup', ['-d', dev]));
     const a = path.join(dir, 'a.ram');

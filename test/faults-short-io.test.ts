@@ -12,6 +12,7 @@ import { fixedram } from './support/cli';
 import { readShimReport, shimEnv, shimPath } from './support/faults';
 import { firstDifferentPage, fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { requireSetup } from './support/prereq';
 
 function setup(t: Parameters<typeof tempDir>[0]) {
   const dir = tempDir(t);
@@ -28,7 +29,7 @@ function setup(t: Parameters<typeof tempDir>[0]) {
 /** save, verify and load (into fresh and 0xAA targets) under the shim; everything byte-identical. */
 function roundTrip(t: TestContext, shim: { funcs: string; mode: string }) {
   const so = shimPath();
-  if (so.startsWith('skip:')) return t.skip(so);
+  if (!requireSetup(t, so)) return;
   const { dir, a, b, clean } = setup(t);
   const report = path.join(dir, 'shim.txt');
   const env = shimEnv(so, { ...shim, report, path: dir });
@@ -79,7 +80,7 @@ describe('faults: short I/O', () => {
     // One batch of 4 MiB holds 1024 pages; the run writer merges adjacent pages into one iovec, so the
     // IOV_MAX split is reached only through WriteZeros (1 MiB iovecs); this checks long runs anyway.
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const dir = tempDir(t);
     const a = path.join(dir, 'a.ram');
     makeBlock(a, 1, 6000, { kind: () => 'stamp' });

@@ -12,6 +12,7 @@ import { verify } from '../src/index';
 import { fixedram } from './support/cli';
 import { assertNoStack, denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
 import { tempDir } from './support/tmp';
+import { requireSetup } from './support/prereq';
 
 function setup(t: Parameters<typeof tempDir>[0]) {
   const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
@@ -28,7 +29,7 @@ describe('faults: signals', () => {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     it(`#6 ${sig} during a save: exit 130, temp file and lock removed, old snapshot intact, source unchanged`, async (t) => {
       const so = shimPath();
-      if (so.startsWith('skip:')) return t.skip(so);
+      if (!requireSetup(t, so)) return;
       const { dir, src, out, oldHash, srcHash } = setup(t);
       const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 100_000 }));
       reap(t, w);
@@ -48,7 +49,7 @@ describe('faults: signals', () => {
 
   it('#6 a second SIGINT exits at once (status 130) and still removes the temp file and the lock', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src, out, oldHash } = setup(t);
     // every transfer sleeps 3 s: the first SIGINT cannot finish the run quickly (channels only look at
     // the cancel flag between batches), so a quick exit proves the second one acted
@@ -72,7 +73,7 @@ describe('faults: signals', () => {
 
   it('#8 SIGINT during a load: exit 130, "the targets are incomplete" naming them, never exit 0', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src } = setup(t);
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);
@@ -91,7 +92,7 @@ describe('faults: signals', () => {
 
   it('#8 SIGTERM during a load with --json: one JSON error object with exit code 130', async (t) => {
     const so = shimPath();
-    if (so.startsWith('skip:')) return t.skip(so);
+    if (!requireSetup(t, so)) return;
     const { dir, src } = setup(t);
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);

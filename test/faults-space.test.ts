@@ -13,11 +13,12 @@ import { fixedram, kBin } from './support/cli';
 import { assertNoStack, denseBlock, leftovers, mountTmpfs, sha1 } from './support/faults';
 import { makeBlock } from './support/stamp';
 import { allocated, tempDir } from './support/tmp';
+import { requirePrereq, requireSetup } from './support/prereq';
 
 describe('faults: space', () => {
   it('#4 ENOSPC mid-save: exit 4, no temp file, old snapshot intact', (t) => {
     const mnt = mountTmpfs(t, '8m');
-    if (mnt.startsWith('skip:')) return t.skip(mnt);
+    if (!requireSetup(t, mnt)) return;
     const dir = tempDir(t);
     const small = path.join(dir, 'small.ram');
     const big = path.join(dir, 'big.ram');
@@ -43,7 +44,7 @@ describe('faults: space', () => {
     // 7 MiB of pages fit in 8 MiB; the 1 MiB-aligned layout, bitmap and a 4 MiB checksum table of a
     // 2 GiB mostly-hole block do not: the failure comes late, from the main thread's metadata writes
     const mnt = mountTmpfs(t, '8m');
-    if (mnt.startsWith('skip:')) return t.skip(mnt);
+    if (!requireSetup(t, mnt)) return;
     const dir = tempDir(t);
     const src = path.join(dir, 'sparse.ram');
     const fd = fs.openSync(src, 'w');
@@ -71,7 +72,7 @@ describe('faults: space', () => {
     const r = spawnSync('prlimit', [`--fsize=${limit}`, process.execPath, kBin, 'save', '-o', out, '-b', `mem=${big}`], {
       encoding: 'utf8',
     });
-    if (r.error) return t.skip(`prlimit is not available: ${r.error.message}`);
+    if (!requirePrereq(t, !r.error, `prlimit is not available: ${r.error?.message}`)) return;
     assert.equal(r.status, 4, r.stderr);
     assert.match(r.stderr, /EFBIG: file too large/);
     assertNoStack(r.stderr);

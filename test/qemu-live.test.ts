@@ -9,21 +9,23 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe } from 'node:test';
 import { convert } from '../src/convert';
 import { decodeBlockName, encodeBlockName, inspect, load, verify } from '../src/index';
 import { fixedram } from './support/cli';
 import { infoRamblock, libvirtHeader, qemuMissing, saveMappedRam, startQemu, truncatedCopy, type QemuVm } from './support/qemu';
 import { fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
+import { prereqSuite } from './support/prereq';
 
 const missing = qemuMissing();
-if (missing) process.stderr.write(`QEMU live tests skipped: ${missing}\n`);
 
 const kPages = 8192; // 32 MiB guest RAM
 const kRamBytes = kPages * 4096;
 
-describe('live QEMU mapped-ram saves', { skip: missing ?? false }, () => {
+const { it, before, after } = prereqSuite(!missing, `QEMU: ${missing}`);
+
+describe('live QEMU mapped-ram saves', () => {
   let dir: string;
   let backend: string;
   let original: Buffer;

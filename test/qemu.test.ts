@@ -7,7 +7,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe } from 'node:test';
 import { decodeBlockName, encodeBlockName, ExitCode, FixedramError, inspect, load, verify } from '../src/index';
 import { openImage } from '../src/image';
 import { fixedram } from './support/cli';
@@ -17,8 +17,9 @@ import {
 } from './support/qemu';
 import { fillFile } from './support/stamp';
 import { openFds, tempDir } from './support/tmp';
+import { prereqSuite } from './support/prereq';
 
-const skip = fixturesAvailable() ? false : `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`;
+const { it, before, after } = prereqSuite(fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`);
 
 /** Asserts that fn throws a FixedramError with exit status 3 and the given code (and block). */
 function assertImageError(fn: () => unknown, code: string, opts: { block?: string; message?: RegExp } = {}): FixedramError {
@@ -36,7 +37,7 @@ function assertImageError(fn: () => unknown, code: string, opts: { block?: strin
   return caught;
 }
 
-describe('QEMU mapped-ram files (shared fixtures)', { skip }, () => {
+describe('QEMU mapped-ram files (shared fixtures)', () => {
   let dir: string;
   let mig: string;
   let ram: string;

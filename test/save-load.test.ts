@@ -10,6 +10,7 @@ import { load, save, verify, inspect } from '../src/index';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { allocated, openFds, tempDir } from './support/tmp';
 import { referenceSave } from './support/reference-writer';
+import { requirePrereq } from './support/prereq';
 
 // Odd page counts, so blocks do not divide into batches (the tests use small batches).
 const kShapes: [string, number][] = [['empty', 0], ['one', 1], ['odd', 1031], ['many', 4099]];
@@ -88,7 +89,7 @@ describe('save and load', () => {
   });
 
   it('saves a sparse tmpfs source without allocating its holes', async (t) => {
-    if (!fs.existsSync('/dev/shm')) return t.skip('no /dev/shm');
+    if (!requirePrereq(t, fs.existsSync('/dev/shm'), 'no /dev/shm')) return;
     const dir = tempDir(t, '/dev/shm');
     const src = path.join(dir, 'sparse.ram');
     const fd = fs.openSync(src, 'w');
