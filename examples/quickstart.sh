@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=./bin/fixedram.js
-[ -f dist/src/cli.js ] || npm run build >/dev/null
+[ -f dist/src/cli/index.js ] || npm run build >/dev/null
 
 base=${FIXEDRAM_EXAMPLE_DIR:-/dev/shm}
 [ -d "$base" ] || base=${TMPDIR:-/tmp}

@@ -18,7 +18,7 @@ rounds=${1:-100}
 mib=${2:-256}
 base=${FIXEDRAM_KILL_DIR:-/dev/shm}
 bin="node bin/fixedram.js"
-[ -f dist/src/cli.js ] || { echo "build first: npm run build" >&2; exit 2; }
+[ -f dist/src/cli/index.js ] || { echo "build first: npm run build" >&2; exit 2; }
 work=$(mktemp -d "$base/fixedram-kill-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

@@ -117,7 +117,6 @@ export function isSystemError(err: unknown): err is SystemError {
 /** The exit status an error maps to. */
 export function exitCodeOf(err: unknown): ExitCode {
   if (err instanceof FixedramError) return err.exitCode;
-  if (err instanceof Error && (err as { code?: unknown }).code === 'commander.usage') return ExitCode.usage;
   return ExitCode.system;
 }
 

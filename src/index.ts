@@ -1,4 +1,7 @@
-/** fixedram's library API: the typed core that the CLI maps its flags onto. */
+/**
+ * fixedram's library API: the typed core that the CLI maps its flags onto. It does not load the
+ * CLI (commander): `require('fixedram')` gives the functions below and nothing else.
+ */
 export { save, type SaveOptions, type SaveResult } from './save';
 export { update, type UpdateOptions, type UpdateResult } from './update';
 export { load, type LoadOptions, type LoadResult } from './load';
@@ -6,5 +9,5 @@ export { verify, type VerifyOptions, type VerifyResult, type VerifyFailure } fro
 export { inspect, type InspectResult } from './inspect';
 export { convert, type ConvertOptions, type ConvertResult } from './convert';
 export { encodeBlockName, decodeBlockName, parseBlockArg, type BlockArg } from './blocks';
-export { ExitCode, FixedramError, exitCodeOf } from './errors';
-export { runCli, makeProgram, main } from './cli';
+export { ExitCode, FixedramError, exitCodeOf, type ErrorRecord } from './errors';
+export type { ProgressEvent, ProgressSink } from './progress';

@@ -92,7 +92,8 @@ describe('fixedram CLI', () => {
 
   it('bad flags are usage errors (exit 2), also with --json', (t) => {
     const { out, a } = setup(t);
-    assert.equal(fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '0']).status, 2);
+    assert.equal(fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '257']).status, 2);
+    assert.equal(fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', 'x']).status, 2);
     assert.equal(fixedram(['save', '-o', out, '-b', 'noequals']).status, 2);
     assert.equal(fixedram(['frobnicate']).status, 2);
     const j = fixedram(['save', '-b', `a=${a}`, '--json']);

@@ -251,8 +251,8 @@ describe('hostile header values in a real snapshot (catalogue case 3)', () => {
     assert.equal(j.status, 3);
     const o = JSON.parse(j.stdout);
     assert.deepEqual({ ...o, error: { ...o.error, message: undefined } }, {
-      ok: false, exitCode: 3,
-      error: { code: 'ERR_SNAPSHOT_INVALID', exitCode: 3, path: file, offset: e(0, 'length'), message: undefined },
+      schemaVersion: 1, command: 'verify', ok: false, exitCode: 3,
+      error: { code: 'ERR_SNAPSHOT_INVALID', path: file, offset: e(0, 'length'), message: undefined },
     });
     assert.ok(o.error.message.startsWith("block 'mem0' length is out of range (9007199254740992)"));
   });

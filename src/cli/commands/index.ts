@@ -1,0 +1,19 @@
+/**
+ * The table of CLI commands, in `--help` order. To add a command: write `commands/NAME.ts`
+ * exporting a CliCommand (see ../command.ts) and add one line here.
+ */
+import type { CliCommand } from '../command';
+import convert from './convert';
+import inspect from './inspect';
+import load from './load';
+import save from './save';
+import verify from './verify';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export const kCommands: CliCommand<any, any, any>[] = [
+  save,
+  load,
+  verify,
+  inspect,
+  convert,
+];

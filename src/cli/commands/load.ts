@@ -1,0 +1,44 @@
+/** `fixedram load`. */
+import type { BlockArg } from '../../blocks';
+import type { LoadOptions, LoadResult } from '../../load';
+import { defineCommand, withContext } from '../command';
+import { jsonBlock, mib, plural, rate, sum } from '../human';
+import { collectBlock } from '../options';
+import { blockTotals } from './totals';
+
+interface Flags { block?: BlockArg[]; dir?: string; verify: boolean; directIo?: boolean; allowDevice?: boolean }
+
+export default defineCommand<Flags, LoadOptions, LoadResult>({
+  name: 'load',
+  description: 'write the blocks of a snapshot (or QEMU mapped-ram file) into files',
+  globals: { channels: true, followSymlinks: true },
+  define: (cmd) => {
+    cmd.argument('<file>', 'snapshot to load')
+      .option('-b, --block <name=path>', 'load block NAME into PATH (repeat for more)', collectBlock)
+      .option('--dir <dir>', 'load every block into DIR/<encoded name>')
+      .option('--no-verify', 'do not check page checksums while loading')
+      .option('--direct-io', 'read the snapshot with O_DIRECT (falls back to buffered I/O with a warning)')
+      .option('--allow-device', 'accept block devices as targets');
+  },
+  options: ([file], o, ctx) => ({
+    snapshot: file!, ...(o.block ? { blocks: o.block } : {}), ...(o.dir !== undefined ? { dir: o.dir } : {}),
+    verify: o.verify, followSymlinks: o.followSymlinks ?? false, allowDevice: o.allowDevice ?? false,
+    directIo: o.directIo ?? false,
+    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...withContext(ctx),
+  }),
+  run: async (o) => (await import('../../load')).load(o),
+  json: (r) => {
+    const { command: _c, snapshot, format, blocks, ...rest } = r;
+    return { snapshot, format, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };
+  },
+  print: (r, out) => {
+    const bytes = sum(r.blocks, (b) => b.length);
+    out.write(`loaded ${plural(r.blocks.length, 'block')} (${mib(bytes)}) from ${r.snapshot}` +
+      `${r.verified ? ', checksums verified' : ''}\n`);
+    for (const b of r.blocks) {
+      out.write(`  ${b.name} -> ${b.path}: ${b.presentPages} pages present, ${b.zeroPages} zero${b.created ? ' (created)' : ''}\n`);
+    }
+    out.write(`  ${mib(r.bytesRead)} read in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+  },
+});

@@ -1,0 +1,43 @@
+/** `fixedram verify`. */
+import type { BlockArg } from '../../blocks';
+import { ExitCode } from '../../errors';
+import type { VerifyOptions, VerifyResult } from '../../verify';
+import { defineCommand, withContext } from '../command';
+import { jsonBlock, mib, plural, rate, sum } from '../human';
+import { collectBlock, parseCount } from '../options';
+import { blockTotals } from './totals';
+
+interface Flags { against?: BlockArg[]; maxFailures: number }
+
+export default defineCommand<Flags, VerifyOptions, VerifyResult>({
+  name: 'verify',
+  description: 'check a snapshot: structure, every page checksum, optionally against live files',
+  globals: { channels: true, followSymlinks: true },
+  define: (cmd) => {
+    cmd.argument('<file>', 'snapshot to verify')
+      .option('--against <name=path>', 'compare block NAME with a live file byte for byte (repeat)', collectBlock)
+      .option('--max-failures <n>', 'failures listed in detail (all are counted)', parseCount('--max-failures', 0, 1_000_000), 100);
+  },
+  options: ([file], o, ctx) => ({
+    snapshot: file!, against: o.against ?? [], maxReported: o.maxFailures, followSymlinks: o.followSymlinks ?? false,
+    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...withContext(ctx),
+  }),
+  run: async (o) => (await import('../../verify')).verify(o),
+  json: (r) => {
+    const { command: _c, ok: _ok, snapshot, format, blocks, ...rest } = r;
+    return { snapshot, format, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };
+  },
+  print: (r, out) => {
+    for (const f of r.failures) out.write(`FAIL ${f.message}\n`);
+    if (r.failureCount > r.failures.length) out.write(`... and ${r.failureCount - r.failures.length} more\n`);
+    const present = sum(r.blocks, (b) => b.presentPages);
+    const zero = sum(r.blocks, (b) => b.zeroPages);
+    const head = r.ok ? 'OK' : `FAILED: ${plural(r.failureCount, 'failure')}`;
+    out.write(`${head}: ${r.snapshot} (${r.format}), ${plural(r.blocks.length, 'block')}, ` +
+      `${present} pages present, ${zero} zero, ${mib(r.bytesChecked)} checked in ${r.seconds.toFixed(2)} s ` +
+      `(${rate(r.bytesChecked, r.seconds)})${r.checksums ? '' : ', no page checksums in this format'}` +
+      `${r.compared.length ? `, compared with live: ${r.compared.join(', ')}` : ''}\n`);
+  },
+  status: (r) => (r.ok ? ExitCode.ok : ExitCode.integrity),
+});

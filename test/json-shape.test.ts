@@ -1,0 +1,153 @@
+/**
+ * Every command's --json output (results and errors) and the --progress json events against the
+ * documented shape: docs/json.schema.json (the machine form of docs/json.md), validated with ajv.
+ */
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import Ajv from 'ajv';
+import { commandsOf, makeProgram } from '../src/cli';
+import { fixedram } from './support/cli';
+import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
+import { makeBlock } from './support/stamp';
+import { tempDir } from './support/tmp';
+
+const root = path.resolve(__dirname, '..', '..');
+const schema = JSON.parse(fs.readFileSync(path.join(root, 'docs', 'json.schema.json'), 'utf8')) as object;
+const validate = new Ajv({ allErrors: true, strict: false }).compile(schema);
+
+function check(args: string[], status: number): Record<string, unknown> {
+  const r = fixedram(args);
+  assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
+  const lines = r.stdout.split('\n').filter(Boolean);
+  assert.equal(lines.length, 1, `exactly one JSON object on stdout for ${args.join(' ')}:\n${r.stdout}`);
+  const o = JSON.parse(lines[0]!) as Record<string, unknown>;
+  assert.ok(validate(o), `${args.join(' ')}: ${JSON.stringify(validate.errors, null, 1)}\n${lines[0]}`);
+  assert.equal(o.exitCode, status);
+  return o;
+}
+
+/** Commands with a success sample below; a command added to the CLI must add one. */
+type Sample = (t: TestContext) => void;
+
+function blocks(t: TestContext) {
+  const dir = tempDir(t);
+  const a = path.join(dir, 'a.ram');
+  const b = path.join(dir, 'b.ram');
+  makeBlock(a, 1, 40);
+  makeBlock(b, 2, 9);
+  const snap = path.join(dir, 's.fxr');
+  return { dir, a, b, snap };
+}
+
+const samples: Record<string, Sample> = {
+  save: (t) => {
+    const { a, b, snap } = blocks(t);
+    const s = check(['save', '-o', snap, '-b', `a=${a}`, '-b', `b=${b}`, '--json'], 0);
+    assert.equal(s.command, 'save');
+    assert.equal(s.snapshot, snap);
+    assert.equal(s.update, false);
+    assert.equal(s.bytes, 49 * 4096);
+    const u = check(['save', '--update', '-o', snap, '-b', `a=${a}`, '-b', `b=${b}`, '--json'], 0);
+    assert.equal(u.command, 'save');
+    assert.equal(u.update, true);
+    assert.equal(u.snapshot, snap);
+  },
+  load: (t) => {
+    const { dir, a, snap } = blocks(t);
+    check(['save', '-o', snap, '-b', `a=${a}`, '--json'], 0);
+    const l = check(['load', snap, '--dir', path.join(dir, 'out'), '--json'], 0);
+    assert.equal(l.snapshot, snap);
+    assert.equal((l.blocks as { path: string }[])[0]!.path, path.join(dir, 'out', 'a'));
+  },
+  verify: (t) => {
+    const { a, snap } = blocks(t);
+    check(['save', '-o', snap, '-b', `a=${a}`, '--json'], 0);
+    const v = check(['verify', snap, '--json'], 0);
+    assert.equal(v.snapshot, snap);
+    // an integrity failure is a result too (ok false, exit 1)
+    const info = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { blocks: { pagesOffset: number }[] };
+    const fd = fs.openSync(snap, 'r+');
+    fs.writeSync(fd, Buffer.from([0xee]), 0, 1, info.blocks[0]!.pagesOffset + 5);
+    fs.closeSync(fd);
+    const bad = check(['verify', snap, '--json'], 1);
+    assert.equal(bad.ok, false);
+    assert.equal(bad.failureCount, 1);
+  },
+  inspect: (t) => {
+    const { a, snap } = blocks(t);
+    check(['save', '-o', snap, '-b', `a=${a}`, '--json'], 0);
+    const i = check(['inspect', snap, '--json'], 0);
+    assert.equal(i.snapshot, snap);
+    assert.equal(i.pages, 40);
+  },
+  convert: (t) => {
+    if (!fixturesAvailable()) {
+      if (process.env.CI) assert.fail(`the QEMU fixtures are not at ${kFixtures}`);
+      t.skip(`the QEMU fixtures are not at ${kFixtures}`);
+      return;
+    }
+    const dir = tempDir(t);
+    const mig = unpackFixture('membackend-32m.mig', dir);
+    const c = check(['convert', mig, '-o', path.join(dir, 'c.fxr'), '--json'], 0);
+    assert.equal(c.source, mig);
+    assert.equal(c.snapshot, path.join(dir, 'c.fxr'));
+  },
+};
+
+const program = makeProgram({ stdout: process.stdout, stderr: process.stderr, setExitCode: () => undefined });
+const names = commandsOf(program).map((c) => c.name).filter((n) => n !== 'completion');
+
+describe('--json output matches docs/json.schema.json', () => {
+  it('the schema rejects what the doc forbids (the validator is live)', () => {
+    assert.equal(validate({ schemaVersion: 1, command: 'save', ok: true, exitCode: 0 }), false, 'a save result without its fields');
+    assert.equal(validate({ schemaVersion: 1, command: 'x', ok: false, exitCode: 4, error: { code: 'E', message: 'a\nb' } }), false, 'a two-line message');
+    assert.equal(validate({ schemaVersion: 1, command: null, ok: false, exitCode: 2, error: { code: 'ERR_USAGE', message: 'm' } }), true);
+  });
+
+  for (const name of names) {
+    it(`${name}: its result`, (t) => {
+      const sample = samples[name];
+      assert.ok(sample, `no JSON sample for '${name}': add one to samples in test/json-shape.test.ts`);
+      sample(t);
+    });
+    it(`${name}: a usage error`, () => {
+      const o = check([...name.split(' '), '--no-such-flag', '--json'], 2);
+      assert.equal(o.command, name);
+      assert.equal((o.error as { code: string }).code, 'ERR_USAGE');
+    });
+  }
+
+  it('system and snapshot errors carry the errno fields and the command', (t) => {
+    const { dir, snap } = blocks(t);
+    const missing = path.join(dir, 'missing.ram');
+    const s = check(['save', '-o', snap, '-b', `m=${missing}`, '--json'], 4);
+    assert.deepEqual({ ...(s.error as object), message: undefined },
+      { code: 'ENOENT', message: undefined, errno: -2, syscall: 'open', path: missing, block: 'm' });
+    const i = check(['inspect', missing, '--json'], 4);
+    assert.equal(i.command, 'inspect');
+    fs.writeFileSync(path.join(dir, 'junk'), Buffer.alloc(8192, 7));
+    const j = check(['verify', path.join(dir, 'junk'), '--json'], 3);
+    assert.match((j.error as { code: string }).code, /^ERR_SNAPSHOT_/);
+  });
+
+  it('an unknown command: command null, exit 2', () => {
+    const o = check(['frobnicate', '--json'], 2);
+    assert.equal(o.command, null);
+  });
+
+  it('--progress json events carry schemaVersion, command and elapsedMs', (t) => {
+    const { a, snap } = blocks(t);
+    const r = fixedram(['save', '-o', snap, '-b', `a=${a}`, '--progress', 'json']);
+    assert.equal(r.status, 0, r.stderr);
+    const events = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(events.length >= 1);
+    for (const e of events) {
+      assert.deepEqual(Object.keys(e), ['event', 'schemaVersion', 'command', 'bytesDone', 'bytesTotal', 'elapsedMs']);
+      assert.equal(e.event, 'progress');
+      assert.ok(Number.isInteger(e.elapsedMs) && (e.elapsedMs as number) >= 0);
+    }
+    assert.equal(events.at(-1)!.bytesDone, events.at(-1)!.bytesTotal);
+  });
+});
