@@ -9,6 +9,7 @@ import { describe, it, type TestContext } from 'node:test';
 import Ajv from 'ajv';
 import { commandsOf, makeProgram } from '../src/cli';
 import { fixedram } from './support/cli';
+import { requirePrereq } from './support/prereq';
 import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
@@ -83,11 +84,7 @@ const samples: Record<string, Sample> = {
     assert.equal(i.pages, 40);
   },
   convert: (t) => {
-    if (!fixturesAvailable()) {
-      if (process.env.CI) assert.fail(`the QEMU fixtures are not at ${kFixtures}`);
-      t.skip(`the QEMU fixtures are not at ${kFixtures}`);
-      return;
-    }
+    if (!requirePrereq(t, fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures}`)) return;
     const dir = tempDir(t);
     const mig = unpackFixture('membackend-32m.mig', dir);
     const c = check(['convert', mig, '-o', path.join(dir, 'c.fxr'), '--json'], 0);
