@@ -69,14 +69,16 @@ PageBatch Batch(const Napi::CallbackInfo& info, size_t at, int64_t ps) {
   return b;
 }
 
-[[noreturn]] void ThrowSys(Napi::Env env, const SysError& e) {
+Napi::Error SysErrorValue(Napi::Env env, const SysError& e) {
   Napi::Error err = Napi::Error::New(env, std::string(e.syscall) + " failed");
   err.Set("errno", Napi::Number::New(env, e.errno_value));
   err.Set("syscall", Napi::String::New(env, e.syscall));
   err.Set("offset", Napi::Number::New(env, static_cast<double>(e.offset)));
   err.Set("file", Napi::Number::New(env, e.file));
-  throw err;
+  return err;
 }
+
+[[noreturn]] void ThrowSys(Napi::Env env, const SysError& e) { throw SysErrorValue(env, e); }
 
 Napi::Array Numbers(Napi::Env env, std::initializer_list<int64_t> values) {
   Napi::Array a = Napi::Array::New(env, values.size());
@@ -121,6 +123,54 @@ Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
   } catch (const SysError& e) {
     ThrowSys(info.Env(), e);
   }
+}
+
+// updatePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, mask, flags)
+//   the arguments of savePages; flags must hold kSaveUpdate
+//   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
+//       readNs, hashNs, writeNs, punchNs]
+Napi::Value UpdatePagesJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 4);
+  BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
+  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
+  PageBatch b = Batch(info, 5, ps);
+  uint32_t flags = static_cast<uint32_t>(Int(info, 11, "flags"));
+  if (!(flags & kSaveUpdate)) Fail(info.Env(), "updatePages needs kSaveUpdate");
+  b.mask = (flags & kSaveMask) ? Bytes(info, 10, "mask", b.first + b.count) : nullptr;
+  try {
+    UpdateTimes t;
+    SaveResult r = UpdatePages(src, dst, b, flags, &t);
+    return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
+                                r.unchanged_pages, t.read_ns, t.hash_ns, t.write_ns, t.punch_ns});
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// Runs StartWriteback on a libuv pool thread, so the thread that asks never waits for the device.
+class WritebackWorker : public Napi::AsyncWorker {
+ public:
+  WritebackWorker(Napi::Env env, int fd, int64_t offset, int64_t length)
+      : Napi::AsyncWorker(env), fd_(fd), offset_(offset), length_(length), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+  void Execute() override { StartWriteback(fd_, offset_, length_); }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  int fd_;
+  int64_t offset_;
+  int64_t length_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// syncRangeAsync(fd, offset, length) -> Promise<void>: syncRange off the calling thread. The caller
+// keeps fd open until the promise settles.
+Napi::Value SyncRangeAsyncJs(const Napi::CallbackInfo& info) {
+  auto* w = new WritebackWorker(info.Env(), Fd(info, 0, "fd"), Int(info, 1, "offset"), Int(info, 2, "length"));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 // loadPages(snapFd, snapBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags)
@@ -179,6 +229,54 @@ Napi::Value MarkDataJs(const Napi::CallbackInfo& info) {
   } catch (const SysError& e) {
     ThrowSys(info.Env(), e);
   }
+}
+
+// MarkDataPages on a libuv pool thread; holds a reference to mask until it settles.
+class MarkDataWorker : public Napi::AsyncWorker {
+ public:
+  MarkDataWorker(Napi::Env env, BlockFile f, int64_t first, int64_t count, Napi::Uint8Array mask)
+      : Napi::AsyncWorker(env), f_(f), first_(first), count_(count), data_(mask.Data()),
+        mask_(Napi::Persistent(mask)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      known_ = MarkDataPages(f_, first_, count_, data_);
+    } catch (const SysError& e) {
+      error_ = e;
+      failed_ = true;
+    }
+  }
+  void OnOK() override {
+    if (failed_) deferred_.Reject(SysErrorValue(Env(), error_).Value());
+    else deferred_.Resolve(Napi::Boolean::New(Env(), known_));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  BlockFile f_;
+  int64_t first_;
+  int64_t count_;
+  unsigned char* data_;
+  Napi::Reference<Napi::Uint8Array> mask_;
+  Napi::Promise::Deferred deferred_;
+  bool known_ = false;
+  bool failed_ = false;
+  SysError error_{0, "", 0};
+};
+
+// markDataAsync(fd, base, pageSize, firstPage, pageCount, mask) -> Promise<boolean>: markData on a
+// pool thread, so several ranges of a file (or several files) are walked at once.
+Napi::Value MarkDataAsyncJs(const Napi::CallbackInfo& info) {
+  const int64_t ps = PageSize(info, 2);
+  BlockFile f{Fd(info, 0, "fd"), Int(info, 1, "base"), ps, 0};
+  int64_t first = Int(info, 3, "firstPage");
+  int64_t count = Int(info, 4, "pageCount");
+  if (first < 0 || count < 0) Fail(info.Env(), "bad page range");
+  Bytes(info, 5, "mask", first + count);
+  auto* w = new MarkDataWorker(info.Env(), f, first, count, info[5].As<Napi::Uint8Array>());
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 // punchHole(fd, offset, length) -> true, or false where the file system cannot punch holes
@@ -241,6 +339,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("punchHole", Napi::Function::New(env, PunchHoleJs, "punchHole"));
   exports.Set("flock", Napi::Function::New(env, FlockJs, "flock"));
   exports.Set("syncRange", Napi::Function::New(env, SyncRangeJs, "syncRange"));
+  exports.Set("updatePages", Napi::Function::New(env, UpdatePagesJs, "updatePages"));
+  exports.Set("markDataAsync", Napi::Function::New(env, MarkDataAsyncJs, "markDataAsync"));
+  exports.Set("syncRangeAsync", Napi::Function::New(env, SyncRangeAsyncJs, "syncRangeAsync"));
   return exports;
 }
 

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include <algorithm>
 #include <vector>
@@ -330,6 +331,96 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
       bad[3 * r.bad_count + 2] = f.actual;
     }
     ++r.bad_count;
+  }
+  return r;
+}
+
+}  // namespace fixedram
+
+namespace fixedram {
+
+namespace {
+
+int64_t MonotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+}  // namespace
+
+SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags,
+                       UpdateTimes* times) {
+  SaveResult r;
+  const int64_t ps = src.page_size;
+  const int64_t n = b.count;
+  const bool rewrite = (flags & kSaveRewrite) != 0;
+  const int64_t chunk = std::max<int64_t>(1, kUpdateChunkBytes / ps);
+
+  std::vector<uint8_t> cand(static_cast<size_t>(n), 1);
+  if ((flags & kSaveMask) && b.mask != nullptr) {
+    for (int64_t i = 0; i < n; ++i) cand[i] = b.mask[b.first + i] ? 1 : 0;
+  }
+
+  // read and classify chunk by chunk: a chunk is hashed right after its read, while it is still in
+  // the cache, instead of reading the whole batch (more than the L2 cache) and hashing it afterwards
+  std::vector<uint8_t> now(static_cast<size_t>(n), 0);
+  std::vector<uint64_t> hash(static_cast<size_t>(n), 0);
+  std::vector<uint8_t> act(static_cast<size_t>(n), 0);  // 1 = write, 2 = punch, 0 = nothing
+  int64_t t0 = MonotonicNs();
+  ForRuns(cand, 1, [&](int64_t i, int64_t j) {
+    for (int64_t k = i; k < j; k += chunk) {
+      const int64_t e = std::min(j, k + chunk);
+      r.bytes_read += ReadRun(src, b, k, e);
+      const int64_t t1 = MonotonicNs();
+      times->read_ns += t1 - t0;
+      for (int64_t q = k; q < e; ++q) {
+        const unsigned char* page = b.scratch + q * ps;
+        if (IsZero(page, static_cast<size_t>(ps))) continue;
+        now[q] = 1;
+        hash[q] = XXH3_64bits(page, static_cast<size_t>(ps));
+      }
+      t0 = MonotonicNs();
+      times->hash_ns += t0 - t1;
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = b.first + i;
+    const bool was = b.present[p] != 0;
+    if (now[i]) {
+      act[i] = (rewrite || !was || LoadLe64(b.csums + 8 * p) != hash[i]) ? 1 : 0;
+    } else {
+      act[i] = (rewrite || was) ? 2 : 0;
+    }
+    if (act[i] == 0) ++r.unchanged_pages;
+  }
+  int64_t t1 = MonotonicNs();
+  times->hash_ns += t1 - t0;
+
+  std::vector<struct iovec> iov;
+  ForRuns(act, 1, [&](int64_t i, int64_t j) {
+    RunIovecs(b.scratch, ps, i, j, &iov);
+    r.bytes_written += On(dst, [&] {
+      return static_cast<int64_t>(PwritevFull(dst.fd, iov.data(), iov.size(), PageOffset(dst, b.first + i)));
+    });
+    r.written_pages += j - i;
+  });
+  int64_t t2 = MonotonicNs();
+  times->write_ns += t2 - t1;
+  ForRuns(act, 2, [&](int64_t i, int64_t j) {
+    On(dst, [&] {
+      const int64_t off = PageOffset(dst, b.first + i);
+      if (!PunchHole(dst.fd, off, (j - i) * ps)) WriteZeros(dst.fd, off, (j - i) * ps);
+    });
+    r.punched_pages += j - i;
+  });
+  times->punch_ns += MonotonicNs() - t2;
+
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = b.first + i;
+    b.present[p] = now[i];
+    StoreLe64(b.csums + 8 * p, hash[i]);
+    r.present_pages += now[i];
   }
   return r;
 }

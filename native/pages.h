@@ -98,6 +98,23 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
 // every page set, when the file system gives no hole information.
 bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask);
 
+// Time spent in each phase of UpdatePages, in nanoseconds (CLOCK_MONOTONIC), summed by the caller.
+struct UpdateTimes {
+  int64_t read_ns = 0;   // preadv of the source
+  int64_t hash_ns = 0;   // zero scan, XXH3 and the comparison with the stored table
+  int64_t write_ns = 0;  // pwritev of changed pages
+  int64_t punch_ns = 0;  // punching pages that became zero
+};
+
+// The --update mover (kSaveUpdate, optionally kSaveRewrite; kSaveMask as for SavePages): reads the
+// batch's candidate pages in runs of at most kUpdateChunkBytes and hashes each run while it is still
+// in the CPU cache, then writes only changed pages and punches pages that became zero. Fills
+// present[] and csums[] exactly as SavePages does. kSaveWriteback is ignored: the caller starts
+// write-back from another thread so no channel waits for the device.
+constexpr int64_t kUpdateChunkBytes = 128 << 10;
+SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& batch, uint32_t flags,
+                       UpdateTimes* times);
+
 // XXH3-64 (seed 0) of a buffer, for metadata checksums computed in TS.
 uint64_t Hash64(const void* data, size_t len);
 

@@ -38,6 +38,17 @@ export interface Native {
     firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
     mask: Uint8Array, flags: number,
   ): [number, number, number, number, number, number];
+  /**
+   * The --update mover (flags must hold kSaveUpdate): the arguments of savePages; reads and hashes
+   * in cache-sized runs, writes only changed pages, never starts write-back itself.
+   * → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
+   *    readNs, hashNs, writeNs, punchNs] (time spent in each phase)
+   */
+  updatePages(
+    srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
+    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
+    mask: Uint8Array, flags: number,
+  ): [number, number, number, number, number, number, number, number, number, number];
   /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
   loadPages(
     snapFd: number, snapBase: number, dstFd: number, dstBase: number, pageSize: number,
@@ -56,10 +67,14 @@ export interface Native {
    * (every page marked).
    */
   markData(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): boolean;
+  /** markData on a libuv pool thread (mask must not be used until the promise settles). */
+  markDataAsync(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): Promise<boolean>;
   punchHole(fd: number, offset: number, length: number): boolean;
   /** Non-blocking flock: true when taken, false when held elsewhere. */
   flock(fd: number, exclusive: boolean): boolean;
   syncRange(fd: number, offset: number, length: number): void;
+  /** syncRange on a libuv pool thread; fd must stay open until the promise settles. */
+  syncRangeAsync(fd: number, offset: number, length: number): Promise<void>;
   /** An ArrayBuffer whose memory is 4096-byte aligned (for O_DIRECT). */
   alignedBuffer(bytes: number): ArrayBuffer;
   /** Size in bytes of a block device (ioctl BLKGETSIZE64). */

@@ -6,25 +6,33 @@
  * Commit protocol (docs/format-v1.md):
  *  1. validate: the snapshot is complete (or an interrupted update) and has exactly the same blocks;
  *  2. header := UPDATING (not COMPLETE), fdatasync — from here on readers refuse the file;
- *  3. channels rewrite changed pages; bitmaps and checksum tables are rewritten; fdatasync;
+ *  3. channels rewrite changed pages; bitmaps and checksum tables are rewritten (not when no page
+ *     changed: then only the header is ever written); fdatasync;
  *  4. header := COMPLETE, fdatasync.
  * Why a repair rewrites everything: after an interrupted update the stored checksums describe the
  * old pages while some slots already hold new ones, so "unchanged against the table" proves nothing.
  * A repair run therefore writes every present page and punches every absent one.
+ *
+ * Where the time goes (--log-level debug logs 'update: phases (ms)'): the channels' threads and the
+ * sources' data-extent walks start before the tables are read, so their start-up overlaps it; each
+ * channel reads a cache-sized run and hashes it at once (native UpdatePages); write-back of the
+ * written pages is started from a pool thread while the channels work, so no channel waits for
+ * the device and the final fdatasync finds little left to do.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { checkUnchanged, closeQuietly, pageSizeFor, type BlockArg } from './blocks';
-import { runChannels } from './channels/pool';
+import { checkUnchanged, closeQuietly, pageSizeFor, reopenChecked, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
+import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { explainInterrupt, ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { lockOutput } from './lock';
-import { kSaveMask, kSaveRewrite, kSaveUpdate, kSaveWriteback, native } from './native';
+import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
-import { checkWriteOptions, dataMask, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
+import { checkWriteOptions, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 
 export interface UpdateOptions {
@@ -67,6 +75,7 @@ export interface UpdateResult {
  */
 export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const started = process.hrtime.bigint();
+  const phases = phaseClock();
   const { channels, output } = checkWriteOptions(opts);
   const doSync = opts.fsync ?? true;
   const hash64 = native().hash64;
@@ -74,6 +83,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const files = openSources(opts.blocks, opts);
   let lock: ReturnType<typeof lockOutput> | undefined;
   let snapFd: number | undefined;
+  let team: ChannelTeam | undefined;
+  let scan: ReturnType<typeof scanSources> | undefined;
   try {
     refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));
     lock = lockOutput(output);
@@ -113,49 +124,78 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       if (f.size !== b.length) mismatch(`block '${b.name}' is ${f.size} bytes, the snapshot has ${b.length}`);
       if (ps !== b.pageSize) mismatch(`block '${b.name}' has page size ${ps}, the snapshot has ${b.pageSize}`);
     });
+    phases.lap('open');
+    // started now, so they overlap reading the tables and marking: the channels' threads, and the
+    // walks of the sources' data extents on the libuv pool
+    const plan = planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    team = plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
+    scan = scanSources(h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })),
+      channels);
     const tables: BlockTables[] = h.blocks.map((b, i) => (repair ? newTables(b.pages) : readTables(snap, b, i)));
+    phases.lap('tablesRead');
 
     // mark: UPDATING, durably, before the first page is overwritten
     const marked = encodeHeader(h, kFlagUpdating, h.presentPages, h.metadataChecksums, hash64);
     fs.writeSync(snap.fd, marked, 0, marked.length, 0);
     if (doSync) fs.fdatasyncSync(snap.fd);
+    phases.lap('mark');
     opts.logger?.debug({ output, repair }, 'update: marked in progress');
 
     // pages
+    const masks = await scan.masks;
     const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
       const f = files[order[i]!]!;
-      const mask = dataMask({ name: b.name, path: f.path, base: 0, pageSize: b.pageSize,
-        identity: { dev: f.dev, ino: f.ino, follow: f.follow } }, b.pages);
       return {
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
         livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: 0,
-        present: tables[i]!.present, csums: tables[i]!.csums, mask,
-        flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0) | (doSync ? kSaveWriteback : 0),
+        present: tables[i]!.present, csums: tables[i]!.csums, mask: masks[i]!,
+        // no kSaveWriteback: the channels never wait for the device; the pump below starts write-back
+        flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0),
       };
     });
-    const plan = planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    phases.lap('scan');
     const total = h.blocks.reduce((s, b) => s + b.length, 0);
     opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-    const stats = await runChannels({
-      kind: 'save', channels, snapshotFd: snap.fd, snapshotPath: output, blocks, plan,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
-    }).catch((err: unknown) => {
-      throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
-    });
+    const pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
+    let stats: Awaited<ReturnType<typeof runChannels>>;
+    try {
+      stats = await runChannels({
+        kind: 'save', channels, snapshotFd: snap.fd, snapshotPath: output, blocks, plan, ...(team ? { team } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+      }).catch((err: unknown) => {
+        throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
+      });
+    } finally {
+      await pump?.stop();
+    }
+    phases.lap('pages');
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
     opts.logger?.debug({ written: stats.writtenPages, punched: stats.punchedPages }, 'update: pages written');
 
-    // commit
-    const summary = writeTables(snap.fd, h, tables);
-    if (doSync) fs.fdatasyncSync(snap.fd);
+    // commit. Nothing changed (and no repair): the tables on disk are already right, so only the
+    // header is written (UPDATING above, COMPLETE here).
+    const changed = repair || stats.writtenPages > 0 || stats.punchedPages > 0;
+    const summary = changed ? writeTables(snap.fd, h, tables) : { counts: [...h.presentPages], sums: [...h.metadataChecksums] };
+    phases.lap('tablesWrite');
+    if (doSync && changed) fs.fdatasyncSync(snap.fd);
+    phases.lap('syncData');
     opts.logger?.debug('update: data synced');
     writeHeader(snap.fd, h, summary, kFlagComplete);
     if (doSync) {
       fs.fdatasyncSync(snap.fd);
       fsyncDir(path.dirname(output));
     }
-    const metaBytes = h.blocks.reduce((s, b) => s + b.bitmapBytes + b.checksumsBytes, 0) + 2 * marked.length;
+    phases.lap('commit');
+    opts.logger?.debug({
+      phases: {
+        ...phases.ms,
+        // summed over the channels (channel-milliseconds), inside 'pages'
+        chRead: stats.readNs / 1e6, chHash: stats.hashNs / 1e6, chWrite: stats.writeNs / 1e6, chPunch: stats.punchNs / 1e6,
+        writeback: pump?.calls ?? 0,
+      },
+    }, 'update: phases (ms)');
+    const metaBytes = (changed ? h.blocks.reduce((s, b) => s + b.bitmapBytes + b.checksumsBytes, 0) : 0) + 2 * marked.length;
     const presentPages = summary.counts.reduce((s, c) => s + c, 0);
     return {
       command: 'update', output, repaired: repair,
@@ -177,8 +217,92 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     if (isSystemError(err) && err.path === undefined) err.path = output;
     throw err;
   } finally {
+    team?.dispose();
+    await scan?.done;
     closeQuietly(snapFd);
     lock?.release();
     for (const f of files) closeQuietly(f.fd);
   }
+}
+
+/**
+ * Milliseconds per phase of an update, for the debug log: 'startup' is the process's age when
+ * update() was called (node start-up and module loading), then each lap() closes the phase since
+ * the previous one.
+ */
+function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
+  const ms: Record<string, number> = { startup: Math.round(process.uptime() * 1e4) / 10 };
+  let at = process.hrtime.bigint();
+  return {
+    ms,
+    lap(name: string): void {
+      const now = process.hrtime.bigint();
+      ms[name] = (ms[name] ?? 0) + Math.round(Number(now - at) / 1e5) / 10;
+      at = now;
+    },
+  };
+}
+
+/**
+ * Starts write-back of the snapshot's dirty pages (sync_file_range WRITE on a libuv pool thread)
+ * again and again while the channels run, so the device works while the channels read and hash,
+ * and no channel ever waits in sync_file_range. Durability still comes from the fdatasync after
+ * the pages; this only moves the device's work earlier.
+ */
+function writebackPump(fd: number, length: number): { calls: number; stop(): Promise<void> } {
+  let running = true;
+  const state = { calls: 0, stop: async (): Promise<void> => {} };
+  const loop = (async (): Promise<void> => {
+    while (running) {
+      await native().syncRangeAsync(fd, 0, length);
+      state.calls++;
+      if (running) await sleep(kWritebackPeriodMs);
+    }
+  })();
+  state.stop = async (): Promise<void> => {
+    running = false;
+    await loop.catch(() => undefined);  // best effort, as syncRange is
+  };
+  return state;
+}
+
+const kWritebackPeriodMs = 5;
+
+/**
+ * Walks the sources' data extents (SEEK_DATA/SEEK_HOLE, as save's dataMask does) on the libuv pool,
+ * each block split into up to `parts` ranges walked at once. masks: one byte per page, 1 where the
+ * source may hold data. done: settles when every walk has finished and its descriptor is closed
+ * (the caller awaits it before returning, also after an error).
+ */
+function scanSources(
+  list: readonly { name: string; pages: number; pageSize: number; file: OpenFile }[], parts: number,
+): { masks: Promise<Uint8Array[]>; done: Promise<void> } {
+  const fds: number[] = [];
+  try {
+    for (const b of list) {
+      fds.push(reopenChecked(b.file.path, fs.constants.O_RDONLY, { dev: b.file.dev, ino: b.file.ino, follow: b.file.follow }, b.name));
+    }
+  } catch (err) {
+    for (const fd of fds) closeQuietly(fd);
+    throw err;
+  }
+  const masks = list.map((b) => sharedPageBytes(b.pages));
+  const walks: Promise<unknown>[] = [];
+  list.forEach((b, i) => {
+    // ranges of at least 64 Ki pages: a walk's fixed cost is a few system calls
+    const n = Math.max(1, Math.min(parts, 4, Math.floor(b.pages / 65536)));
+    const per = Math.ceil(b.pages / n);
+    for (let first = 0; first < b.pages; first += per) {
+      walks.push(native().markDataAsync(fds[i]!, 0, b.pageSize, first, Math.min(per, b.pages - first), masks[i]!)
+        .catch((err: unknown) => {
+          throw fromNativeError(err, { path: b.file.path, block: b.name });
+        }));
+    }
+  });
+  const all = Promise.all(walks).then(() => masks);
+  all.catch(() => undefined);  // handled by whoever awaits masks; never an unhandled rejection
+  const done = Promise.allSettled(walks).then(() => {
+    for (const fd of fds) closeQuietly(fd);
+  });
+  return { masks: all, done };
 }

@@ -9,10 +9,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { load, save, verify } from '../src/index';
+import { openSnapshot } from '../src/snapshot';
 import { update } from '../src/update';
-import { fixedram, fixedramChild } from './support/cli';
+import { spawnSync } from 'node:child_process';
+import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
 import { allocated, tempDir } from './support/tmp';
+import * as os from 'node:os';
 
 const kPage = 4096;
 
@@ -101,6 +104,68 @@ describe('save --update', () => {
     const r = await update({ output: out, blocks, channels: 2 });
     assert.equal(r.pagesWritten, 0);
     assert.equal(r.pagesPunched, 0);
+    assert.ok(fs.readFileSync(out).equals(before));
+  });
+
+  it('an update with no changes writes only the header, twice (counted with strace); one with changes writes pages', async (t) => {
+    if (spawnSync('strace', ['-V']).status !== 0) {
+      if (process.env.CI) assert.fail('strace is missing (.ci/install-system installs it)');
+      return t.skip('strace is not installed (.ci/install-system installs it)');
+    }
+    const { blocks, out } = setup(t, [2000, 700]);
+    await save({ output: out, blocks, channels: 2 });
+    const before = fs.readFileSync(out);
+    const traced = (name: string): { writes: string[]; stderr: string } => {
+      const log = path.join(os.tmpdir(), `fixedram-strace-${process.pid}-${name}.log`);
+      t.after(() => fs.rmSync(log, { force: true }));
+      const r = spawnSync('strace', ['-f', '-qq', '-y', '-o', log,
+        '-e', 'trace=write,pwrite64,writev,pwritev,pwritev2,fallocate,ftruncate,copy_file_range,sendfile,splice',
+        process.execPath, kBin, 'save', '--update', '-o', out, ...blocks.flatMap((b) => ['-b', `${b.name}=${b.path}`]),
+        '-j', '2', '--progress', 'none', '--log-level', 'debug'], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      const writes = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes(`<${fs.realpathSync(out)}>`));
+      return { writes, stderr: r.stderr };
+    };
+
+    const same = traced('same');
+    assert.equal(same.writes.length, 2, same.writes.join('\n'));
+    for (const w of same.writes) assert.match(w, /pwrite64\(\d+<[^>]+>, .*, \d+, 0\) = \d+$/, 'a header write at offset 0');
+    assert.ok(fs.readFileSync(out).equals(before), 'nothing changed');
+    // the phase breakdown is in the debug log
+    const line = same.stderr.split('\n').find((l) => l.includes('update: phases'));
+    assert.ok(line, same.stderr);
+    const phases = (JSON.parse(line) as { phases: Record<string, number> }).phases;
+    for (const k of ['startup', 'open', 'tablesRead', 'mark', 'scan', 'pages', 'tablesWrite', 'syncData', 'commit',
+      'chRead', 'chHash', 'chWrite', 'chPunch']) {
+      assert.equal(typeof phases[k], 'number', `phase ${k}`);
+    }
+
+    // the premise: strace sees the page and table writes of an update that has work
+    blocks.forEach((b, i) => mutate(b.path, i + 1, 7));
+    const changed = traced('changed');
+    assert.ok(changed.writes.filter((w) => /pwritev\(/.test(w)).length > 10, changed.writes.slice(0, 5).join('\n'));
+    assert.ok(changed.writes.length > 12);
+    const v = await verify({ snapshot: out, against: blocks, channels: 2 });
+    assert.equal(v.ok, true);
+  });
+
+  it('a corrupt checksum table is refused after the channels were started: nothing modified, the CLI exits 3 at once', async (t) => {
+    const { blocks, out } = setup(t, [3000]);
+    await save({ output: out, blocks, channels: 1 });
+    const snap = openSnapshot(out, false);
+    const at = snap.header.blocks[0]!.checksumsOffset + 8 * 5;
+    fs.closeSync(snap.fd);
+    const fd = fs.openSync(out, 'r+');
+    fs.writeSync(fd, Buffer.from([0xff]), 0, 1, at);
+    fs.closeSync(fd);
+    const before = fs.readFileSync(out);
+    await assert.rejects(update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage }), { code: 'ERR_SNAPSHOT_INVALID' });
+    assert.ok(fs.readFileSync(out).equals(before));
+    const started = Date.now();
+    const cli = fixedram(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`, '-j', '2']);
+    assert.equal(cli.status, 3, cli.stderr);
+    assert.match(cli.stderr, /corrupt metadata/);
+    assert.ok(Date.now() - started < 30_000, 'the prestarted channels do not keep the process alive');
     assert.ok(fs.readFileSync(out).equals(before));
   });
 

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { reopenChecked } from '../blocks';
 import { integrityError, toRecord } from '../errors';
-import { fromNativeError, kBadChecksum, kDiffersFromLive, native } from '../native';
+import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native } from '../native';
 import {
   emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
 } from './messages';
@@ -63,7 +63,20 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const b = job.blocks[blockIndex]!;
       const where = { block: b.name };
       const once = (): void => {
-        if (job.kind === 'save') {
+        if (job.kind === 'save' && (b.flags & kSaveUpdate) !== 0) {
+          const r = addon.updatePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
+            scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);
+          stats.presentPages += r[0];
+          stats.bytesRead += r[1];
+          stats.bytesWritten += r[2];
+          stats.writtenPages += r[3];
+          stats.punchedPages += r[4];
+          stats.unchangedPages += r[5];
+          stats.readNs += r[6];
+          stats.hashNs += r[7];
+          stats.writeNs += r[8];
+          stats.punchNs += r[9];
+        } else if (job.kind === 'save') {
           const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
             scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);
           stats.presentPages += r[0];

@@ -30,9 +30,61 @@ export interface RunOptions {
   directIo?: boolean;
   /** Warnings from channels (the main thread logs them: channels never log). */
   onWarning?: (message: string) => void;
+  /** Channels started ahead with prestartChannels; the job runs on them (any left over are stopped). */
+  team?: ChannelTeam;
 }
 
+/**
+ * Worker threads started before their job is known, so that their start-up (a new isolate, the
+ * modules, the addon: tens of milliseconds each) overlaps the main thread's own preparation. The
+ * job is handed over by runChannels as the first message. dispose() stops channels never used.
+ */
 const kWorkerFile = path.join(__dirname, 'worker.js');
+
+export interface ChannelTeam {
+  /** The next idle channel, with what happened to it while it waited (undefined: none left). */
+  take(): TeamSlot | undefined;
+  /** Stops the channels not taken. */
+  dispose(): void;
+}
+
+export interface TeamSlot {
+  worker: Worker;
+  /** An error the worker reported before it was taken (its start-up failed). */
+  early?: Error;
+  exited: boolean;
+}
+
+export function prestartChannels(count: number): ChannelTeam {
+  const idle = Array.from({ length: Math.max(0, count) }, (_, i) => {
+    const slot: TeamSlot & { detach(): void } = {
+      worker: new Worker(kWorkerFile, { name: `fixedram-channel-${i}` }),
+      exited: false,
+      detach: () => {
+        slot.worker.off('error', onError).off('exit', onExit).ref();
+      },
+    };
+    // until runChannels takes it, a failing start-up is remembered (an unheard 'error' would be thrown)
+    const onError = (err: Error): void => {
+      slot.early ??= err;
+    };
+    const onExit = (): void => {
+      slot.exited = true;
+    };
+    slot.worker.on('error', onError).on('exit', onExit).unref();
+    return slot;
+  });
+  return {
+    take: () => {
+      const slot = idle.shift();
+      slot?.detach();
+      return slot;
+    },
+    dispose: () => {
+      for (const slot of idle.splice(0)) void slot.worker.terminate();
+    },
+  };
+}
 
 /** Runs the job; resolves with the merged statistics or rejects with the first channel's error. */
 export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
@@ -85,7 +137,14 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
 
   const one = (index: number): Promise<void> =>
     new Promise<void>((resolve) => {
-      const w = new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
+      const slot = opts.team?.take();
+      if (slot && (slot.early || slot.exited)) {
+        failWith(slot.early ?? new Error(`channel ${index} exited before its job was handed over`));
+        resolve();
+        return;
+      }
+      const w = slot?.worker ?? new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
+      if (slot) w.postMessage(job);
       let finished = false;
       w.on('message', (m: ChannelMessage) => {
         if (onMessage(m, failWith)) finished = true;
@@ -103,6 +162,7 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
   try {
     await (inline ? inline() : Promise.all(Array.from({ length: n }, (_, i) => one(i))));
   } finally {
+    opts.team?.dispose();
     opts.signal?.removeEventListener('abort', cancel);
   }
   if (firstError) throw firstError;
@@ -120,6 +180,10 @@ function merge(into: ChannelStats, s: ChannelStats): void {
   into.punchedPages += s.punchedPages;
   into.unchangedPages += s.unchangedPages;
   into.zeroedPages += s.zeroedPages;
+  into.readNs += s.readNs;
+  into.hashNs += s.hashNs;
+  into.writeNs += s.writeNs;
+  into.punchNs += s.punchNs;
   into.badCount += s.badCount;
   into.bad.push(...s.bad);
 }
