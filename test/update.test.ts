@@ -14,6 +14,7 @@ import { update } from '../src/update';
 import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
+import { requirePrereq } from './support/prereq';
 import { allocated, tempDir } from './support/tmp';
 import * as os from 'node:os';
 
@@ -108,10 +109,7 @@ describe('save --update', () => {
   });
 
   it('an update with no changes writes only the header, twice (counted with strace); one with changes writes pages', async (t) => {
-    if (spawnSync('strace', ['-V']).status !== 0) {
-      if (process.env.CI) assert.fail('strace is missing (.ci/install-system installs it)');
-      return t.skip('strace is not installed (.ci/install-system installs it)');
-    }
+    if (!requirePrereq(t, spawnSync('strace', ['-V']).status === 0, 'strace is not installed (.ci/install-system installs it)')) return;
     const { blocks, out } = setup(t, [2000, 700]);
     await save({ output: out, blocks, channels: 2 });
     const before = fs.readFileSync(out);
