@@ -93,6 +93,9 @@ let loaded: Native | undefined;
 /** Loads the addon (once per thread): build/Release, then build/Debug. */
 export function native(): Native {
   if (loaded) return loaded;
+  // A build chosen by the environment (the sanitizer build of .ci/sanitizers), in place of the others.
+  const forced = process.env.FIXEDRAM_ADDON;
+  if (forced) return (loaded = require(path.resolve(forced)) as Native);
   const root = path.resolve(__dirname, '..', '..', 'native', 'build');
   const tried: string[] = [];
   for (const flavour of ['Release', 'Debug']) {

@@ -47,7 +47,8 @@ export interface ShimOptions {
 
 /** Environment that preloads the shim with the given behaviour. */
 export function shimEnv(so: string, o: ShimOptions): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { LD_PRELOAD: so };
+  // After any preload already set (the sanitizer runtime of .ci/sanitizers must stay first).
+  const env: NodeJS.ProcessEnv = { LD_PRELOAD: process.env.LD_PRELOAD ? `${process.env.LD_PRELOAD} ${so}` : so };
   if (o.funcs) env.FXR_SHIM_FUNCS = o.funcs;
   if (o.mode) env.FXR_SHIM_MODE = o.mode;
   if (o.delayUs) env.FXR_SHIM_DELAY_US = String(o.delayUs);
