@@ -48,6 +48,8 @@ export interface ConvertResult {
   blocks: SavedBlock[];
   presentPages: number;
   zeroPages: number;
+  /** Bytes of the device-state record kept in the snapshot (QEMU's non-RAM stream, libvirt data). */
+  deviceStateBytes: number;
   bytesRead: number;
   bytesWritten: number;
   channels: number;
@@ -90,6 +92,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       mask: image.readTables(i).present,
     }));
     const details = (image.details ?? {}) as { machineType?: string };
+    const deviceState = image.captureDeviceState?.();
     opts.logger?.debug({ input, output, blocks: sources.length, machineType: details.machineType }, 'converting');
 
     const w = await writeSnapshot(output, sources, {
@@ -98,6 +101,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(deviceState ? { deviceState } : {}),
       beforeCommit: () => checkInputUnchanged(image.fd, input, id),
     }).catch((err: unknown) => {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
@@ -111,6 +115,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       output, fileSize: w.layout.fileSize, blocks,
       presentPages: blocks.reduce((s, b) => s + b.presentPages, 0),
       zeroPages: blocks.reduce((s, b) => s + b.zeroPages, 0),
+      deviceStateBytes: w.layout.deviceState?.bytes ?? 0,
       bytesRead: w.bytesRead, bytesWritten: w.bytesWritten, channels: w.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };

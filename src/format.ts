@@ -7,6 +7,7 @@
  * turned into a number; every offset and length is checked against the file size before it is used
  * to allocate or to read.
  */
+import { checkDeviceStatePlace, placeDeviceState } from './devstate';
 import { snapshotError } from './errors';
 
 export const kMagic = Buffer.from('FIXEDRAM', 'latin1');
@@ -25,7 +26,9 @@ export const kMaxBlockLength = 2 ** 50;
 /** Header flags. */
 export const kFlagComplete = 1 << 0;
 export const kFlagUpdating = 1 << 1;
-const kKnownFlags = kFlagComplete | kFlagUpdating;
+/** The file ends with a device-state record (see devstate.ts); readers that do not know it refuse the file. */
+export const kFlagDeviceState = 1 << 2;
+const kKnownFlags = kFlagComplete | kFlagUpdating | kFlagDeviceState;
 
 /** What a block is, before it is placed. */
 export interface BlockSpec {
@@ -49,8 +52,10 @@ export interface SnapshotLayout {
   blocks: BlockLayout[];
   /** End of the metadata (header, block table, bitmaps, checksum tables). */
   metadataEnd: number;
-  /** Size of the whole file: the end of the last page region. */
+  /** Size of the whole file: the end of the last page region (or of the device-state record). */
   fileSize: number;
+  /** The device-state record at the end of the file (flag DEVICE_STATE), when there is one. */
+  deviceState?: { offset: number; bytes: number };
 }
 
 /** Header and block table as read from a file, with the per-block state. */
@@ -81,7 +86,7 @@ export function nameProblem(name: string): string | undefined {
  * Places blocks: header, block table, then each block's bitmap and checksum table (8-byte aligned),
  * then each block's pages on a 1 MiB boundary, in the order given.
  */
-export function planLayout(specs: readonly BlockSpec[]): SnapshotLayout {
+export function planLayout(specs: readonly BlockSpec[], deviceStateBytes?: number): SnapshotLayout {
   if (specs.length > kMaxBlocks) throw new RangeError(`at most ${kMaxBlocks} blocks (got ${specs.length})`);
   let pos = kHeaderBytes + specs.length * kEntryBytes;
   const blocks: BlockLayout[] = [];
@@ -111,7 +116,10 @@ export function planLayout(specs: readonly BlockSpec[]): SnapshotLayout {
     pos = b.pagesOffset + b.length;
   }
   if (!Number.isSafeInteger(pos)) throw new RangeError('snapshot would exceed 2^53 bytes');
-  return { blocks, metadataEnd, fileSize: Math.max(pos, roundUp(metadataEnd, 8)) };
+  const end = Math.max(pos, roundUp(metadataEnd, 8));
+  if (deviceStateBytes === undefined) return { blocks, metadataEnd, fileSize: end };
+  const ds = placeDeviceState(end, deviceStateBytes);
+  return { blocks, metadataEnd, fileSize: ds.fileSize, deviceState: { offset: ds.offset, bytes: deviceStateBytes } };
 }
 
 /**
@@ -128,12 +136,13 @@ export function encodeHeader(
   const buf = Buffer.alloc(kHeaderBytes + layout.blocks.length * kEntryBytes);
   kMagic.copy(buf, 0);
   buf.writeUInt32LE(kVersion, 8);
-  buf.writeUInt32LE(flags, 12);
+  buf.writeUInt32LE(layout.deviceState ? flags | kFlagDeviceState : flags & ~kFlagDeviceState, 12);
   buf.writeUInt32LE(layout.blocks.length, 16);
   buf.writeUInt32LE(kEntryBytes, 20);
   buf.writeBigUInt64LE(BigInt(kHeaderBytes), 24);
   buf.writeBigUInt64LE(BigInt(layout.metadataEnd), 32);
   buf.writeBigUInt64LE(BigInt(layout.fileSize), 40);
+  buf.writeBigUInt64LE(BigInt(layout.deviceState?.offset ?? 0), 48);
   layout.blocks.forEach((b, i) => {
     const o = kHeaderBytes + i * kEntryBytes;
     buf.writeUInt16LE(b.nameBytes.length, o);
@@ -158,11 +167,22 @@ function headerChecksum(headerAndTable: Buffer, hash64: (b: Uint8Array) => bigin
 
 /** Reads a u64 field as a number, refusing values a double cannot hold exactly. */
 function u64(buf: Buffer, at: number, what: string, offset: number): number {
-  const v = buf.readBigUInt64LE(at);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is out of range (${v})`, { offset: offset + at });
-  }
+  return safeU64(buf.readBigUInt64LE(at), what, { offset: offset + at });
+}
+
+/** A 64-bit value read from a file as a number, refusing values a double cannot hold exactly (exit 3). */
+export function safeU64(v: bigint, what: string, ctx: { offset: number; block?: string }): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is out of range (${v})`, ctx);
   return Number(v);
+}
+
+/** Strict UTF-8 decoding: the text, or undefined when the bytes are not valid UTF-8. */
+export function decodeUtf8(bytes: Uint8Array): string | undefined {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Reads and checks the 64-byte file header; returns the block count and table size. */
@@ -298,6 +318,14 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
   // a loop, not Math.max(...): with tens of thousands of blocks the spread overflows the stack
   let end = tableEnd;
   for (const r of sorted) end = Math.max(end, r.end);
+  let deviceState: SnapshotLayout['deviceState'];
+  if (flags & kFlagDeviceState) {
+    const offset = u64(table, 48, 'device-state offset', 0);
+    checkDeviceStatePlace(offset, Math.max(end, metadataEnd), declaredSize);
+    deviceState = { offset, bytes: declaredSize - offset };
+    sorted.push({ start: offset, end: declaredSize, what: 'device-state record' });
+    end = declaredSize;
+  }
   if (metadataEnd > declaredSize || end > declaredSize) {
     throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: regions end at 0x${end.toString(16)} past the declared size 0x${declaredSize.toString(16)}`, { offset: 40 });
   }
@@ -311,7 +339,10 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
   if (fileSize > declaredSize) {
     throw snapshotError('ERR_SNAPSHOT_INVALID', `snapshot has ${fileSize - declaredSize} unexpected bytes after offset 0x${declaredSize.toString(16)}`, { offset: declaredSize });
   }
-  return { version: kVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums };
+  return {
+    version: kVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums,
+    ...(deviceState ? { deviceState } : {}),
+  };
 }
 
 /** A byte range of a snapshot that no region covers; it must read as zero. */
@@ -337,6 +368,10 @@ export function paddingOf(layout: SnapshotLayout): Padding[] {
     regions.push({ start: b.checksumsOffset, end: b.checksumsOffset + b.checksumsBytes, block: b.name,
       what: `the checksum table of '${b.name}'` });
     regions.push({ start: b.pagesOffset, end: b.pagesOffset + b.length, block: b.name, what: `the pages of '${b.name}'` });
+  }
+  if (layout.deviceState) {
+    const d = layout.deviceState;
+    regions.push({ start: d.offset, end: d.offset + d.bytes, block: '', what: 'the device-state record' });
   }
   const used = regions.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
   const out: Padding[] = [];

@@ -1,9 +1,10 @@
 /** Opening any RAM image fixedram reads, detected by its magic. */
 import * as fs from 'node:fs';
-import { snapshotError } from './errors';
-import { kMagic } from './format';
-import { openQemuImage, isQemuMagic } from './qemu';
-import { fixedramImage, openImageFile, openSnapshot, type RamImage } from './snapshot';
+import { kMaxDeviceStateBytes, type DeviceState } from './devstate';
+import { isSystemError, snapshotError } from './errors';
+import { kMagic, unpackBitmap } from './format';
+import { isQemuMagic, parseQemu, type ByteSource, type QemuDetails } from './qemu';
+import { fixedramImage, newTables, openImageFile, openSnapshot, type BlockTables, type RamImage } from './snapshot';
 
 /** Opens a fixedram snapshot or a QEMU mapped-ram file (also inside a libvirt save image). */
 export function openImage(file: string): RamImage {
@@ -24,3 +25,105 @@ export function openImage(file: string): RamImage {
   throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a fixedram snapshot or a QEMU mapped-ram file (unknown magic)`,
     { path: file, offset: 0 });
 }
+
+/** A {@link ByteSource} over an open file: positioned reads, EINTR retried, short only at end of file. */
+function fileSource(fd: number, size: number): ByteSource {
+  return {
+    size,
+    read: (offset, length) => {
+      const out = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        let k: number;
+        try {
+          k = fs.readSync(fd, out, done, length - done, offset + done);
+        } catch (err) {
+          if (isSystemError(err) && (err.code === 'EINTR' || err.code === 'EAGAIN')) continue;
+          throw err;
+        }
+        if (k === 0) break;
+        done += k;
+      }
+      return out.subarray(0, done);
+    },
+  };
+}
+
+/**
+ * Opens a QEMU mapped-ram file (or a libvirt "sparse" save image) read-only and parses it in full
+ * (qemu.ts). An interrupted save is returned with state 'incomplete' (load and verify refuse it).
+ * @throws ERR_SNAPSHOT_TRUNCATED, ERR_SNAPSHOT_INVALID, ERR_SNAPSHOT_UNSUPPORTED (exit 3), system errors.
+ */
+export function openQemuImage(file: string): RamImage {
+  const { fd, size } = openImageFile(file);
+  try {
+    const src = fileSource(fd, size);
+    const p = parseQemu(src);
+    if (p.incomplete) p.incomplete.path = file;
+    let closed = false;
+    return {
+      format: 'qemu-mapped-ram',
+      path: file,
+      fd,
+      size,
+      blocks: p.blocks.map((b) => ({
+        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
+        bitmapOffset: b.bitmapOffset, presentPages: b.presentPages,
+      })),
+      hasChecksums: false,
+      state: p.incomplete ? 'incomplete' : 'complete',
+      ...(p.incomplete ? { incomplete: p.incomplete } : {}),
+      details: { ...p.details },
+      readTables: (i: number): BlockTables => {
+        const b = p.blocks[i];
+        if (!b) throw new RangeError(`no block ${i}`);
+        const t = newTables(b.pages);
+        t.presentCount = unpackBitmap(p.bitmaps[i]!, b.pages, t.present, b.name, b.bitmapOffset);
+        return t;
+      },
+      captureDeviceState: (): DeviceState | undefined => {
+        if (!p.parts) return undefined;
+        const { head, tail, libvirt } = p.parts;
+        const total = head.length + tail.length + (libvirt?.length ?? 0);
+        if (total > kMaxDeviceStateBytes) {
+          throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+            `the device state of '${file}' is ${total} bytes; a snapshot keeps at most ${kMaxDeviceStateBytes}`, { path: file });
+        }
+        return qemuDeviceState(p.details, {
+          head: src.read(head.offset, head.length), tail: src.read(tail.offset, tail.length),
+          ...(libvirt ? { libvirt: src.read(libvirt.offset, libvirt.length) } : {}),
+        });
+      },
+      close: () => {
+        if (closed) return;
+        closed = true;
+        fs.closeSync(fd);
+      },
+    };
+  } catch (err) {
+    fs.closeSync(fd);
+    // (FixedramError declares `path`, so the property exists even when it is undefined)
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
+    throw err;
+  }
+}
+
+/** The device state of a parsed mapped-ram stream, with its origin. */
+function qemuDeviceState(d: QemuDetails, bytes: { head: Uint8Array; tail: Uint8Array; libvirt?: Uint8Array }): DeviceState {
+  const lv = d.libvirt;
+  return {
+    kind: 'qemu-mapped-ram',
+    origin: {
+      source: lv ? 'libvirt-save-image' : 'qemu-mapped-ram-file',
+      machineType: d.machineType,
+      capabilities: d.capabilities,
+      targetPageSize: d.targetPageSize,
+      ...(lv ? { libvirt: { ...(lv.domainName !== undefined ? { domainName: lv.domainName } : {}), wasRunning: lv.wasRunning, version: lv.version, format: lv.format } } : {}),
+    },
+    head: bytes.head,
+    ramSection: { sectionId: d.ramSectionId, instanceId: d.ramInstanceId, version: d.ramSectionVersion, footers: d.sectionFooters ?? false },
+    tail: bytes.tail,
+    ...(bytes.libvirt ? { libvirt: bytes.libvirt } : {}),
+  };
+}
+

@@ -8,6 +8,8 @@ export { load, type LoadOptions, type LoadResult } from './load';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyFailure } from './verify';
 export { inspect, type InspectResult } from './inspect';
 export { convert, type ConvertOptions, type ConvertResult } from './convert';
+export { type DeviceState, type DeviceStateOrigin, type DecodedDeviceState, type QemuRamSection } from './devstate';
+export { snapshotDeviceState } from './snapshot';
 export { encodeBlockName, decodeBlockName, parseBlockArg, type BlockArg } from './blocks';
 export { ExitCode, FixedramError, exitCodeOf, type ErrorRecord } from './errors';
 export type { ProgressEvent, ProgressSink } from './progress';

@@ -1,4 +1,5 @@
 /** `fixedram inspect`: what a snapshot (or QEMU mapped-ram file) holds, from its metadata alone. */
+import { describeDeviceState } from './devstate';
 import { openImage } from './image';
 import type { RamImage } from './snapshot';
 
@@ -29,6 +30,7 @@ export function inspect(file: string): InspectResult {
   const image = openImage(file);
   try {
     const inc = image.incomplete;
+    const ds = image.readDeviceState?.();
     return {
       format: image.format,
       path: image.path,
@@ -36,6 +38,7 @@ export function inspect(file: string): InspectResult {
       state: image.state,
       ...(inc ? { stateMessage: inc.message } : {}),
       ...(image.details ?? {}),
+      ...(ds ? { deviceState: describeDeviceState(ds) } : {}),
       blocks: image.blocks.map((b) => ({
         name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
         bitmapOffset: b.bitmapOffset, presentPages: b.presentPages, zeroPages: b.pages - b.presentPages,

@@ -23,6 +23,7 @@ import {
 } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
+import { encodeDeviceState, type DeviceState } from './devstate';
 import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
 import { registerTemp, unregisterTemp } from './cleanup';
@@ -47,6 +48,8 @@ export interface SaveOptions {
   /** Write page data with O_DIRECT (falls back to buffered I/O with a warning where refused). */
   directIo?: boolean;
   batchBytes?: number;
+  /** A VM's device state to store with the RAM (see devstate.ts), e.g. from `vm save`. */
+  deviceState?: DeviceState;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -208,6 +211,8 @@ export interface WriteOptions {
   logger?: Logger;
   /** Called after the pages are written and before the commit: throw to abort (e.g. a source changed). */
   beforeCommit?: () => void;
+  /** Stored after the last page region (flag DEVICE_STATE). */
+  deviceState?: DeviceState;
 }
 
 export interface WriteResult {
@@ -278,7 +283,8 @@ function removeStaleTemps(output: string, logger?: Logger): void {
  */
 export async function writeSnapshot(output: string, sources: readonly SnapshotSource[], opts: WriteOptions): Promise<WriteResult> {
   const dir = path.dirname(output);
-  const layout = planLayout(sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize })));
+  const record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
+  const layout = planLayout(sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize })), record?.length);
   try {
     if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
   } catch (err) {
@@ -332,6 +338,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
 
     // commit
     const summary = writeTables(fd, layout, tables);
+    if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
     writeHeader(fd, layout, summary, 0);
     if (opts.fsync) fs.fdatasyncSync(fd);
     opts.logger?.debug('data synced');
@@ -382,6 +389,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(opts.deviceState ? { deviceState: opts.deviceState } : {}),
       beforeCommit: () => files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name)),
     }).catch((err: unknown) => {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);

@@ -3,6 +3,7 @@
  * bitmaps and checksum tables, each validated before use.
  */
 import * as fs from 'node:fs';
+import { decodeDeviceState, type DecodedDeviceState, type DeviceState } from './devstate';
 import { isSystemError, snapshotError, type FixedramError } from './errors';
 import {
   decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, paddingOf, unpackBitmap, type BlockLayout,
@@ -157,6 +158,32 @@ export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): B
 }
 
 /**
+ * Reads and decodes the device-state record of a snapshot (flag DEVICE_STATE), or undefined when it
+ * has none. The record's size is bounded (checked with the header); a checksum mismatch is reported
+ * in the result (`checksumOk`), structural problems throw (exit 3).
+ */
+export function readDeviceState(snap: SnapshotFile): DecodedDeviceState | undefined {
+  const d = snap.header.deviceState;
+  if (!d) return undefined;
+  try {
+    return decodeDeviceState(readExact(snap.fd, d.bytes, d.offset), d.offset, native().hash64);
+  } catch (err) {
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: snap.path });
+    throw err;
+  }
+}
+
+/** Opens a snapshot, returns its device state (or undefined when it has none) and closes it again. */
+export function snapshotDeviceState(file: string): DecodedDeviceState | undefined {
+  const snap = openSnapshot(file);
+  try {
+    return readDeviceState(snap);
+  } finally {
+    fs.closeSync(snap.fd);
+  }
+}
+
+/**
  * Shared memory for a block's tables. The size is bounded by the file (the tables lie inside it),
  * but a sparse file can still ask for more than this process can hold: that is a typed error.
  */
@@ -200,6 +227,10 @@ export interface RamImage {
   details?: Record<string, unknown>;
   /** Reads and validates the bitmap (and checksums) of block i. */
   readTables(index: number): BlockTables;
+  /** The stored VM device state (fixedram snapshots with flag DEVICE_STATE), read and decoded on demand. */
+  readDeviceState?(): DecodedDeviceState | undefined;
+  /** The non-RAM part of a QEMU stream (device state), to keep in a snapshot (QEMU images). */
+  captureDeviceState?(): DeviceState | undefined;
   close(): void;
 }
 
@@ -218,10 +249,14 @@ export function fixedramImage(snap: SnapshotFile): RamImage {
     })),
     hasChecksums: true,
     state: snap.header.flags & kFlagUpdating ? 'updating' : snap.header.flags & kFlagComplete ? 'complete' : 'incomplete',
-    details: { version: snap.header.version, flags: snap.header.flags, metadataEnd: snap.header.metadataEnd },
+    details: {
+      version: snap.header.version, flags: snap.header.flags, metadataEnd: snap.header.metadataEnd,
+      ...(snap.header.deviceState ? { deviceStateOffset: snap.header.deviceState.offset } : {}),
+    },
     padding: paddingOf(snap.header),
     ...(reason ? { incomplete: reason } : {}),
     readTables: (i) => readTables(snap, snap.header.blocks[i]!, i),
+    readDeviceState: () => readDeviceState(snap),
     close: () => fs.closeSync(snap.fd),
   };
 }

@@ -40,7 +40,7 @@ export interface VerifyFailure {
   page?: number;
   /** File offset of the page in the snapshot (padding: of the first non-zero byte). */
   offset?: number;
-  kind: 'checksum' | 'absent-not-zero' | 'differs' | 'size' | 'padding-not-zero';
+  kind: 'checksum' | 'absent-not-zero' | 'differs' | 'size' | 'padding-not-zero' | 'device-state-checksum';
   expected?: string;
   actual?: string;
   message: string;
@@ -53,6 +53,8 @@ export interface VerifyResult {
   ok: boolean;
   blocks: { name: string; length: number; pageSize: number; pages: number; presentPages: number; zeroPages: number }[];
   checksums: boolean;
+  /** The stored device state (kind and size) whose checksum was checked, when the snapshot has one. */
+  deviceState?: { kind: string; bytes: number; checksumOk: boolean };
   compared: string[];
   failures: VerifyFailure[];
   failureCount: number;
@@ -87,6 +89,16 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     const tables = image.blocks.map((_, i) => image.readTables(i));
     const failures: VerifyFailure[] = [];
     let failureCount = 0;
+    // the device state: structure first (exit 3 when malformed), then its checksum (a failure, exit 1)
+    const ds = image.readDeviceState?.();
+    if (ds && !ds.checksumOk) {
+      failureCount++;
+      failures.push({
+        block: '', kind: 'device-state-checksum', offset: (image.details as { deviceStateOffset?: number } | undefined)?.deviceStateOffset ?? 0,
+        expected: `0x${ds.checksum.toString(16).padStart(16, '0')}`,
+        message: `the device-state record (${ds.kind}, ${ds.recordBytes} bytes) fails its checksum`,
+      });
+    }
     const byName = new Map(image.blocks.map((b, i) => [b.name, i]));
     for (const a of against) {
       const i = byName.get(a.name);
@@ -152,6 +164,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
         presentPages: tables[i]!.presentCount, zeroPages: b.pages - tables[i]!.presentCount,
       })),
       checksums: image.hasChecksums,
+      ...(ds ? { deviceState: { kind: ds.kind, bytes: ds.recordBytes, checksumOk: ds.checksumOk } } : {}),
       compared: image.blocks.filter((_, i) => live[i]).map((b) => b.name),
       failures: failures.slice(0, maxReported),
       failureCount,

@@ -205,7 +205,9 @@ describe('hostile header values in a real snapshot (catalogue case 3)', () => {
       [put(16, 65536n, 4), 'ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: the block table needs 20971520 bytes at offset 64, file size is ${size}`],
       [put(20, 321n, 4), 'ERR_SNAPSHOT_INVALID', 'corrupt header: bad block table geometry'],
       [put(24, (1n << 64n) - 1n, 8), 'ERR_SNAPSHOT_INVALID', 'corrupt header: bad block table geometry'],
-      [put(12, 5n, 4), 'ERR_SNAPSHOT_UNSUPPORTED', 'unsupported header flags 0x5'],
+      [put(12, 9n, 4), 'ERR_SNAPSHOT_UNSUPPORTED', 'unsupported header flags 0x9'],
+      // DEVICE_STATE (bit 2) without a record where the header points
+      [put(12, 5n, 4), 'ERR_SNAPSHOT_INVALID', 'corrupt header: device-state record at 0x0 overlaps the regions before it (they end at 0x305000)'],
       [put(8, 2n, 4), 'ERR_SNAPSHOT_UNSUPPORTED', 'unsupported snapshot version 2 (this fixedram reads 1)'],
       // behind the metadata checksum too (resealed): a bit past the last page, a non-zero checksum for an absent page
       [{ kind: 'write', offset: vga.bitmapOffset + 15, hex: '80', reseal: 'metadata', block: 1 }, 'ERR_SNAPSHOT_INVALID',

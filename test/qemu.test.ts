@@ -232,13 +232,19 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     assert.equal(JSON.parse(i.stdout).state, 'incomplete');
   });
 
-  it('a file cut right after the END record of "ram" (no device state, no JSON) still reads', async (t) => {
+  it('a file cut after the END record of "ram" (device state cut short) is refused by inspect, verify, load and convert (exit 3)', async (t) => {
     const d = tempDir(t);
-    const file = truncatedCopy(mig, path.join(d, 'ram-only.mig'), mb.ram_section_end);
-    assert.equal(inspect(file).state, 'complete');
-    const target = path.join(d, 'mem0.ram');
-    await load({ snapshot: file, blocks: [{ name: 'mem0', path: target }], channels: 2 });
-    assert.ok(fs.readFileSync(target).equals(fs.readFileSync(ram)));
+    for (const cut of [mb.ram_section_end, mb.ram_section_end + 4000, mb.file_size - 1]) {
+      const file = truncatedCopy(mig, path.join(d, `cut-${cut}.mig`), cut);
+      for (const args of [['inspect', file], ['verify', file], ['load', file, '--dir', path.join(d, 'out')],
+        ['convert', file, '-o', path.join(d, 'out.fxr')]]) {
+        const r = await fixedram(args);
+        assert.equal(r.status, 3, `${args.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, /truncated QEMU file: the device state after the RAM section/);
+      }
+      assert.equal(fs.existsSync(path.join(d, 'out')), false);
+      assert.equal(fs.existsSync(path.join(d, 'out.fxr')), false);
+    }
   });
 
   it('an interrupted save (all-zero bitmaps, no END record) is refused, not read as empty RAM', async (t) => {
