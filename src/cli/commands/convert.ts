@@ -35,6 +35,7 @@ export default defineCommand<Flags, ConvertOptions, ConvertResult>({
     for (const b of r.blocks) {
       out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
     }
+    if (r.deviceStateBytes) out.write(`  device state kept: ${r.deviceStateBytes} bytes (checked by verify, used by export)\n`);
     out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
   },
 });
