@@ -10,7 +10,8 @@ import Ajv from 'ajv';
 import { commandsOf, makeProgram } from '../src/cli';
 import { fixedram } from './support/cli';
 import { requirePrereq } from './support/prereq';
-import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
+import { buildGuest, guestMissing, startGuest } from './support/guest';
+import { fixturesAvailable, kFixtures, qemuMissing, unpackFixture } from './support/qemu';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
@@ -30,7 +31,7 @@ function check(args: string[], status: number): Record<string, unknown> {
 }
 
 /** Commands with a success sample below; a command added to the CLI must add one. */
-type Sample = (t: TestContext) => void;
+type Sample = (t: TestContext) => void | Promise<void>;
 
 function blocks(t: TestContext) {
   const dir = tempDir(t);
@@ -91,7 +92,35 @@ const samples: Record<string, Sample> = {
     assert.equal(c.source, mig);
     assert.equal(c.snapshot, path.join(dir, 'c.fxr'));
   },
+  'vm save': async (t) => {
+    if (!requirePrereq(t, !vmMissing, `VM: ${vmMissing}`)) return;
+    const { snap, vm } = await vmSample(t);
+    const s = check(['vm', 'save', '--qmp', vm.fixedramQmp, '-o', snap, '--json', '--then', 'quit'], 0);
+    assert.equal(s.snapshot, snap);
+    assert.equal(s.mode, 'shared-file');
+  },
+  'vm restore': async (t) => {
+    if (!requirePrereq(t, !vmMissing, `VM: ${vmMissing}`)) return;
+    const { dir, snap, vm, kernel } = await vmSample(t);
+    check(['vm', 'save', '--qmp', vm.fixedramQmp, '-o', snap, '--json', '--then', 'quit'], 0);
+    const b = await startGuest(dir, 'b', { kernel, mib: 16, memPath: path.join(dir, 'mem0.ram'), incoming: true });
+    t.after(() => b.stop());
+    const r = check(['vm', 'restore', '--qmp', b.fixedramQmp, snap, '--json'], 0);
+    assert.equal(r.snapshot, snap);
+    assert.equal(r.then, 'resume');
+  },
 };
+
+const vmMissing = qemuMissing() ?? guestMissing();
+
+/** A 16 MiB counting guest with its RAM in a shared file (test/support/guest.ts). */
+async function vmSample(t: TestContext) {
+  const dir = tempDir(t);
+  const kernel = buildGuest(dir);
+  const vm = await startGuest(dir, 'a', { kernel, mib: 16, memPath: path.join(dir, 'mem0.ram') });
+  t.after(() => vm.stop());
+  return { dir, kernel, vm, snap: path.join(dir, 'vm.fxr') };
+}
 
 const program = makeProgram({ stdout: process.stdout, stderr: process.stderr, setExitCode: () => undefined });
 const names = commandsOf(program).map((c) => c.name).filter((n) => n !== 'completion');
@@ -104,10 +133,10 @@ describe('--json output matches docs/json.schema.json', () => {
   });
 
   for (const name of names) {
-    it(`${name}: its result`, (t) => {
+    it(`${name}: its result`, async (t) => {
       const sample = samples[name];
       assert.ok(sample, `no JSON sample for '${name}': add one to samples in test/json-shape.test.ts`);
-      sample(t);
+      await sample(t);
     });
     it(`${name}: a usage error`, () => {
       const o = check([...name.split(' '), '--no-such-flag', '--json'], 2);

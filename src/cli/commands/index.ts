@@ -8,6 +8,8 @@ import inspect from './inspect';
 import load from './load';
 import save from './save';
 import verify from './verify';
+import vmRestore from './vm-restore';
+import vmSave from './vm-save';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const kCommands: CliCommand<any, any, any>[] = [
@@ -16,4 +18,6 @@ export const kCommands: CliCommand<any, any, any>[] = [
   verify,
   inspect,
   convert,
+  vmSave,
+  vmRestore,
 ];

@@ -1,0 +1,236 @@
+/**
+ * `fixedram vm save`: snapshots a running QEMU over QMP.
+ *
+ * Shared-file RAM (every memory-backend block a memory-backend-file with share=on): stop the VM,
+ * migrate with `x-ignore-shared` to a temp file (the device state: everything but the shared RAM,
+ * a few hundred KB), save the RAM files with N channels (block names = QEMU's RAM block idstrs),
+ * store the device state with the snapshot, then resume / stay paused / quit.
+ * Other RAM: QEMU's own mapped-ram (+ multifd) migration into a temp file beside the output, then
+ * `convert` (which keeps the device state).
+ * A failed save resumes a VM that it stopped, unless `then` is 'pause'.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { registerTemp, unregisterTemp } from '../cleanup';
+import { FixedramError, usageError } from '../errors';
+import type { ProgressSink } from '../progress';
+import { escapeText, QmpClient, QmpError } from '../qmp';
+import { checkChannels } from '../save';
+import { kMaxDeviceState, writeDeviceState, type DeviceState } from './devstate';
+import { runState, setCapabilities, waitMigration } from './migrate';
+import { vmRam } from './ram';
+
+export type VmThen = 'resume' | 'pause' | 'quit';
+
+export interface VmSaveOptions {
+  /** QEMU's QMP unix socket (one that no other client is connected to). */
+  qmp: string;
+  output: string;
+  channels?: number;
+  /** Refresh an existing snapshot of the same VM in place (shared-file RAM only). */
+  update?: boolean;
+  /** What the VM does afterwards (default 'resume': it runs). */
+  then?: VmThen;
+  fsync?: boolean;
+  /** Milliseconds QEMU's migration may take (default 10 minutes). */
+  migrationTimeoutMs?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+}
+
+export interface VmSavedBlock {
+  name: string;
+  path?: string;
+  length: number;
+  pageSize: number;
+  presentPages: number;
+  zeroPages: number;
+}
+
+export interface VmSaveResult {
+  command: 'vm save';
+  output: string;
+  /** shared-file: fixedram moved the RAM files; mapped-ram: QEMU wrote its RAM, fixedram converted it. */
+  mode: 'shared-file' | 'mapped-ram';
+  qemuVersion: string;
+  machineType?: string;
+  blocks: VmSavedBlock[];
+  presentPages: number;
+  zeroPages: number;
+  /** --update only: pages rewritten / punched / unchanged. */
+  pagesWritten?: number;
+  pagesPunched?: number;
+  pagesUnchanged?: number;
+  deviceStateBytes: number;
+  channels: number;
+  then: VmThen;
+  /** Seconds from the VM stopping to it running again (absent when it was not resumed). */
+  downtimeSeconds?: number;
+  /** Seconds the VM was stopped before fixedram had everything (device state + RAM) on disk. */
+  stoppedSeconds: number;
+  seconds: number;
+}
+
+const now = (): bigint => process.hrtime.bigint();
+const secs = (a: bigint, b: bigint): number => Number(b - a) / 1e9;
+
+/** A private temp file beside `output` (0600, created here so QEMU's O_TRUNC keeps our mode). */
+function tempBeside(output: string, what: string): string {
+  const tmp = path.join(path.dirname(output), `.${path.basename(output)}.${what}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`);
+  registerTemp(tmp);
+  fs.closeSync(fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600));
+  return tmp;
+}
+
+function dropTemp(tmp: string | undefined): void {
+  if (tmp === undefined) return;
+  fs.rmSync(tmp, { force: true });
+  unregisterTemp(tmp);
+}
+
+/** Reads a file of at most `max` bytes (the device state QEMU wrote). */
+function readBounded(file: string, max: number): Buffer {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size > max) throw new FixedramError('ERR_DEVICE_STATE_TOO_LARGE', 4, `QEMU's device state is ${size} bytes, more than ${max}`);
+    const buf = Buffer.alloc(size);
+    let off = 0;
+    while (off < size) {
+      const n = fs.readSync(fd, buf, off, size - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** QEMU's machine type, e.g. `pc-q35-10.0` (undefined when QEMU does not say). */
+export async function machineType(q: QmpClient): Promise<string | undefined> {
+  const t = await q.execute<string>('qom-get', { path: '/machine', property: 'type' }).catch(() => undefined);
+  return typeof t === 'string' ? t.replace(/-machine$/, '') : undefined;
+}
+
+export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
+  const started = now();
+  const channels = checkChannels(opts.channels);
+  if (!opts.output) throw usageError('an output file is required (-o FILE)');
+  if (!opts.qmp) throw usageError('a QMP socket is required (--qmp SOCKET)');
+  const then: VmThen = opts.then ?? 'resume';
+  const output = path.resolve(opts.output);
+  const fsync = opts.fsync ?? true;
+  const log = opts.logger;
+
+  const q = await QmpClient.connect(opts.qmp);
+  let stoppedAt: bigint | undefined;
+  let tmp: string | undefined;
+  try {
+    const ram = await vmRam(q);
+    const state = await runState(q);
+    if (state.status === 'inmigrate') {
+      throw new QmpError('ERR_VM_STATE', 'QEMU is waiting for an incoming migration (-incoming): there is no VM to save yet', { path: q.path });
+    }
+    if (!ram.sharedFiles && opts.update) {
+      throw usageError(`--update needs guest RAM in shared files (memory-backend-file,share=on): ${ram.reason}`);
+    }
+    const mType = await machineType(q);
+    log?.info({ blocks: ram.blocks, shared: ram.sharedFiles !== undefined, reason: ram.reason }, 'vm save: RAM blocks');
+    tmp = tempBeside(output, ram.sharedFiles ? 'vmstate' : 'mapped-ram');
+
+    if (state.running) {
+      await q.execute('stop');
+      stoppedAt = now();
+    }
+    const restoreCaps = await setCapabilities(q, ram.sharedFiles ? ['x-ignore-shared'] : ['mapped-ram', 'multifd']);
+    try {
+      if (!ram.sharedFiles) await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
+      await q.execute('migrate', { uri: `file:${tmp}` });
+      await waitMigration(q, 'migration to a file', opts.migrationTimeoutMs ?? 600_000, opts.signal);
+    } finally {
+      await restoreCaps();
+    }
+
+    let result: Omit<VmSaveResult, 'command' | 'output' | 'mode' | 'qemuVersion' | 'channels' | 'then' | 'seconds' | 'stoppedSeconds' | 'downtimeSeconds' | 'machineType'>;
+    const common = {
+      output, channels, fsync, ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(log ? { logger: log } : {}),
+    };
+    if (ram.sharedFiles) {
+      const device: DeviceState = {
+        bytes: readBounded(tmp, kMaxDeviceState), kind: 'x-ignore-shared', qemuVersion: q.version,
+        capabilities: ['x-ignore-shared'], ...(mType ? { machineType: mType } : {}),
+      };
+      dropTemp(tmp);
+      tmp = undefined;
+      const blocks = ram.sharedFiles.map((b) => ({ name: b.name, path: b.backend.memPath }));
+      if (opts.update) {
+        const r = await (await import('../update')).update({ ...common, blocks });
+        result = {
+          blocks: r.blocks.map((b, i) => ({ name: b.name, path: blocks[i]!.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
+          presentPages: r.presentPages, zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
+          pagesWritten: r.pagesWritten, pagesPunched: r.pagesPunched, pagesUnchanged: r.pagesUnchanged,
+          deviceStateBytes: device.bytes.length,
+        };
+      } else {
+        const r = await (await import('../save')).save({ ...common, blocks });
+        result = {
+          blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
+          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: device.bytes.length,
+        };
+      }
+      writeDeviceState(output, device, fsync);
+    } else {
+      const r = await (await import('../convert')).convert({ ...common, input: tmp });
+      dropTemp(tmp);
+      tmp = undefined;
+      result = {
+        blocks: r.blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
+        presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
+        deviceStateBytes: (r as { deviceStateBytes?: number }).deviceStateBytes ?? 0,
+      };
+    }
+    const saved = now();
+
+    let resumed: bigint | undefined;
+    if (then === 'resume') {
+      await q.execute('cont');
+      resumed = now();
+    } else if (then === 'quit') {
+      await q.execute('quit').catch((err: unknown) => {
+        if (!(err instanceof QmpError) || err.code !== 'ERR_QMP_DISCONNECTED') throw err;
+      });
+    }
+    return {
+      command: 'vm save', output, mode: ram.sharedFiles ? 'shared-file' : 'mapped-ram', qemuVersion: q.version,
+      ...(mType ? { machineType: mType } : {}), ...result, channels, then,
+      ...(resumed !== undefined && stoppedAt !== undefined ? { downtimeSeconds: secs(stoppedAt, resumed) } : {}),
+      stoppedSeconds: stoppedAt !== undefined ? secs(stoppedAt, saved) : 0,
+      seconds: secs(started, now()),
+    };
+  } catch (err) {
+    // a failed save resumes the VM it stopped (unless asked to leave it paused)
+    if (stoppedAt !== undefined && then !== 'pause' && err instanceof Error) {
+      if (q.closed) {
+        err.message += '; QEMU is gone, the VM could not be resumed';
+      } else {
+        try {
+          await q.execute('cont');
+          err.message += '; the VM was resumed';
+        } catch (e) {
+          err.message += `; the VM could not be resumed: ${escapeText((e as Error).message)}`;
+        }
+      }
+    } else if (stoppedAt !== undefined && err instanceof Error) {
+      err.message += '; the VM stays paused (--then pause)';
+    }
+    throw err;
+  } finally {
+    dropTemp(tmp);
+    q.close();
+  }
+}
