@@ -3,8 +3,11 @@
 
 #include <errno.h>
 #include <string.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <vector>
@@ -347,6 +350,95 @@ int64_t MonotonicNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// ---- reading a source through a read-only mapping, safe against a concurrent truncation ----
+//
+// A source truncated while it is mapped makes the next access to a page past its new end raise
+// SIGBUS. A guarded region records, per thread, the mapped range and a jump buffer; the SIGBUS
+// handler jumps back out of the region when the fault address lies in that range and otherwise
+// hands the signal to whatever handler was installed before (or the default action). Code inside a
+// guarded region only reads the mapping, zero-scans, hashes and copies: no allocation, no object
+// with a destructor, nothing a jump could leave half done. SA_NODEFER keeps SIGBUS unblocked after
+// the jump, so sigsetjmp need not save the signal mask (a system call per region).
+thread_local sigjmp_buf* tl_jump = nullptr;
+thread_local const unsigned char* tl_lo = nullptr;
+thread_local const unsigned char* tl_hi = nullptr;
+thread_local const unsigned char* tl_fault = nullptr;
+struct sigaction g_previous_bus;
+
+void OnSigbus(int sig, siginfo_t* info, void* context) {
+  const unsigned char* at = static_cast<const unsigned char*>(info->si_addr);
+  if (tl_jump != nullptr && at >= tl_lo && at < tl_hi) {
+    tl_fault = at;
+    siglongjmp(*tl_jump, 1);
+  }
+  if (g_previous_bus.sa_flags & SA_SIGINFO) {
+    if (g_previous_bus.sa_sigaction != nullptr) return g_previous_bus.sa_sigaction(sig, info, context);
+  } else if (g_previous_bus.sa_handler != SIG_DFL && g_previous_bus.sa_handler != SIG_IGN) {
+    return g_previous_bus.sa_handler(sig);
+  }
+  // not ours and nobody else's: the default action, when the faulting access is retried
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof(dfl));
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGBUS, &dfl, nullptr);
+}
+
+bool InstallSigbusHandler() {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(SIGBUS, &sa, &g_previous_bus) == 0;
+}
+
+// Runs fn over [lo, lo + len); false (with *fault set) when an access raised SIGBUS.
+template <typename Fn>
+bool Guarded(const unsigned char* lo, size_t len, const unsigned char** fault, Fn fn) {
+  static const bool installed = InstallSigbusHandler();
+  if (!installed) return false;
+  sigjmp_buf jump;
+  tl_lo = lo;
+  tl_hi = lo + len;
+  tl_fault = nullptr;
+  if (sigsetjmp(jump, 0) != 0) {
+    tl_jump = nullptr;
+    *fault = tl_fault;
+    return false;
+  }
+  tl_jump = &jump;
+  fn();
+  tl_jump = nullptr;
+  return true;
+}
+
+// A read-only shared mapping of a batch's pages, unmapped when it goes out of scope.
+struct Mapping {
+  unsigned char* base = nullptr;
+  size_t len = 0;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  Mapping() = default;
+  ~Mapping() {
+    if (base != nullptr) munmap(base, len);
+  }
+};
+
+// Maps the batch's pages of src when that is safe and cheap: host-sized pages (a read fault on a
+// hole of a tmpfs or hugetlbfs file would allocate memory; large pages are read instead). False:
+// read with preadv instead (a file that cannot be mapped, or an odd page size).
+bool MapBatch(const BlockFile& src, const PageBatch& b, Mapping* m) {
+  static const int64_t host = sysconf(_SC_PAGESIZE);
+  if (src.page_size != host || b.count <= 0) return false;
+  const int64_t off = PageOffset(src, b.first);
+  const size_t len = static_cast<size_t>(b.count * src.page_size);
+  void* p = mmap(nullptr, len, PROT_READ, MAP_SHARED, src.fd, off);
+  if (p == MAP_FAILED) return false;
+  m->base = static_cast<unsigned char*>(p);
+  m->len = len;
+  return true;
+}
+
 }  // namespace
 
 SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags,
@@ -361,29 +453,54 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
   if ((flags & kSaveMask) && b.mask != nullptr) {
     for (int64_t i = 0; i < n; ++i) cand[i] = b.mask[b.first + i] ? 1 : 0;
   }
-
-  // read and classify chunk by chunk: a chunk is hashed right after its read, while it is still in
-  // the cache, instead of reading the whole batch (more than the L2 cache) and hashing it afterwards
   std::vector<uint8_t> now(static_cast<size_t>(n), 0);
   std::vector<uint64_t> hash(static_cast<size_t>(n), 0);
   std::vector<uint8_t> act(static_cast<size_t>(n), 0);  // 1 = write, 2 = punch, 0 = nothing
+  auto classify = [&](const unsigned char* pages, int64_t q) {
+    const unsigned char* page = pages + q * ps;
+    if (IsZero(page, static_cast<size_t>(ps))) return;
+    now[q] = 1;
+    hash[q] = XXH3_64bits(page, static_cast<size_t>(ps));
+  };
+  // The source went short under us: the same error a short read gives (ERR_SHORT_READ).
+  auto shrank = [&](const Mapping& m, const unsigned char* fault) -> SysError {
+    const int64_t at = fault != nullptr ? static_cast<int64_t>(fault - m.base) : 0;
+    return SysError{0, "mmap read", PageOffset(src, b.first) + at, src.role};
+  };
+
   int64_t t0 = MonotonicNs();
-  ForRuns(cand, 1, [&](int64_t i, int64_t j) {
-    for (int64_t k = i; k < j; k += chunk) {
-      const int64_t e = std::min(j, k + chunk);
-      r.bytes_read += ReadRun(src, b, k, e);
-      const int64_t t1 = MonotonicNs();
-      times->read_ns += t1 - t0;
-      for (int64_t q = k; q < e; ++q) {
-        const unsigned char* page = b.scratch + q * ps;
-        if (IsZero(page, static_cast<size_t>(ps))) continue;
-        now[q] = 1;
-        hash[q] = XXH3_64bits(page, static_cast<size_t>(ps));
-      }
-      t0 = MonotonicNs();
-      times->hash_ns += t0 - t1;
+  Mapping m;
+  const bool mapped = (flags & kUpdateNoMap) == 0 && MapBatch(src, b, &m);
+  if (mapped) {
+    // zero-scan and hash straight from the page cache: no copy
+    int64_t t1 = MonotonicNs();
+    times->read_ns += t1 - t0;
+    const unsigned char* fault = nullptr;
+    if (!Guarded(m.base, m.len, &fault, [&] {
+          ForRuns(cand, 1, [&](int64_t i, int64_t j) {
+            for (int64_t q = i; q < j; ++q) classify(m.base, q);
+          });
+        })) {
+      throw shrank(m, fault);
     }
-  });
+    for (int64_t i = 0; i < n; ++i) r.bytes_read += cand[i] ? ps : 0;
+    t0 = MonotonicNs();
+    times->hash_ns += t0 - t1;
+  } else {
+    // read and classify chunk by chunk: a chunk is hashed right after its read, while it is still
+    // in the cache, instead of reading the whole batch (more than the L2 cache) and hashing after
+    ForRuns(cand, 1, [&](int64_t i, int64_t j) {
+      for (int64_t k = i; k < j; k += chunk) {
+        const int64_t e = std::min(j, k + chunk);
+        r.bytes_read += ReadRun(src, b, k, e);
+        const int64_t t1 = MonotonicNs();
+        times->read_ns += t1 - t0;
+        for (int64_t q = k; q < e; ++q) classify(b.scratch, q);
+        t0 = MonotonicNs();
+        times->hash_ns += t0 - t1;
+      }
+    });
+  }
   for (int64_t i = 0; i < n; ++i) {
     const int64_t p = b.first + i;
     const bool was = b.present[p] != 0;
@@ -393,6 +510,18 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
       act[i] = (rewrite || was) ? 2 : 0;
     }
     if (act[i] == 0) ++r.unchanged_pages;
+  }
+  if (mapped) {
+    // the pages to write are copied out of the mapping (guarded) so that pwritev never reads a
+    // mapping: a fault there would be reported as a failed write of the snapshot
+    const unsigned char* fault = nullptr;
+    if (!Guarded(m.base, m.len, &fault, [&] {
+          ForRuns(act, 1, [&](int64_t i, int64_t j) {
+            memcpy(b.scratch + i * ps, m.base + i * ps, static_cast<size_t>((j - i) * ps));
+          });
+        })) {
+      throw shrank(m, fault);
+    }
   }
   int64_t t1 = MonotonicNs();
   times->hash_ns += t1 - t0;

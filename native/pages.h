@@ -106,12 +106,15 @@ struct UpdateTimes {
   int64_t punch_ns = 0;  // punching pages that became zero
 };
 
-// The --update mover (kSaveUpdate, optionally kSaveRewrite; kSaveMask as for SavePages): reads the
-// batch's candidate pages in runs of at most kUpdateChunkBytes and hashes each run while it is still
-// in the CPU cache, then writes only changed pages and punches pages that became zero. Fills
-// present[] and csums[] exactly as SavePages does. kSaveWriteback is ignored: the caller starts
-// write-back from another thread so no channel waits for the device.
+// The --update mover (kSaveUpdate, optionally kSaveRewrite; kSaveMask as for SavePages): hashes the
+// batch's candidate pages straight from a read-only mapping of the source (host-sized pages; a
+// SIGBUS from a source truncated meanwhile is caught and reported as a short read, errno 0), or
+// else reads them in runs of at most kUpdateChunkBytes and hashes each run while it is still in
+// the CPU cache; then writes only changed pages and punches pages that became zero. Fills present[]
+// and csums[] exactly as SavePages does. kSaveWriteback is ignored: the caller starts write-back
+// from another thread so no channel waits for the device.
 constexpr int64_t kUpdateChunkBytes = 128 << 10;
+constexpr uint32_t kUpdateNoMap = 1u << 8;  // read with preadv, never map the source
 SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& batch, uint32_t flags,
                        UpdateTimes* times);
 

@@ -14,7 +14,8 @@ import { update } from '../src/update';
 import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
-import { requirePrereq } from './support/prereq';
+import { denseBlock, reap, shimEnv, shimPath, Watched } from './support/faults';
+import { requirePrereq, requireSetup } from './support/prereq';
 import { allocated, tempDir } from './support/tmp';
 import * as os from 'node:os';
 
@@ -165,6 +166,59 @@ describe('save --update', () => {
     assert.match(cli.stderr, /corrupt metadata/);
     assert.ok(Date.now() - started < 30_000, 'the prestarted channels do not keep the process alive');
     assert.ok(fs.readFileSync(out).equals(before));
+  });
+
+  it('a source truncated while the update hashes it through a mapping: an error naming the short read, no SIGBUS; a re-run repairs', async (t) => {
+    const so = shimPath();
+    if (!requireSetup(t, so)) return;
+    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
+    const src = path.join(dir, 'src.ram');
+    const kPages = 16384; // 64 MiB, 16 batches of 4 MiB
+    denseBlock(src, 1, kPages);
+    const out = path.join(dir, 'snap.fxr');
+    await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
+    denseBlock(src, 1, kPages, { generation: 2 }); // every page changed: each batch writes one run
+    // every write of the snapshot sleeps, so the truncation lands while batches remain
+    const w = new Watched(['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '1', '--progress', 'json', '--no-fsync'],
+      shimEnv(so, { funcs: 'pwritev', delayUs: 200_000, path: out }));
+    reap(t, w);
+    assert.ok(await w.midway(), 'the update started');
+    fs.truncateSync(src, 100 * kPage);
+    const e = await w.exited;
+    assert.equal(e.signal, null, `killed by ${e.signal}: ${e.stderr}`);
+    assert.equal(e.status, 4, e.stderr);
+    // the premise: the fault came from reading the mapping (a page past the new end), not a read call
+    assert.match(e.stderr, /unexpected end of file at offset 0x[0-9a-f]+, mmap read/);
+    const v = fixedram(['verify', out]);
+    assert.equal(v.status, 3, 'left marked as an interrupted update');
+    denseBlock(src, 1, kPages, { generation: 3 });
+    const r = await update({ output: out, blocks: [{ name: 'b0', path: src }], channels: 2 });
+    assert.equal(r.repaired, true);
+    assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true);
+  });
+
+  it('pages larger than the host page are read, not mapped, and give the same file as a fresh save', async (t) => {
+    const dir = tempDir(t);
+    const src = path.join(dir, 'big.ram');
+    const ps = 16384;
+    denseBlock(src, 1, 600, { pageSize: ps });
+    const out = path.join(dir, 'snap.fxr');
+    const blocks = [{ name: 'b0', path: src }];
+    await save({ output: out, blocks, channels: 2, pageSize: ps, fsync: false });
+    const fd = fs.openSync(src, 'r+');
+    const page = Buffer.alloc(ps);
+    for (const p of [3, 77, 78, 300, 599]) {
+      stampPage(page, 1, p, 9);
+      fs.writeSync(fd, page, 0, ps, p * ps);
+    }
+    fs.writeSync(fd, Buffer.alloc(ps), 0, ps, 10 * ps);
+    fs.closeSync(fd);
+    const r = await update({ output: out, blocks, channels: 2, pageSize: ps, batchBytes: 64 * ps });
+    assert.equal(r.pagesWritten, 5);
+    assert.equal(r.pagesPunched, 1);
+    const fresh = path.join(dir, 'fresh.fxr');
+    await save({ output: fresh, blocks, channels: 1, pageSize: ps, fsync: false });
+    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(out)));
   });
 
   it('refuses a mismatched layout (added, removed, resized, renamed block) without modifying the file', async (t) => {
