@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import { checkUnchanged, closeQuietly, pageSizeFor, reopenChecked, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
 import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
+import { encodeDeviceState, placeDeviceState, type DeviceState } from './devstate';
 import { explainInterrupt, ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { lockOutput } from './lock';
@@ -44,6 +45,8 @@ export interface UpdateOptions {
   followSymlinks?: boolean;
   allowDevice?: boolean;
   batchBytes?: number;
+  /** Replaces the stored device state (vm save --update); without it the stored one is kept. */
+  deviceState?: DeviceState;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -177,8 +180,17 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // header is written (UPDATING above, COMPLETE here).
     const changed = repair || stats.writtenPages > 0 || stats.punchedPages > 0;
     const summary = changed ? writeTables(snap.fd, h, tables) : { counts: [...h.presentPages], sums: [...h.metadataChecksums] };
+    if (opts.deviceState) {
+      // the new record replaces the old one at the end of the file (still marked UPDATING)
+      const record = encodeDeviceState(opts.deviceState, hash64);
+      const offset = h.deviceState?.offset ?? placeDeviceState(h.fileSize, record.length).offset;
+      for (let done = 0; done < record.length;) done += fs.writeSync(snap.fd, record, done, record.length - done, offset + done);
+      fs.ftruncateSync(snap.fd, offset + record.length);
+      h.deviceState = { offset, bytes: record.length };
+      h.fileSize = offset + record.length;
+    }
     phases.lap('tablesWrite');
-    if (doSync && changed) fs.fdatasyncSync(snap.fd);
+    if (doSync && (changed || opts.deviceState)) fs.fdatasyncSync(snap.fd);
     phases.lap('syncData');
     opts.logger?.debug('update: data synced');
     writeHeader(snap.fd, h, summary, kFlagComplete);

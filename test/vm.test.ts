@@ -161,19 +161,35 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await b.stop();
   });
 
-  it('a truncated device state is exit 3 before anything is written', async () => {
-    const snap = path.join(dir, 'cut.fxr');
-    fs.copyFileSync(path.join(dir, 'vm.fxr'), snap);
-    fs.copyFileSync(path.join(dir, 'vm.fxr.vmstate'), `${snap}.vmstate`);
-    fs.truncateSync(`${snap}.vmstate`, fs.statSync(`${snap}.vmstate`).size - 1000);
+  it('a truncated device state is exit 3, an altered one exit 1, both before anything is written', async () => {
+    const orig = path.join(dir, 'vm.fxr');
+    const info = JSON.parse(fixedram(['inspect', orig, '--json']).stdout) as { deviceStateOffset: number; deviceState: { kind: string }; fileSize: number };
+    assert.equal(info.deviceState.kind, 'qemu-stream');
+    const cut = path.join(dir, 'cut.fxr');
+    fs.copyFileSync(orig, cut);
+    fs.truncateSync(cut, info.fileSize - 1000);
+    const altered = path.join(dir, 'altered.fxr');
+    fs.copyFileSync(orig, altered);
+    const fd = fs.openSync(altered, 'r+');
+    const at = info.deviceStateOffset + 4096;
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, at);
+    fs.writeSync(fd, Buffer.from([b[0]! ^ 0x40]), 0, 1, at);
+    fs.closeSync(fd);
+    assert.equal(fixedram(['verify', altered]).status, 1, 'the premise: verify sees the altered device state');
+
     const mem = path.join(dir, 'cut.ram');
-    const b = await start('f', { memPath: mem, incoming: true });
+    const vm = await start('f', { memPath: mem, incoming: true });
     const before = sha256File(mem);
-    const r = fixedram(['vm', 'restore', '--qmp', b.fixedramQmp, snap, '--progress', 'none']);
+    const r = fixedram(['vm', 'restore', '--qmp', vm.fixedramQmp, cut, '--progress', 'none']);
     assert.equal(r.status, 3, r.stderr);
-    assert.match(r.stderr, /device state .* is truncated/);
+    assert.match(r.stderr, /truncated|shorter|past the end/);
+    const r2 = fixedram(['vm', 'restore', '--qmp', vm.fixedramQmp, altered, '--progress', 'none']);
+    assert.equal(r2.status, 1, r2.stderr);
+    assert.match(r2.stderr, /device state .* fails its checksum/);
     assert.equal(sha256File(mem), before);
-    await b.stop();
+    assert.equal((await vm.qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
+    await vm.stop();
   });
 
   it('restore into a QEMU not started with -incoming defer: exit 4 naming the state, nothing written, VM untouched', async () => {

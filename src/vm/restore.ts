@@ -16,7 +16,7 @@ import { snapshotError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
 import { escapeText, QmpClient, QmpError } from '../qmp';
 import { checkChannels } from '../save';
-import { readDeviceState } from './devstate';
+import { isSharedFileState, readVmDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam, type VmRamBlock } from './ram';
 
@@ -89,17 +89,16 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' is a ${info.format} file, not a fixedram snapshot (convert it first)`);
   }
   if (info.state !== 'complete') throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${snapshot}' is ${info.state}: ${info.stateMessage ?? ''}`);
-  const device = readDeviceState(snapshot);
+  const device = readVmDeviceState(snapshot);
   if (!device) {
     throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds no device state (a save of RAM files, not of a VM): ` +
       'it cannot restore a VM; use fixedram load for its blocks');
   }
-  if (device.bytes.length < 8 || device.bytes.readUInt32BE(0) !== 0x5145564d /* QEVM */) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `the device state of '${snapshot}' is not a QEMU migration stream`);
+  if (!isSharedFileState(device) || !device.stream) {
+    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds a ${device.kind} VM (RAM not in shared files): ` +
+      'restore it through fixedram export and QEMU\'s migrate-incoming');
   }
-  if (device.kind !== 'x-ignore-shared') {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds a ${device.kind} VM; restoring it needs fixedram export`);
-  }
+  const stream = device.stream;
 
   const q = await QmpClient.connect(opts.qmp);
   let dir: string | undefined;
@@ -114,7 +113,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
 
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-vmstate-'));
     const stateFile = path.join(dir, 'state');
-    fs.writeFileSync(stateFile, device.bytes, { mode: 0o600, flag: 'wx' });
+    fs.writeFileSync(stateFile, stream, { mode: 0o600, flag: 'wx' });
 
     const t0 = now();
     const r = await (await import('../load')).load({
@@ -143,7 +142,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
       command: 'vm restore', snapshot, mode: 'shared-file', qemuVersion: q.version,
       blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
       presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
-      deviceStateBytes: device.bytes.length, channels: r.channels, then,
+      deviceStateBytes: stream.length, channels: r.channels, then,
       ...(resumed !== undefined ? { downtimeSeconds: secs(t0, resumed) } : {}),
       seconds: secs(started, now()),
     };

@@ -18,7 +18,7 @@ import { FixedramError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
 import { escapeText, QmpClient, QmpError } from '../qmp';
 import { checkChannels } from '../save';
-import { kMaxDeviceState, writeDeviceState, type DeviceState } from './devstate';
+import { kMaxDeviceStateBytes, sharedFileDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam } from './ram';
 
@@ -161,29 +161,26 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(log ? { logger: log } : {}),
     };
     if (ram.sharedFiles) {
-      const device: DeviceState = {
-        bytes: readBounded(tmp, kMaxDeviceState), kind: 'x-ignore-shared', qemuVersion: q.version,
-        capabilities: ['x-ignore-shared'], ...(mType ? { machineType: mType } : {}),
-      };
+      const stream = readBounded(tmp, kMaxDeviceStateBytes - 65536);
+      const deviceState = sharedFileDeviceState(stream, { qemuVersion: q.version, ...(mType ? { machineType: mType } : {}) });
       dropTemp(tmp);
       tmp = undefined;
       const blocks = ram.sharedFiles.map((b) => ({ name: b.name, path: b.backend.memPath }));
       if (opts.update) {
-        const r = await (await import('../update')).update({ ...common, blocks });
+        const r = await (await import('../update')).update({ ...common, blocks, deviceState });
         result = {
           blocks: r.blocks.map((b, i) => ({ name: b.name, path: blocks[i]!.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
           presentPages: r.presentPages, zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
           pagesWritten: r.pagesWritten, pagesPunched: r.pagesPunched, pagesUnchanged: r.pagesUnchanged,
-          deviceStateBytes: device.bytes.length,
+          deviceStateBytes: stream.length,
         };
       } else {
-        const r = await (await import('../save')).save({ ...common, blocks });
+        const r = await (await import('../save')).save({ ...common, blocks, deviceState });
         result = {
           blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: device.bytes.length,
+          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: stream.length,
         };
       }
-      writeDeviceState(output, device, fsync);
     } else {
       const r = await (await import('../convert')).convert({ ...common, input: tmp });
       dropTemp(tmp);
@@ -191,7 +188,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       result = {
         blocks: r.blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
         presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
-        deviceStateBytes: (r as { deviceStateBytes?: number }).deviceStateBytes ?? 0,
+        deviceStateBytes: r.deviceStateBytes,
       };
     }
     const saved = now();
