@@ -10,6 +10,7 @@ export { inspect, type InspectResult } from './inspect';
 export { convert, type ConvertOptions, type ConvertResult } from './convert';
 export { type DeviceState, type DeviceStateOrigin, type DecodedDeviceState, type QemuRamSection } from './devstate';
 export { snapshotDeviceState } from './snapshot';
+export { exportSnapshot, type ExportOptions, type ExportResult, type ExportFormat } from './export';
 export { encodeBlockName, decodeBlockName, parseBlockArg, type BlockArg } from './blocks';
 export { ExitCode, FixedramError, exitCodeOf, type ErrorRecord } from './errors';
 export type { ProgressEvent, ProgressSink } from './progress';

@@ -4,6 +4,7 @@
  */
 import type { CliCommand } from '../command';
 import convert from './convert';
+import exportCommand from './export';
 import inspect from './inspect';
 import load from './load';
 import save from './save';
@@ -18,6 +19,7 @@ export const kCommands: CliCommand<any, any, any>[] = [
   verify,
   inspect,
   convert,
+  exportCommand,
   vmSave,
   vmRestore,
 ];

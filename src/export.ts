@@ -1,0 +1,213 @@
+/**
+ * `fixedram export`: a QEMU mapped-ram migration file (or a libvirt sparse save image) rebuilt from
+ * a snapshot that holds a VM's device state (made by `convert` or `vm save`), which stock QEMU >= 9
+ * restores with `-incoming defer`, capability `mapped-ram` (multifd optional) and
+ * `migrate-incoming file:FILE`, and `virsh restore` accepts when it is a libvirt image.
+ *
+ * Order of events (atomic like save):
+ *  1. open the snapshot and check it whole: complete, device state present and intact (checksum),
+ *     every block's bitmap and checksum table; plan the stream (qemu-writer.ts);
+ *  2. lock the output, create a private temp file beside it and size it (sparse) to the stream;
+ *  3. write the records, bitmaps and the device state; N channels copy every present page from the
+ *     snapshot to its block's pages_offset + index × page size, checking its XXH3 on the way
+ *     (absent pages stay holes, which QEMU reads as zero pages it never loads);
+ *  4. fdatasync, rename over the output, fsync the directory.
+ * A failure or an interrupt removes the temp file; the output name keeps what it held.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { closeQuietly, identityOf, sameFile } from './blocks';
+import { registerTemp, unregisterTemp } from './cleanup';
+import { runChannels } from './channels/pool';
+import type { ChannelBlock } from './channels/messages';
+import { explainInterrupt, integrityError, ioError, isSystemError, snapshotError, usageError } from './errors';
+import { packBitmap } from './format';
+import { openImage } from './image';
+import { lockOutput } from './lock';
+import { kLoadVerify } from './native';
+import { kDefaultBatchBytes, planBatches } from './plan';
+import type { ProgressSink } from './progress';
+import { planMappedRamStream } from './qemu-writer';
+import { checkChannels, fsyncDir } from './save';
+
+export type ExportFormat = 'qemu' | 'libvirt';
+
+export interface ExportOptions {
+  /** The fixedram snapshot to read (it must hold a device state of kind qemu-mapped-ram). */
+  snapshot: string;
+  /** The QEMU file (or libvirt image) to write, atomically. */
+  output: string;
+  /** Default: libvirt when the snapshot came from a libvirt save image, else qemu. */
+  format?: ExportFormat;
+  channels?: number;
+  /** fsync the output and its directory (default true). */
+  fsync?: boolean;
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: ProgressSink;
+  logger?: Logger;
+}
+
+export interface ExportResult {
+  command: 'export';
+  /** The snapshot read (absolute path). */
+  snapshot: string;
+  /** The file written (absolute path) and what it is. */
+  output: string;
+  outputFormat: 'qemu-mapped-ram' | 'libvirt-save-image';
+  machineType: string;
+  fileSize: number;
+  /** Offset of the QEMU stream in the output (the libvirt part's size, else 0). */
+  streamOffset: number;
+  blocks: { name: string; length: number; pageSize: number; pages: number; presentPages: number; zeroPages: number; pagesOffset: number }[];
+  /** Bytes of the stream that are not pages (head, records, bitmaps, device sections). */
+  deviceStateBytes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  channels: number;
+  seconds: number;
+}
+
+function writeAt(fd: number, buf: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+/**
+ * Exports a snapshot with device state as a QEMU mapped-ram file or a libvirt save image.
+ * @throws ERR_USAGE (bad options, the output is the snapshot), ERR_SNAPSHOT_* (no device state, an
+ *   unusable one, an invalid or incomplete snapshot: exit 3), ERR_INTEGRITY (the device state or a
+ *   page fails its checksum: exit 1), ERR_LOCKED, system errors, ERR_INTERRUPTED.
+ */
+export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult> {
+  const started = process.hrtime.bigint();
+  const channels = checkChannels(opts.channels);
+  if (!opts.snapshot) throw usageError('a snapshot is required');
+  if (!opts.output) throw usageError('an output file is required (output)');
+  if (opts.format !== undefined && opts.format !== 'qemu' && opts.format !== 'libvirt') {
+    throw usageError(`the export format must be qemu or libvirt (got '${String(opts.format)}')`);
+  }
+  const output = path.resolve(opts.output);
+  const image = openImage(opts.snapshot);
+  try {
+    if (image.format !== 'fixedram') {
+      throw usageError(`'${opts.snapshot}' is a QEMU mapped-ram file already; export reads fixedram snapshots`, { path: image.path });
+    }
+    if (image.incomplete) throw image.incomplete;
+    const ds = image.readDeviceState?.();
+    if (!ds) {
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+        `'${opts.snapshot}' holds no device state (CPU and device state of a VM): it is a plain save of RAM files, which QEMU cannot ` +
+          'restore a VM from; export needs a snapshot made by `fixedram convert` of a QEMU file or by `fixedram vm save`', { path: image.path });
+    }
+    if (!ds.checksumOk) {
+      throw integrityError(`the device state of '${opts.snapshot}' fails its checksum; nothing was exported`, { path: image.path });
+    }
+    if (ds.kind !== 'qemu-mapped-ram') {
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+        `the device state of '${opts.snapshot}' is a complete QEMU stream (${ds.kind}) whose RAM lives in the VM's own backend files; ` +
+          'restore it with `fixedram vm restore`, not export', { path: image.path });
+    }
+    const format: ExportFormat = opts.format ?? (ds.libvirt ? 'libvirt' : 'qemu');
+    if (format === 'libvirt' && !ds.libvirt) {
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+        `'${opts.snapshot}' did not come from a libvirt save image: it holds no libvirt header and domain XML to write; use --format qemu`,
+        { path: image.path });
+    }
+    const snapId = fs.fstatSync(image.fd, { bigint: true });
+    const outId = identityOf(output);
+    if (outId && sameFile(outId, snapId)) throw usageError(`output '${opts.output}' is the snapshot itself`, { path: output });
+
+    const tables = image.blocks.map((_, i) => image.readTables(i));
+    let plan: ReturnType<typeof planMappedRamStream>;
+    try {
+      plan = planMappedRamStream(ds, image.blocks, image.blocks.map((b, i) => packBitmap(tables[i]!.present, b.pages)), { libvirt: format === 'libvirt' });
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `cannot export '${opts.snapshot}': ${err.message}`, { path: image.path });
+    }
+    opts.logger?.debug({ output, format, fileSize: plan.fileSize, blocks: plan.blocks.length }, 'stream planned');
+
+    const dir = path.dirname(output);
+    try {
+      if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
+    } catch (err) {
+      throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
+    }
+    try {
+      const st = fs.lstatSync(output);
+      if (!st.isFile()) throw usageError(`output '${opts.output}' exists and is not a regular file`, { path: output });
+    } catch (err) {
+      if (!isSystemError(err) || err.code !== 'ENOENT') throw err;
+    }
+    const lock = lockOutput(output);
+    let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+    let fd: number | undefined;
+    try {
+      try {
+        // private from the start: RAM is secret
+        fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+        registerTemp(tmp);
+        fs.fchmodSync(fd, 0o600);
+        fs.ftruncateSync(fd, plan.fileSize);
+        for (const p of plan.pieces) writeAt(fd, p.bytes, p.offset);
+      } catch (err) {
+        throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
+      }
+      const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
+      const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
+        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
+        liveFd: fd!, livePath: tmp!, liveBase: plan.blocks[i]!.pagesOffset,
+        present: tables[i]!.present, csums: tables[i]!.csums,
+        flags: kLoadVerify,
+      }));
+      const batches = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
+      const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+      opts.onProgress?.({ command: 'export', bytesDone: 0, bytesTotal: total });
+      const stats = await runChannels({
+        kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan: batches,
+        onWarning: (message) => opts.logger?.warn(message),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        onProgress: (done) => opts.onProgress?.({ command: 'export', bytesDone: done, bytesTotal: total }),
+      }).catch((err: unknown) => {
+        throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
+      });
+      if (opts.fsync ?? true) fs.fdatasyncSync(fd);
+      fs.closeSync(fd);
+      fd = undefined;
+      fs.renameSync(tmp, output);
+      unregisterTemp(tmp);
+      tmp = undefined;
+      if (opts.fsync ?? true) fsyncDir(dir);
+      return {
+        command: 'export', snapshot: image.path, output,
+        outputFormat: format === 'libvirt' ? 'libvirt-save-image' : 'qemu-mapped-ram',
+        machineType: typeof ds.origin.machineType === 'string' ? ds.origin.machineType : '',
+        fileSize: plan.fileSize, streamOffset: plan.streamOffset,
+        blocks: image.blocks.map((b, i) => ({
+          name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, presentPages: tables[i]!.presentCount,
+          zeroPages: b.pages - tables[i]!.presentCount, pagesOffset: plan.blocks[i]!.pagesOffset,
+        })),
+        deviceStateBytes: metaBytes,
+        bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + metaBytes,
+        channels: Math.min(channels, Math.max(batches.count, 1)),
+        seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      };
+    } finally {
+      closeQuietly(fd);
+      if (tmp !== undefined) {
+        try {
+          fs.unlinkSync(tmp);
+        } catch {
+          /* never created */
+        }
+        unregisterTemp(tmp);
+      }
+      lock.release();
+    }
+  } finally {
+    image.close();
+  }
+}
