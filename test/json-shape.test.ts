@@ -92,6 +92,16 @@ const samples: Record<string, Sample> = {
     assert.equal(c.source, mig);
     assert.equal(c.snapshot, path.join(dir, 'c.fxr'));
   },
+  export: (t) => {
+    if (!requirePrereq(t, fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures}`)) return;
+    const dir = tempDir(t);
+    const mig = unpackFixture('membackend-32m.mig', dir);
+    check(['convert', mig, '-o', path.join(dir, 'c.fxr'), '--json'], 0);
+    const e = check(['export', path.join(dir, 'c.fxr'), '-o', path.join(dir, 'e.mig'), '--json'], 0);
+    assert.equal(e.snapshot, path.join(dir, 'c.fxr'));
+    assert.equal(e.output, path.join(dir, 'e.mig'));
+    assert.equal(e.outputFormat, 'qemu-mapped-ram');
+  },
   'vm save': async (t) => {
     if (!requirePrereq(t, !vmMissing, `VM: ${vmMissing}`)) return;
     const { snap, vm } = await vmSample(t);
