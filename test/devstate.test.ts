@@ -8,7 +8,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { convert } from '../src/convert';
 import {
   decodeDeviceState, deviceStateBytes, encodeDeviceState, kDeviceStateHeaderBytes, kMaxDeviceStateBytes, kMaxOriginBytes,
@@ -21,10 +21,12 @@ import { native } from '../src/native';
 import { openSnapshot, readDeviceState } from '../src/snapshot';
 import { fixedram } from './support/cli';
 import { fixturesAvailable, kFixtures, patch, readManifest, truncatedCopy, unpackFixture, wrapInLibvirt, type Manifest } from './support/qemu';
+import { prereqSuite } from './support/prereq';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
-const skip = fixturesAvailable() ? false : `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`;
+// fixture tests: a missing fixture fails under CI and skips with the reason elsewhere
+const fx = prereqSuite(fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`);
 const hash64 = (b: Uint8Array): bigint => native().hash64(b);
 
 /** A small deterministic device state of either kind. */
@@ -91,14 +93,14 @@ describe('device-state record: encoding', () => {
   });
 });
 
-describe('device state in snapshots', { skip }, () => {
+describe('device state in snapshots', () => {
   let dir: string;
   let mig: string;
   let ram: string;
   let mb: Manifest;
   let snap: string;
 
-  before(async () => {
+  fx.before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-devstate-'));
     mig = unpackFixture('membackend-32m.mig', dir);
     ram = unpackFixture('membackend-32m.ram', dir);
@@ -106,9 +108,9 @@ describe('device state in snapshots', { skip }, () => {
     snap = path.join(dir, 'vm.fxr');
     await convert({ input: mig, output: snap, channels: 2 });
   });
-  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fx.after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('convert keeps the stream before "ram" and everything after its END byte for byte; inspect shows kind, size and origin', () => {
+  fx.it('convert keeps the stream before "ram" and everything after its END byte for byte; inspect shows kind, size and origin', () => {
     const info = inspect(snap) as ReturnType<typeof inspect> & { deviceState: Record<string, unknown> };
     assert.equal(info.state, 'complete');
     assert.equal(info.deviceState.kind, 'qemu-mapped-ram');
@@ -134,7 +136,7 @@ describe('device state in snapshots', { skip }, () => {
     }
   });
 
-  it('verify checks the record: OK as written; a flipped device-state byte fails with exit 1, a broken record header with exit 3', async (t) => {
+  fx.it('verify checks the record: OK as written; a flipped device-state byte fails with exit 1, a broken record header with exit 3', async (t) => {
     const ok = await verify({ snapshot: snap, channels: 2 });
     assert.equal(ok.ok, true);
     assert.deepEqual(ok.deviceState, { kind: 'qemu-mapped-ram', bytes: ok.deviceState!.bytes, checksumOk: true });
@@ -173,7 +175,7 @@ describe('device state in snapshots', { skip }, () => {
     assert.match(c.stderr, /truncated snapshot: .* inside the device-state record/);
   });
 
-  it('convert of a libvirt save image keeps the libvirt header and domain XML', async (t) => {
+  fx.it('convert of a libvirt save image keeps the libvirt header and domain XML', async (t) => {
     const d = tempDir(t);
     const image = path.join(d, 'vm.save');
     const shift = wrapInLibvirt(mig, image, mb.blocks[0]!, { domainName: 'guest-1', wasRunning: true });
