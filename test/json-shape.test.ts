@@ -12,6 +12,7 @@ import { fixedram } from './support/cli';
 import { requirePrereq } from './support/prereq';
 import { buildGuest, guestMissing, startGuest } from './support/guest';
 import { fixturesAvailable, kFixtures, qemuMissing, unpackFixture } from './support/qemu';
+import { kS3Env, s3Client, s3Missing, tempBucket } from './support/storage';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
@@ -43,7 +44,38 @@ function blocks(t: TestContext) {
   return { dir, a, b, snap };
 }
 
+/** push and pull need the S3 endpoint of .ci/ceph-up (test/support/storage.ts). */
+function s3Sample(t: TestContext, body: (bucket: string, snap: string) => Promise<void>): Promise<void> | undefined {
+  if (!requirePrereq(t, s3Missing === '', s3Missing)) return undefined;
+  const { a, snap } = blocks(t);
+  check(['save', '-o', snap, '-b', `a=${a}`, '--json'], 0);
+  const client = s3Client();
+  t.after(() => client.destroy());
+  return tempBucket(t, client).then((bucket) => body(bucket, snap));
+}
+const s3Check = (args: string[], status: number): Record<string, unknown> => {
+  const saved = { ...process.env };
+  Object.assign(process.env, kS3Env);
+  try {
+    return check(args, status);
+  } finally {
+    for (const k of Object.keys(kS3Env)) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  }
+};
+
 const samples: Record<string, Sample> = {
+  push: (t) => s3Sample(t, async (bucket, snap) => {
+    const p = s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
+    assert.equal(p.snapshot, `s3://${bucket}/s`);
+    assert.equal(p.source, snap);
+  }),
+  pull: (t) => s3Sample(t, async (bucket, snap) => {
+    s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
+    const out = `${snap}.pulled`;
+    const p = s3Check(['pull', `s3://${bucket}/s`, out, '--json'], 0);
+    assert.equal(p.snapshot, out);
+    assert.equal(p.source, `s3://${bucket}/s`);
+  }),
   save: (t) => {
     const { a, b, snap } = blocks(t);
     const s = check(['save', '-o', snap, '-b', `a=${a}`, '-b', `b=${b}`, '--json'], 0);

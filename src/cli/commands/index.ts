@@ -7,6 +7,8 @@ import convert from './convert';
 import exportCommand from './export';
 import inspect from './inspect';
 import load from './load';
+import pull from './pull';
+import push from './push';
 import save from './save';
 import verify from './verify';
 import vmRestore from './vm-restore';
@@ -22,4 +24,6 @@ export const kCommands: CliCommand<any, any, any>[] = [
   exportCommand,
   vmSave,
   vmRestore,
+  push,
+  pull,
 ];

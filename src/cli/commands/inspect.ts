@@ -4,15 +4,20 @@ import { defineCommand } from '../command';
 import { jsonBlock } from '../human';
 import { blockTotals } from './totals';
 
-export default defineCommand<Record<string, never>, { snapshot: string }, InspectResult>({
+export default defineCommand<{ s3Endpoint?: string }, { snapshot: string; s3Endpoint?: string; signal?: AbortSignal }, InspectResult>({
   name: 'inspect',
   description: 'show the blocks and layout of a snapshot or QEMU mapped-ram file',
   globals: {},
   define: (cmd) => {
-    cmd.argument('<file>', 'file to inspect');
+    cmd.argument('<file>', 'file to inspect')
+      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
   },
-  options: ([file]) => ({ snapshot: file! }),
-  run: async (o) => (await import('../../inspect')).inspect(o.snapshot),
+  options: ([file], o, ctx) => ({
+    snapshot: file!, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}), ...(ctx.signal ? { signal: ctx.signal } : {}),
+  }),
+  run: async (o) => (o.snapshot.startsWith('s3://')
+    ? (await import('../../s3/commands')).inspectS3(o.snapshot, o)
+    : (await import('../../inspect')).inspect(o.snapshot)),
   json: (r) => {
     const { path, format, fileSize, state, blocks, ...rest } = r;
     return { snapshot: path, format, fileSize, state, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };

@@ -1,14 +1,15 @@
 /** `fixedram load`. */
 import type { BlockArg } from '../../blocks';
 import type { LoadOptions, LoadResult } from '../../load';
+import type { S3CommandOptions } from '../../s3/commands';
 import { defineCommand, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { collectBlock } from '../options';
 import { blockTotals } from './totals';
 
-interface Flags { block?: BlockArg[]; dir?: string; verify: boolean; directIo?: boolean; allowDevice?: boolean }
+interface Flags { block?: BlockArg[]; dir?: string; verify: boolean; directIo?: boolean; allowDevice?: boolean; s3Endpoint?: string }
 
-export default defineCommand<Flags, LoadOptions, LoadResult>({
+export default defineCommand<Flags, LoadOptions & S3CommandOptions, LoadResult>({
   name: 'load',
   description: 'write the blocks of a snapshot (or QEMU mapped-ram file) into files',
   globals: { channels: true, followSymlinks: true },
@@ -18,16 +19,17 @@ export default defineCommand<Flags, LoadOptions, LoadResult>({
       .option('--dir <dir>', 'load every block into DIR/<encoded name>')
       .option('--no-verify', 'do not check page checksums while loading')
       .option('--direct-io', 'read the snapshot with O_DIRECT (falls back to buffered I/O with a warning)')
-      .option('--allow-device', 'accept block devices as targets');
+      .option('--allow-device', 'accept block devices as targets')
+      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
   },
   options: ([file], o, ctx) => ({
     snapshot: file!, ...(o.block ? { blocks: o.block } : {}), ...(o.dir !== undefined ? { dir: o.dir } : {}),
     verify: o.verify, followSymlinks: o.followSymlinks ?? false, allowDevice: o.allowDevice ?? false,
-    directIo: o.directIo ?? false,
+    directIo: o.directIo ?? false, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
     ...(o.channels !== undefined ? { channels: o.channels } : {}),
     ...withContext(ctx),
   }),
-  run: async (o) => (await import('../../load')).load(o),
+  run: async (o) => (o.snapshot.startsWith('s3://') ? (await import('../../s3/commands')).loadS3(o) : (await import('../../load')).load(o)),
   json: (r) => {
     const { command: _c, snapshot, format, blocks, ...rest } = r;
     return { snapshot, format, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };

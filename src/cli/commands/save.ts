@@ -2,18 +2,21 @@
 import type { BlockArg } from '../../blocks';
 import { ExitCode } from '../../errors';
 import type { SaveOptions, SaveResult } from '../../save';
+import type { S3CommandOptions, S3SaveResult } from '../../s3/commands';
 import type { UpdateOptions, UpdateResult } from '../../update';
 import { defineCommand, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { collectBlock, parseSize } from '../options';
+import { s3PushLine } from './push';
 import { blockTotals } from './totals';
 
 interface Flags {
   output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean; update?: boolean; directIo?: boolean;
-  allowDevice?: boolean;
+  allowDevice?: boolean; s3Endpoint?: string;
 }
-type Options = { update: false; save: SaveOptions } | { update: true; save: UpdateOptions };
-type Result = { update: false; r: SaveResult } | { update: true; r: UpdateResult };
+type Options = { update: false; save: SaveOptions } | { update: true; save: UpdateOptions }
+  | { s3: true; update: boolean; save: SaveOptions & S3CommandOptions };
+type Result = { update: false; r: SaveResult } | { update: true; r: UpdateResult } | { s3: true; update: boolean; r: S3SaveResult };
 
 export default defineCommand<Flags, Options, Result>({
   name: 'save',
@@ -26,7 +29,8 @@ export default defineCommand<Flags, Options, Result>({
       .option('--no-fsync', 'do not fsync the snapshot and its directory')
       .option('--update', 'refresh an existing snapshot in place, writing only the pages that changed')
       .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)')
-      .option('--allow-device', 'accept block devices as block files');
+      .option('--allow-device', 'accept block devices as block files')
+      .option('--s3-endpoint <url>', 'S3 endpoint for -o s3://BUCKET/KEY (default: the AWS chain, AWS_ENDPOINT_URL)');
   },
   options: (_args, o, ctx) => {
     const common = {
@@ -36,9 +40,15 @@ export default defineCommand<Flags, Options, Result>({
       ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
       ...withContext(ctx),
     };
+    if (o.output.startsWith('s3://')) {
+      return { s3: true, update: o.update ?? false, save: { ...common, ...(o.directIo ? { directIo: true } : {}),
+        ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}) } };
+    }
     return o.update ? { update: true, save: common } : { update: false, save: { ...common, ...(o.directIo ? { directIo: true } : {}) } };
   },
-  run: async (o) => (o.update
+  run: async (o) => ('s3' in o
+    ? { s3: true, update: o.update, r: await (await import('../../s3/commands')).saveS3({ ...o.save, update: o.update }) }
+    : o.update
     ? { update: true, r: await (await import('../../update')).update(o.save) }
     : { update: false, r: await (await import('../../save')).save(o.save) }),
   json: (res) => {
@@ -47,6 +57,11 @@ export default defineCommand<Flags, Options, Result>({
     return { snapshot: output, format: 'fixedram', update, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };
   },
   print: (res, out) => {
+    if ('s3' in res) {
+      printSaved(res.r, out);
+      out.write(`${s3PushLine(res.r.s3)}\n`);
+      return;
+    }
     if (res.update) {
       const r = res.r;
       out.write(`updated ${r.output} in place${r.repaired ? ' (repaired an interrupted update: every page rewritten)' : ''}\n`);
@@ -55,13 +70,16 @@ export default defineCommand<Flags, Options, Result>({
       out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}\n`);
       return;
     }
-    const r = res.r;
-    const bytes = sum(r.blocks, (b) => b.length);
-    out.write(`saved ${plural(r.blocks.length, 'block')} (${mib(bytes)}) to ${r.output}\n`);
-    for (const b of r.blocks) {
-      out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
-    }
-    out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+    printSaved(res.r, out);
   },
   status: () => ExitCode.ok,
 });
+
+function printSaved(r: SaveResult, out: NodeJS.WritableStream): void {
+  const bytes = sum(r.blocks, (b) => b.length);
+  out.write(`saved ${plural(r.blocks.length, 'block')} (${mib(bytes)}) to ${r.output}\n`);
+  for (const b of r.blocks) {
+    out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
+  }
+  out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+}

@@ -1,29 +1,32 @@
 /** `fixedram verify`. */
 import type { BlockArg } from '../../blocks';
 import { ExitCode } from '../../errors';
+import type { S3CommandOptions } from '../../s3/commands';
 import type { VerifyOptions, VerifyResult } from '../../verify';
 import { defineCommand, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { collectBlock, parseCount } from '../options';
 import { blockTotals } from './totals';
 
-interface Flags { against?: BlockArg[]; maxFailures: number }
+interface Flags { against?: BlockArg[]; maxFailures: number; s3Endpoint?: string }
 
-export default defineCommand<Flags, VerifyOptions, VerifyResult>({
+export default defineCommand<Flags, VerifyOptions & S3CommandOptions, VerifyResult>({
   name: 'verify',
   description: 'check a snapshot: structure, every page checksum, optionally against live files',
   globals: { channels: true, followSymlinks: true },
   define: (cmd) => {
     cmd.argument('<file>', 'snapshot to verify')
       .option('--against <name=path>', 'compare block NAME with a live file byte for byte (repeat)', collectBlock)
-      .option('--max-failures <n>', 'failures listed in detail (all are counted)', parseCount('--max-failures', 0, 1_000_000), 100);
+      .option('--max-failures <n>', 'failures listed in detail (all are counted)', parseCount('--max-failures', 0, 1_000_000), 100)
+      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
   },
   options: ([file], o, ctx) => ({
     snapshot: file!, against: o.against ?? [], maxReported: o.maxFailures, followSymlinks: o.followSymlinks ?? false,
+    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
     ...(o.channels !== undefined ? { channels: o.channels } : {}),
     ...withContext(ctx),
   }),
-  run: async (o) => (await import('../../verify')).verify(o),
+  run: async (o) => (o.snapshot.startsWith('s3://') ? (await import('../../s3/commands')).verifyS3(o) : (await import('../../verify')).verify(o)),
   json: (r) => {
     const { command: _c, ok: _ok, snapshot, format, blocks, ...rest } = r;
     return { snapshot, format, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };

@@ -1,0 +1,34 @@
+/** `fixedram pull s3://BUCKET/KEY FILE`: a snapshot from object storage into a file (docs/s3.md). */
+import type { S3CommandOptions } from '../../s3/commands';
+import type { PullResult } from '../../s3/transfer';
+import { defineCommand } from '../command';
+import { mib, plural, rate } from '../human';
+
+interface Flags { s3Endpoint?: string; fsync: boolean }
+type Options = S3CommandOptions & { url: string; file: string; channels?: number; signal?: AbortSignal; fsync: boolean };
+type Result = PullResult & { command: 'pull'; file: string };
+
+export default defineCommand<Flags, Options, Result>({
+  name: 'pull',
+  description: 'download s3://BUCKET/KEY into a snapshot file (byte-exact, written atomically; zero pages stay holes)',
+  globals: { channels: true },
+  define: (cmd) => {
+    cmd.argument('<url>', 's3://BUCKET/KEY')
+      .argument('<file>', 'snapshot file to write')
+      .option('--no-fsync', 'do not fsync the file and its directory')
+      .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
+  },
+  options: ([url, file], o, ctx) => ({
+    url: url!, file: file!, fsync: o.fsync, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...(o.channels !== undefined ? { channels: o.channels } : {}), ...(ctx.signal ? { signal: ctx.signal } : {}),
+  }),
+  run: async (o) => (await import('../../s3/commands')).pullCommand(o.url, o.file, o),
+  json: (r) => {
+    const { command: _c, url, file, ...rest } = r;
+    return { snapshot: file, source: url, format: 'fixedram', ...rest };
+  },
+  print: (r, out) => {
+    out.write(`pulled ${r.url} to ${r.file}: ${mib(r.size)}, ${plural(r.chunksFetched, 'object')} (${mib(r.bytesFetched)}) ` +
+      `in ${r.seconds.toFixed(2)} s (${rate(r.bytesFetched, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+  },
+});

@@ -1,0 +1,43 @@
+/** `fixedram push FILE s3://BUCKET/KEY`: a snapshot file up to object storage (docs/s3.md). */
+import type { S3CommandOptions } from '../../s3/commands';
+import type { PushResult } from '../../s3/transfer';
+import { defineCommand } from '../command';
+import { mib, plural, rate } from '../human';
+
+interface Flags { s3Endpoint?: string }
+type Options = S3CommandOptions & { file: string; url: string; channels?: number; signal?: AbortSignal };
+type Result = PushResult & { command: 'push'; file: string };
+
+/** The one-line summary of an upload (also printed by `save -o s3://`). */
+export function s3PushLine(r: PushResult): string {
+  if (r.mode === 'patch') {
+    return `  ${r.url}: page-level update: ${plural(r.pagesChanged, 'page')} changed; ${mib(r.bytesUploaded)} uploaded ` +
+      `(changed pages and metadata) as patch layer ${r.patchLayers}; ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}`;
+  }
+  return `  ${r.url}: ${r.chunksPresent} of ${r.chunks} chunks of ${mib(r.chunkBytes)} hold data; ${r.chunksUploaded} uploaded ` +
+    `(${mib(r.bytesUploaded)}), ${r.chunksReused} already there; ${r.seconds.toFixed(2)} s (${rate(r.bytesUploaded, r.seconds)}), ` +
+    `${plural(r.channels, 'channel')}`;
+}
+
+export default defineCommand<Flags, Options, Result>({
+  name: 'push',
+  description: 'upload a snapshot file to s3://BUCKET/KEY: only chunks with data, only those the bucket lacks',
+  globals: { channels: true },
+  define: (cmd) => {
+    cmd.argument('<file>', 'snapshot file')
+      .argument('<url>', 's3://BUCKET/KEY')
+      .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
+  },
+  options: ([file, url], o, ctx) => ({
+    file: file!, url: url!, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...(o.channels !== undefined ? { channels: o.channels } : {}), ...(ctx.signal ? { signal: ctx.signal } : {}),
+  }),
+  run: async (o) => (await import('../../s3/commands')).pushCommand(o.file, o.url, o),
+  json: (r) => {
+    const { command: _c, url, file, ...rest } = r;
+    return { snapshot: url, source: file, format: 'fixedram', ...rest };
+  },
+  print: (r, out) => {
+    out.write(`pushed ${r.file} to ${r.url}\n${s3PushLine(r)}\n`);
+  },
+});

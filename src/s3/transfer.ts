@@ -1,0 +1,664 @@
+/**
+ * Moving a snapshot file to and from S3 in the chunked layout of docs/s3.md, with N concurrent
+ * channels (async requests; the work is network-bound, so they share the main thread).
+ *
+ * push: find the chunks that hold data (one SEEK_DATA walk, then a zero check), hash them, upload
+ * the ones the bucket does not hold yet (content-addressed names make `--update`, resuming an
+ * interrupted save and re-uploading after a dropped connection the same operation), then write
+ * the manifest: the single PUT that commits. Chunks that this run uploaded are deleted again if it
+ * fails; chunks no manifest refers to any more are deleted after a commit.
+ * pull: read the manifest, fetch chunks in parallel (a dropped body resumes with a ranged GET),
+ * check each chunk's length and SHA-256, and write only its non-zero pages, so holes stay holes.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client,
+} from '@aws-sdk/client-s3';
+import { registerTemp, unregisterTemp } from '../cleanup';
+import { integrityError, interruptedError, ioError, snapshotError } from '../errors';
+import { decodeFixedHeader, decodeHeader, kHeaderBytes } from '../format';
+import { native } from '../native';
+import { kMaxAttempts, makeClient, s3Error, type S3Options } from './client';
+import {
+  chunkCount, chunkKey, chunkLength, chunkPrefix, decodeManifest, encodeManifest, kDefaultChunkBytes,
+  kMaxManifestBytes, partBytes, type ChunkRef, type Manifest, type PatchPart,
+} from './manifest';
+import { formatS3Url, type S3Url } from './url';
+
+const kZeroPage = 4096;
+
+export interface TransferOptions extends S3Options {
+  /** Concurrent requests (default 4). */
+  channels?: number;
+}
+
+export interface PushOptions extends TransferOptions {
+  chunkBytes?: number;
+  /** The key must already hold a fixedram snapshot (save --update). */
+  requireExisting?: boolean;
+}
+
+export interface PushResult {
+  url: string;
+  size: number;
+  chunkBytes: number;
+  chunks: number;
+  chunksPresent: number;
+  chunksUploaded: number;
+  chunksReused: number;
+  bytesUploaded: number;
+  /** Objects no manifest refers to any more, deleted after the commit. */
+  chunksDeleted: number;
+  /**
+   * 'chunks': every chunk with data is in the bucket under its own hash (a first save, a changed
+   * layout, or a compaction of the patches); 'patch': only the changed pages and the metadata were
+   * uploaded, as one more patch layer over the chunks.
+   */
+  mode: 'chunks' | 'patch';
+  /** Pages whose bytes changed (patch mode). */
+  pagesChanged: number;
+  patchLayers: number;
+  channels: number;
+  seconds: number;
+}
+
+export interface PullResult {
+  url: string;
+  size: number;
+  chunksFetched: number;
+  bytesFetched: number;
+  channels: number;
+  seconds: number;
+}
+
+/** Runs `work(i)` for i in [0, n) on `channels` concurrent lanes; the first failure stops the rest. */
+async function lanes(n: number, channels: number, signal: AbortSignal, work: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const lane = async (): Promise<void> => {
+    while (failure === undefined && next < n) {
+      if (signal.aborted) throw interruptedError('interrupted');
+      const i = next++;
+      try {
+        await work(i);
+      } catch (err) {
+        failure ??= err;
+        throw err;
+      }
+    }
+  };
+  const results = await Promise.allSettled(Array.from({ length: Math.max(1, Math.min(channels, n)) }, lane));
+  if (failure !== undefined) throw failure;
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/** A child AbortController that follows `parent`, so one failed lane can stop the others. */
+function linked(parent?: AbortSignal): AbortController {
+  const c = new AbortController();
+  if (parent) {
+    if (parent.aborted) c.abort();
+    else parent.addEventListener('abort', () => c.abort(), { once: true });
+  }
+  return c;
+}
+
+async function readBody(body: unknown, max: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for await (const part of body as AsyncIterable<Uint8Array>) {
+    total += part.length;
+    if (total > max) throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is larger than expected (more than ${max} bytes)`);
+    parts.push(Buffer.from(part.buffer, part.byteOffset, part.length));
+  }
+  return Buffer.concat(parts, total);
+}
+
+/** Every object under `prefix`: key → size. */
+async function listPrefix(client: S3Client, url: S3Url, prefix: string, signal: AbortSignal): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  let token: string | undefined;
+  do {
+    const r = await client.send(new ListObjectsV2Command({
+      Bucket: url.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}),
+    }), { abortSignal: signal }).catch((err: unknown) => {
+      throw s3Error(err, url, 'list', signal);
+    });
+    for (const o of r.Contents ?? []) if (o.Key !== undefined) out.set(o.Key, o.Size ?? -1);
+    token = r.IsTruncated ? r.NextContinuationToken : undefined;
+  } while (token);
+  return out;
+}
+
+/** Deletes `keys` (best effort when `quiet`), 1000 per request. Returns how many were deleted. */
+async function deleteKeys(client: S3Client, url: S3Url, keys: readonly string[], quiet: boolean): Promise<number> {
+  let deleted = 0;
+  for (let i = 0; i < keys.length; i += 1000) {
+    const batch = keys.slice(i, i + 1000);
+    try {
+      const r = await client.send(new DeleteObjectsCommand({
+        Bucket: url.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+      }));
+      deleted += batch.length - (r.Errors?.length ?? 0);
+    } catch (err) {
+      if (!quiet) throw s3Error(err, url, 'delete', undefined);
+    }
+  }
+  return deleted;
+}
+
+/**
+ * The manifest at `url`, or undefined when there is no object there. A key without a manifest but
+ * with chunks is an interrupted save (exit 3); an object that is not a manifest is exit 3 too.
+ */
+export async function readManifest(client: S3Client, url: S3Url, signal: AbortSignal, missingOk: boolean): Promise<Manifest | undefined> {
+  const where = formatS3Url(url);
+  let bytes: Buffer;
+  try {
+    const r = await client.send(new GetObjectCommand({ Bucket: url.bucket, Key: url.key }), { abortSignal: signal });
+    if ((r.ContentLength ?? 0) > kMaxManifestBytes) {
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `${where} is not a fixedram snapshot on S3: ${r.ContentLength} bytes is too large for a manifest`);
+    }
+    bytes = await readBody(r.Body, kMaxManifestBytes, `the manifest of ${where}`);
+  } catch (err) {
+    const e = s3Error(err, url, 'read', signal);
+    if ((e as { code?: string }).code !== 'ERR_S3_NO_SUCH_KEY') throw e;
+    const r = await client.send(new ListObjectsV2Command({ Bucket: url.bucket, Prefix: chunkPrefix(url.key), MaxKeys: 1 }),
+      { abortSignal: signal }).catch((e2: unknown) => {
+      throw s3Error(e2, url, 'list', signal);
+    });
+    if ((r.KeyCount ?? r.Contents?.length ?? 0) > 0) {
+      if (missingOk) return undefined;
+      throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `${where} is incomplete: chunks but no manifest (a save that did not finish; save again)`);
+    }
+    if (missingOk) return undefined;
+    throw e;
+  }
+  return decodeManifest(bytes, where);
+}
+
+const isZero = (buf: Buffer, zero: Buffer): boolean => {
+  for (let o = 0; o < buf.length; o += zero.length) {
+    const n = Math.min(zero.length, buf.length - o);
+    if (!buf.subarray(o, o + n).equals(zero.subarray(0, n))) return false;
+  }
+  return true;
+};
+
+/** Above this, an update re-uploads changed chunks and drops the patch layers (compaction). */
+export const kMaxPatchFraction = 0.5;
+export const kCompactAfterLayers = 32;
+
+interface PatchPlan { parts: PatchPart[]; pagesChanged: number; bytes: number }
+
+function readExactFd(fd: number, len: number, pos: number): Buffer {
+  const b = Buffer.alloc(len);
+  let got = 0;
+  while (got < len) {
+    const n = fs.readSync(fd, b, got, len - got, pos + got);
+    if (n === 0) throw ioError('ERR_SOURCE_CHANGED', 'the local snapshot shrank while it was read');
+    got += n;
+  }
+  return b;
+}
+
+/**
+ * Plans a page-level update of `old` to the local snapshot `fd`: fetches the old metadata (header,
+ * block table, bitmaps, XXH3 tables), compares every page's bit and XXH3 with the new ones, and
+ * returns the runs to upload: the new metadata and the changed pages. Undefined when a page-level
+ * update does not apply (another layout, old metadata that fails its checksum, too many or too large
+ * patches): then changed chunks are uploaded instead.
+ */
+async function planPatch(client: S3Client, url: S3Url, old: Manifest, fd: number, size: number, channels: number,
+  signal: AbortSignal, userSignal?: AbortSignal): Promise<PatchPlan | undefined> {
+  if (old.size !== size || old.patches.length >= kCompactAfterLayers) return undefined;
+  const hash64 = (b: Uint8Array): bigint => native().hash64(b);
+  let fresh;
+  try {
+    const { tableBytes } = decodeFixedHeader(readExactFd(fd, kHeaderBytes, 0), size);
+    fresh = decodeHeader(readExactFd(fd, kHeaderBytes + tableBytes, 0), size, hash64);
+  } catch {
+    return undefined; // not a fixedram snapshot: chunks only
+  }
+  const end = fresh.metadataEnd;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-s3-'));
+  let oldMeta: Buffer;
+  try {
+    fs.chmodSync(dir, 0o700);
+    const fh = await fs.promises.open(path.join(dir, 'meta'), 'wx+', 0o600);
+    try {
+      await fh.truncate(size);
+      await materialize(client, url, old, fh, channels, signal, userSignal, end);
+      oldMeta = Buffer.alloc(end);
+      await fh.read(oldMeta, 0, end, 0);
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  let prev;
+  try {
+    prev = decodeHeader(oldMeta, size, hash64);
+  } catch {
+    return undefined;
+  }
+  const same = prev.metadataEnd === end && prev.blocks.length === fresh.blocks.length && prev.blocks.every((b, i) => {
+    const n = fresh.blocks[i]!;
+    return b.name === n.name && b.length === n.length && b.pageSize === n.pageSize && b.bitmapOffset === n.bitmapOffset
+      && b.checksumsOffset === n.checksumsOffset && b.pagesOffset === n.pagesOffset;
+  });
+  if (!same) return undefined;
+  const newMeta = readExactFd(fd, end, 0);
+  const runs: [number, number][] = [[0, end]];
+  let pagesChanged = 0;
+  for (const [i, b] of prev.blocks.entries()) {
+    const tables = (m: Buffer): Buffer => Buffer.concat([m.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes),
+      m.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes)]);
+    if (hash64(tables(oldMeta)) !== prev.metadataChecksums[i]) return undefined; // untrusted old tables: chunks
+    for (let p = 0; p < b.pages; p++) {
+      const bit = b.bitmapOffset + (p >> 3);
+      const mask = 1 << (p & 7);
+      const c = b.checksumsOffset + 8 * p;
+      if ((oldMeta[bit]! & mask) === (newMeta[bit]! & mask) && oldMeta.readBigUInt64LE(c) === newMeta.readBigUInt64LE(c)) continue;
+      pagesChanged++;
+      const off = b.pagesOffset + p * b.pageSize;
+      const last = runs[runs.length - 1]!;
+      if (last[0] + last[1] === off) last[1] += b.pageSize;
+      else runs.push([off, b.pageSize]);
+    }
+  }
+  if (pagesChanged === 0 && oldMeta.equals(newMeta)) return { parts: [], pagesChanged: 0, bytes: 0 };
+  const bytes = runs.reduce((t, [, len]) => t + len, 0);
+  const stored = old.chunks.length * old.chunkBytes;
+  const patched = old.patches.reduce((t, layer) => t + layer.reduce((u, part) => u + partBytes(part), 0), 0);
+  if (patched + bytes > kMaxPatchFraction * stored) return undefined;
+  // parts of at most one chunk each (bounded memory per channel), runs split where needed
+  const parts: PatchPart[] = [];
+  let cur: [number, number][] = [];
+  let room = old.chunkBytes;
+  for (let [off, len] of runs) {
+    while (len > 0) {
+      const take = Math.min(len, room);
+      cur.push([off, take]);
+      off += take;
+      len -= take;
+      room -= take;
+      if (room === 0) {
+        parts.push({ sha256: '', runs: cur });
+        cur = [];
+        room = old.chunkBytes;
+      }
+    }
+  }
+  if (cur.length) parts.push({ sha256: '', runs: cur });
+  return { parts, pagesChanged, bytes };
+}
+
+/** After a commit: deletes the objects under the chunk prefix that manifest `m` does not name. */
+async function collect(client: S3Client, url: S3Url, m: Manifest, held: Map<string, number>, uploaded: string[]): Promise<number> {
+  const live = new Set([...m.chunks.map((c) => c.sha256), ...m.patches.flat().map((p) => p.sha256)].map((h) => chunkKey(url.key, h)));
+  const stale = [...held.keys(), ...uploaded].filter((k) => !live.has(k));
+  return deleteKeys(client, url, [...new Set(stale)], true);
+}
+
+/** Uploads the snapshot file `file` to `url` (see the file comment). */
+export async function push(file: string, url: S3Url, opts: PushOptions = {}): Promise<PushResult> {
+  const t0 = process.hrtime.bigint();
+  const channels = opts.channels ?? 4;
+  const client = makeClient(opts);
+  const ctl = linked(opts.signal);
+  const signal = ctl.signal;
+  const where = formatS3Url(url);
+  let fd = -1;
+  const uploaded: string[] = [];
+  let committed = false;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw ioError('ERR_NOT_REGULAR', `'${file}' is not a regular file`, { path: file });
+    const old = await readManifest(client, url, signal, !opts.requireExisting);
+    // chunks stay the same size across updates, so unchanged chunks keep their names
+    const chunkBytes = old?.chunkBytes ?? opts.chunkBytes ?? kDefaultChunkBytes;
+    const m: Manifest = { size: st.size, chunkBytes, chunks: [], patches: [] };
+    const n = chunkCount(m);
+    // what the bucket already holds: the old manifest's chunks and those of interrupted saves
+    const held = await listPrefix(client, url, chunkPrefix(url.key), signal);
+    const plan = old ? await planPatch(client, url, old, fd, st.size, channels, signal, opts.signal) : undefined;
+    if (old && plan) {
+      let bytesUploaded = 0;
+      let reused = 0;
+      const buffers = Array.from({ length: channels }, () => Buffer.allocUnsafe(old.chunkBytes));
+      await lanes(plan.parts.length, channels, signal, async (i) => {
+        const part = plan.parts[i]!;
+        const buf = buffers.pop()!;
+        try {
+          let o = 0;
+          for (const [off, len] of part.runs) {
+            readExactFd(fd, len, off).copy(buf, o);
+            o += len;
+          }
+          const data = buf.subarray(0, o);
+          part.sha256 = crypto.createHash('sha256').update(data).digest('hex');
+          const key = chunkKey(url.key, part.sha256);
+          if (held.get(key) === o || uploaded.includes(key)) {
+            reused++;
+            return;
+          }
+          uploaded.push(key);
+          await client.send(new PutObjectCommand({
+            Bucket: url.bucket, Key: key, Body: data, ContentLength: o,
+            ContentMD5: crypto.createHash('md5').update(data).digest('base64'),
+          }), { abortSignal: signal }).catch((err: unknown) => {
+            throw s3Error(err, url, `upload patch part ${i} of`, opts.signal);
+          });
+          bytesUploaded += o;
+        } finally {
+          buffers.push(buf);
+        }
+      });
+      const m: Manifest = { ...old, patches: plan.parts.length ? [...old.patches, plan.parts] : old.patches };
+      if (plan.parts.length) {
+        await client.send(new PutObjectCommand({
+          Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
+        }), { abortSignal: signal }).catch((err: unknown) => {
+          throw s3Error(err, url, 'commit', opts.signal);
+        });
+      }
+      committed = true;
+      const chunksDeleted = await collect(client, url, m, held, uploaded);
+      return {
+        url: where, size: m.size, chunkBytes: m.chunkBytes, chunks: chunkCount(m), chunksPresent: m.chunks.length,
+        chunksUploaded: plan.parts.length - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels,
+        mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length,
+        seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+      };
+    }
+    const mask = new Uint8Array(n).fill(1);
+    const full = Math.floor(st.size / chunkBytes);
+    if (full > 0) native().markData(fd, 0, chunkBytes, 0, full, mask);
+    const refs: (ChunkRef | undefined)[] = new Array(n);
+    const zero = Buffer.alloc(1 << 20);
+    let bytesUploaded = 0;
+    let reused = 0;
+    const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const st2 = await fh.stat();
+      if (st2.ino !== st.ino || st2.dev !== st.dev) throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced`, { path: file });
+      const buffers = Array.from({ length: channels }, () => Buffer.allocUnsafe(chunkBytes));
+      let free = [...buffers];
+      await lanes(n, channels, signal, async (i) => {
+        if (!mask[i]) return;
+        const buf = free.pop()!;
+        try {
+          const len = chunkLength(m, i);
+          const chunk = buf.subarray(0, len);
+          let got = 0;
+          while (got < len) {
+            const { bytesRead } = await fh.read(chunk, got, len - got, i * chunkBytes + got);
+            if (bytesRead === 0) throw ioError('ERR_SOURCE_CHANGED', `'${file}' shrank while it was uploaded`, { path: file });
+            got += bytesRead;
+          }
+          if (isZero(chunk, zero)) return;
+          const sha256 = crypto.createHash('sha256').update(chunk).digest('hex');
+          refs[i] = { index: i, sha256 };
+          const key = chunkKey(url.key, sha256);
+          if (held.get(key) === len || uploaded.includes(key)) {
+            reused++;
+            return;
+          }
+          uploaded.push(key); // before the PUT: a failed or interrupted PUT may still have landed
+          await client.send(new PutObjectCommand({
+            Bucket: url.bucket, Key: key, Body: chunk, ContentLength: len,
+            ContentMD5: crypto.createHash('md5').update(chunk).digest('base64'),
+          }), { abortSignal: signal }).catch((err: unknown) => {
+            throw s3Error(err, url, `upload chunk ${i} of`, opts.signal);
+          });
+          bytesUploaded += len;
+        } finally {
+          free.push(buf);
+        }
+      });
+      free = [];
+    } finally {
+      await fh.close();
+    }
+    m.chunks = refs.filter((r): r is ChunkRef => r !== undefined);
+    // the commit: one PUT, atomic for readers
+    await client.send(new PutObjectCommand({
+      Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
+    }), { abortSignal: signal }).catch((err: unknown) => {
+      throw s3Error(err, url, 'commit', opts.signal);
+    });
+    committed = true;
+    const chunksDeleted = await collect(client, url, m, held, uploaded);
+    return {
+      url: where, size: m.size, chunkBytes, chunks: n, chunksPresent: m.chunks.length,
+      chunksUploaded: m.chunks.length - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels,
+      mode: 'chunks', pagesChanged: 0, patchLayers: 0,
+      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+    };
+  } catch (err) {
+    ctl.abort();
+    if (!committed && uploaded.length > 0) await deleteKeys(client, url, uploaded, true);
+    throw err;
+  } finally {
+    if (fd >= 0) fs.closeSync(fd);
+    client.destroy();
+  }
+}
+
+/**
+ * Fetches object `key` (exactly `len` bytes, SHA-256 `sha256`) into `buf`, resuming a dropped body
+ * with a ranged GET for the rest. `what` names it in messages ("chunk 3").
+ */
+async function fetchObject(client: S3Client, url: S3Url, key: string, len: number, sha256: string, what: string, buf: Buffer,
+  signal: AbortSignal, userSignal?: AbortSignal): Promise<Buffer> {
+  const where = formatS3Url(url);
+  let got = 0;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const r = await client.send(new GetObjectCommand({
+        Bucket: url.bucket, Key: key, ...(got > 0 ? { Range: `bytes=${got}-${len - 1}` } : {}),
+      }), { abortSignal: signal });
+      for await (const part of r.Body as AsyncIterable<Uint8Array>) {
+        if (got + part.length > len) {
+          throw snapshotError('ERR_SNAPSHOT_INVALID', `${where}: ${what} is longer than ${len} bytes`);
+        }
+        buf.set(part, got);
+        got += part.length;
+      }
+      if (got < len) {
+        throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `${where}: ${what} is truncated (${got} of ${len} bytes)`);
+      }
+      break;
+    } catch (err) {
+      const name = (err as { name?: string }).name;
+      if (name === 'NoSuchKey') {
+        throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `${where}: ${what} is missing (replaced or deleted while being read?)`);
+      }
+      if (name === 'InvalidRange') {
+        throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `${where}: ${what} is truncated (${got} of ${len} bytes)`);
+      }
+      const transient = !(err as { $metadata?: unknown }).$metadata && !signal.aborted && (err as { code?: string }).code !== undefined &&
+        /^E[A-Z]+$|^ERR_STREAM/.test((err as { code: string }).code);
+      // a body cut off mid-way: ask for the rest (the SDK itself retries failed requests)
+      if (transient && attempt < kMaxAttempts) {
+        await new Promise((res) => setTimeout(res, 100 * 2 ** attempt));
+        continue;
+      }
+      throw s3Error(err, url, `download ${what} of`, userSignal);
+    }
+  }
+  const data = buf.subarray(0, len);
+  if (crypto.createHash('sha256').update(data).digest('hex') !== sha256) {
+    throw integrityError(`${where}: ${what} does not match its SHA-256`);
+  }
+  return data;
+}
+
+/** Writes `data` at `offset`: non-zero pages are written, zero pages made zero (punched, or zeros written). */
+async function writeRun(fh: fs.promises.FileHandle, data: Buffer, offset: number, zero: Buffer): Promise<void> {
+  let o = 0;
+  while (o < data.length) {
+    const end = Math.min(data.length, o + kZeroPage);
+    const isZeroPage = data.subarray(o, end).equals(zero.subarray(0, end - o));
+    let e = end;
+    while (e < data.length) {
+      const next = Math.min(data.length, e + kZeroPage);
+      if (data.subarray(e, next).equals(zero.subarray(0, next - e)) !== isZeroPage) break;
+      e = next;
+    }
+    if (!isZeroPage || !native().punchHole(fh.fd, offset + o, e - o)) {
+      let w = o;
+      while (w < e) w += (await fh.write(data, w, e - w, offset + w)).bytesWritten;
+    }
+    o = e;
+  }
+}
+
+export interface Materialized { objects: number; bytes: number }
+
+/**
+ * Writes the snapshot described by `m` into `fh` (already sized, zero): the chunks, then each patch
+ * layer in order. With `below`, only what starts below that offset.
+ */
+async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.promises.FileHandle, channels: number,
+  signal: AbortSignal, userSignal: AbortSignal | undefined, below?: number): Promise<Materialized> {
+  const zero = Buffer.alloc(Math.max(kZeroPage, 1 << 16));
+  const free = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes));
+  let bytes = 0;
+  let objects = 0;
+  const chunks = m.chunks.filter((c) => below === undefined || c.index * m.chunkBytes < below);
+  await lanes(chunks.length, channels, signal, async (i) => {
+    const c = chunks[i]!;
+    const buf = free.pop()!;
+    try {
+      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), chunkLength(m, c.index), c.sha256, `chunk ${c.index}`,
+        buf, signal, userSignal);
+      bytes += data.length;
+      objects++;
+      await writeSparse(fh, data, c.index * m.chunkBytes, zero);
+    } finally {
+      free.push(buf);
+    }
+  });
+  for (const [layer, all] of m.patches.entries()) {
+    const parts = all.filter((p) => below === undefined || p.runs.some(([off]) => off < below));
+    await lanes(parts.length, channels, signal, async (i) => {
+      const p = parts[i]!;
+      const buf = free.pop()!;
+      try {
+        const data = await fetchObject(client, url, chunkKey(url.key, p.sha256), partBytes(p), p.sha256,
+          `patch ${layer + 1} part ${i}`, buf, signal, userSignal);
+        bytes += data.length;
+        objects++;
+        let o = 0;
+        for (const [off, len] of p.runs) {
+          await writeRun(fh, data.subarray(o, o + len), off, zero);
+          o += len;
+        }
+      } finally {
+        free.push(buf);
+      }
+    });
+  }
+  return { objects, bytes };
+}
+
+/** Writes the non-zero pages of `chunk` at `offset` (holes stay holes). */
+async function writeSparse(fh: fs.promises.FileHandle, chunk: Buffer, offset: number, zero: Buffer): Promise<number> {
+  let written = 0;
+  let start = -1;
+  const flush = async (end: number): Promise<void> => {
+    if (start < 0) return;
+    let o = start;
+    while (o < end) {
+      const { bytesWritten } = await fh.write(chunk, o, end - o, offset + o);
+      o += bytesWritten;
+    }
+    written += end - start;
+    start = -1;
+  };
+  for (let o = 0; o < chunk.length; o += kZeroPage) {
+    const end = Math.min(chunk.length, o + kZeroPage);
+    const isZeroPage = chunk.subarray(o, end).equals(zero.subarray(0, end - o));
+    if (isZeroPage) await flush(o);
+    else if (start < 0) start = o;
+  }
+  await flush(chunk.length);
+  return written;
+}
+
+export interface PullOptions extends TransferOptions {
+  /** Only chunks that start below this offset (the rest stay holes). */
+  below?: number;
+  /** Write into this already-open file (sized by pull) instead of an atomic temp + rename. */
+  into?: fs.promises.FileHandle;
+  /** fsync the file and its directory (default true; not with `into`). */
+  fsync?: boolean;
+  manifest?: Manifest;
+}
+
+/** Downloads the snapshot at `url` into `file`: a temp file beside it, synced and renamed into place. */
+export async function pull(url: S3Url, file: string, opts: PullOptions = {}): Promise<PullResult> {
+  const t0 = process.hrtime.bigint();
+  const channels = opts.channels ?? 4;
+  const client = makeClient(opts);
+  const ctl = linked(opts.signal);
+  const signal = ctl.signal;
+  let temp: string | undefined;
+  let fh = opts.into;
+  try {
+    const m = opts.manifest ?? (await readManifest(client, url, signal, false))!;
+    if (!fh) {
+      temp = path.join(path.dirname(file), `.${path.basename(file)}.${crypto.randomBytes(6).toString('hex')}.tmp`);
+      fh = await fs.promises.open(temp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+      registerTemp(temp);
+    }
+    await fh.truncate(m.size);
+    const got = await materialize(client, url, m, fh, channels, signal, opts.signal, opts.below);
+    if (temp) {
+      if (opts.fsync !== false) await fh.sync();
+      await fh.close();
+      fh = undefined;
+      fs.renameSync(temp, file);
+      unregisterTemp(temp);
+      temp = undefined;
+      if (opts.fsync !== false) {
+        const dfd = fs.openSync(path.dirname(file), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+        try {
+          fs.fsyncSync(dfd);
+        } finally {
+          fs.closeSync(dfd);
+        }
+      }
+    }
+    return {
+      url: formatS3Url(url), size: m.size, chunksFetched: got.objects, bytesFetched: got.bytes, channels,
+      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+    };
+  } catch (err) {
+    ctl.abort();
+    throw err;
+  } finally {
+    if (temp) {
+      await fh?.close().catch(() => undefined);
+      fs.rmSync(temp, { force: true });
+      unregisterTemp(temp);
+    }
+    client.destroy();
+  }
+}
+
+/** The manifest at `url` (exit 3 when it is not one, exit 4 when there is nothing). */
+export async function fetchManifest(url: S3Url, opts: S3Options): Promise<Manifest> {
+  const client = makeClient(opts);
+  try {
+    return (await readManifest(client, url, opts.signal ?? new AbortController().signal, false))!;
+  } finally {
+    client.destroy();
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * Snapshots on object storage, against a real Ceph RADOS Gateway on loopback (.ci/ceph-up). Faults
+ * are injected with a TCP relay in front of the RGW (connections cut mid-body, the endpoint gone)
+ * and by killing the CLI; every injection is asserted to have happened.
+ */
+import * as assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe } from 'node:test';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { kBin } from './support/cli';
+import { prereqSuite } from './support/prereq';
+import { defaultKind, makeBlock, stampPage } from './support/stamp';
+import { kS3Env, listKeys, s3Client, s3Missing, startRelay, tempBucket } from './support/storage';
+import { allocated, tempDir } from './support/tmp';
+
+const { it, after } = prereqSuite(s3Missing === '', s3Missing);
+const client = s3Client();
+after(() => client.destroy());
+
+interface Run { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/** The real CLI in a child, asynchronously (the relay runs in this process's event loop). */
+function cli(args: string[], env: NodeJS.ProcessEnv = {}, onSpawn?: (c: ReturnType<typeof spawn>) => void): Promise<Run> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [kBin, ...args], { env: { ...process.env, ...kS3Env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.on('close', (status, signal) => resolve({ status, signal, stdout, stderr }));
+    onSpawn?.(c);
+  });
+}
+
+const kPages = 6000;
+/** Stamped pages with a 12 MiB hole in the middle: two whole 4 MiB chunks of the snapshot hold no data. */
+const kind = (i: number, n: number) => (i >= 1024 && i < 4096 ? 'hole' : defaultKind(i, n));
+
+function block(dir: string, name = 'mem', id = 1): string {
+  const p = path.join(dir, name);
+  makeBlock(p, id, kPages, { kind });
+  return p;
+}
+
+/** Rewrites page `page` of `file` with a new stamp generation. */
+function touchPage(file: string, page: number, generation: number): void {
+  const b = Buffer.alloc(4096);
+  stampPage(b, 1, page, generation);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, b, 0, 4096, page * 4096);
+  fs.closeSync(fd);
+}
+
+function oneLine(r: Run): string {
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
+  assert.match(lines[0]!, /^fixedram: error: /);
+  return lines[0]!;
+}
+
+const chunkKeys = (keys: string[], key: string): string[] => keys.filter((k) => k.startsWith(`${key}.fixedram-chunks/`));
+
+async function headExists(bucket: string, key: string): Promise<boolean> {
+  try {
+    await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return true;
+  } catch (err) {
+    if ((err as { name?: string }).name === 'NotFound' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
+    throw err;
+  }
+}
+
+describe('s3: a real Ceph RGW', () => {
+  it('the RGW answers authenticated S3 requests (CreateBucket, PutObject, GetObject)', async (t) => {
+    const bucket = await tempBucket(t, client);
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'probe', Body: 'hello' }));
+    const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'probe' }));
+    assert.equal(await r.Body!.transformToString(), 'hello');
+  });
+
+  it('save -o s3:// then load, verify, inspect, pull: byte-exact, chunks without data are not stored', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const url = `s3://${bucket}/vm/ram.fxr`;
+    const s = await cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '3', '--json']);
+    assert.equal(s.status, 0, s.stderr);
+    const res = JSON.parse(s.stdout) as { s3: { chunks: number; chunksPresent: number; chunksUploaded: number; bytesUploaded: number } };
+    assert.ok(res.s3.chunksPresent <= res.s3.chunks - 2, `two chunks hold no data: ${JSON.stringify(res.s3)}`);
+    assert.equal(res.s3.chunksUploaded, res.s3.chunksPresent);
+    const keys = await listKeys(client, bucket);
+    assert.ok(keys.includes('vm/ram.fxr'));
+    assert.equal(chunkKeys(keys, 'vm/ram.fxr').length, res.s3.chunksPresent, 'one object per present chunk, nothing else');
+
+    const out = path.join(dir, 'out');
+    const l = await cli(['load', url, '-b', `mem=${out}`, '-j', '2']);
+    assert.equal(l.status, 0, l.stderr);
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(src)), 'loaded block equals the source');
+    const v = await cli(['verify', url]);
+    assert.equal(v.status, 0, v.stderr);
+    assert.match(v.stdout, /^OK: s3:\/\//);
+    const i = await cli(['inspect', url, '--json']);
+    assert.equal(i.status, 0, i.stderr);
+    const info = JSON.parse(i.stdout) as { snapshot: string; state: string; blocks: { name: string; length: number }[] };
+    assert.equal(info.snapshot, url);
+    assert.equal(info.state, 'complete');
+    assert.deepEqual(info.blocks.map((b) => [b.name, b.length]), [['mem', kPages * 4096]]);
+
+    // the bytes on S3 are a fixedram v1 snapshot: pulled, they equal a local save of the same block
+    const local = path.join(dir, 'local.fxr');
+    assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+    const pulled = path.join(dir, 'pulled.fxr');
+    const p = await cli(['pull', url, pulled]);
+    assert.equal(p.status, 0, p.stderr);
+    assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), 'pulled snapshot is byte-identical to a local save');
+  });
+
+  it('push then pull: byte-exact, zero pages stay holes locally, the file is private', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const local = path.join(dir, 'a.fxr');
+    assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+    const url = `s3://${bucket}/a`;
+    const up = await cli(['push', local, url, '-j', '4']);
+    assert.equal(up.status, 0, up.stderr);
+    const back = path.join(dir, 'b.fxr');
+    const down = await cli(['pull', url, back, '-j', '4']);
+    assert.equal(down.status, 0, down.stderr);
+    assert.ok(fs.readFileSync(back).equals(fs.readFileSync(local)));
+    const size = fs.statSync(back).size;
+    assert.ok(allocated(back) < size - (8 << 20), `holes stay holes: ${allocated(back)} allocated of ${size}`);
+    assert.ok(allocated(back) <= allocated(local) + (1 << 20), `no more allocated than the original: ${allocated(back)} vs ${allocated(local)}`);
+    assert.equal(fs.statSync(back).mode & 0o777, 0o600);
+    // a second push of the same file uploads nothing
+    const again = await cli(['push', local, url, '--json']);
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal((JSON.parse(again.stdout) as { chunksUploaded: number; bytesUploaded: number }).bytesUploaded, 0);
+  });
+
+  it('save --update uploads only the changed pages and the metadata, equals a fresh save, compacts, leaves no stale object', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const url = `s3://${bucket}/u`;
+    const first = await cli(['save', '-o', url, '-b', `mem=${src}`, '--json']);
+    assert.equal(first.status, 0, first.stderr);
+    const metadataEnd = (JSON.parse((await cli(['inspect', url, '--json'])).stdout) as { metadataEnd: number }).metadataEnd;
+    assert.ok(metadataEnd > 0);
+    type S3R = { s3: { mode: string; pagesChanged: number; bytesUploaded: number; patchLayers: number; chunksPresent: number; chunksDeleted: number } };
+    const matchesFresh = async (what: string): Promise<void> => {
+      const local = path.join(dir, 'fresh.fxr');
+      fs.rmSync(local, { force: true });
+      assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+      const pulled = path.join(dir, 'p.fxr');
+      fs.rmSync(pulled, { force: true });
+      const p = await cli(['pull', url, pulled]);
+      assert.equal(p.status, 0, p.stderr);
+      assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), `${what}: the snapshot on S3 equals a fresh save`);
+      const v = await cli(['verify', url, '--against', `mem=${src}`]);
+      assert.equal(v.status, 0, v.stdout + v.stderr);
+    };
+    // one page changed: exactly that page and the metadata go up
+    touchPage(src, 5000, 7);
+    const u1 = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`, '--json']);
+    assert.equal(u1.status, 0, u1.stderr);
+    const r1 = (JSON.parse(u1.stdout) as S3R).s3;
+    assert.equal(r1.mode, 'patch');
+    assert.equal(r1.pagesChanged, 1);
+    assert.equal(r1.bytesUploaded, metadataEnd + 4096, 'the metadata and one page');
+    assert.equal(r1.patchLayers, 1);
+    await matchesFresh('one page changed');
+    // a data page that became zero, another changed: the zero page is zero after the patch
+    const zfd = fs.openSync(src, 'r+');
+    fs.writeSync(zfd, Buffer.alloc(4096), 0, 4096, 10 * 4096);
+    fs.closeSync(zfd);
+    touchPage(src, 11, 8);
+    const u2 = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`, '--json']);
+    assert.equal(u2.status, 0, u2.stderr);
+    const r2 = (JSON.parse(u2.stdout) as S3R).s3;
+    assert.deepEqual([r2.mode, r2.pagesChanged, r2.patchLayers], ['patch', 2, 2]);
+    await matchesFresh('a page became zero');
+    // every data page changed (more than half the stored bytes): changed chunks are uploaded
+    // instead and the patch layers are dropped
+    makeBlock(src, 1, kPages, { kind: (i, n) => (kind(i, n) === 'hole' ? 'hole' : 'random') });
+    const u3 = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`, '--json']);
+    assert.equal(u3.status, 0, u3.stderr);
+    const r3 = (JSON.parse(u3.stdout) as S3R).s3;
+    assert.deepEqual([r3.mode, r3.patchLayers], ['chunks', 0]);
+    assert.ok(r3.chunksDeleted >= 2, 'superseded chunks and patches were deleted');
+    assert.equal(chunkKeys(await listKeys(client, bucket), 'u').length, r3.chunksPresent, 'no stale object left');
+    await matchesFresh('compacted');
+    // --update needs a snapshot there
+    const none = await cli(['save', '--update', '-o', `s3://${bucket}/nothing`, '-b', `mem=${src}`]);
+    assert.equal(none.status, 4, none.stderr);
+    assert.match(oneLine(none), /no such object/);
+  });
+
+  it('bad input: one-line errors, exit 4 for I/O and 3 for not-a-snapshot or incomplete, nothing left behind', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const url = `s3://${bucket}/x`;
+    const cases: [string, string[], NodeJS.ProcessEnv, number, RegExp][] = [
+      ['missing bucket', ['save', '-o', 's3://fixedram-no-such-bucket/x', '-b', `mem=${src}`], {}, 4, /bucket 'fixedram-no-such-bucket' does not exist/],
+      ['no credentials', ['save', '-o', url, '-b', `mem=${src}`], { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' }, 4, /no S3 credentials/],
+      ['access denied', ['save', '-o', url, '-b', `mem=${src}`], { AWS_SECRET_ACCESS_KEY: 'wrong' }, 4, /access denied/],
+      ['endpoint down', ['load', url, '-b', `mem=${path.join(dir, 'o')}`, '--s3-endpoint', 'http://127.0.0.1:9'], {}, 4, /ECONNREFUSED: endpoint unreachable/],
+      ['no such key', ['verify', url], {}, 4, /no such object/],
+      ['bad url', ['verify', 's3://bucket-only'], {}, 2, /expected s3:\/\/BUCKET\/KEY/],
+    ];
+    for (const [what, args, env, code, re] of cases) {
+      const r = await cli(args, env);
+      assert.equal(r.status, code, `${what}: ${r.stderr}`);
+      assert.match(oneLine(r), re, what);
+    }
+    assert.deepEqual(await listKeys(client, bucket), [], 'the failed saves left nothing in the bucket');
+
+    // an object that is not a snapshot
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'notes.txt', Body: 'hello' }));
+    for (const cmd of [['verify'], ['inspect'], ['pull'], ['load']]) {
+      const extra = cmd[0] === 'pull' ? [path.join(dir, 'n')] : cmd[0] === 'load' ? ['-b', `mem=${path.join(dir, 'n')}`] : [];
+      const r = await cli([...cmd, `s3://${bucket}/notes.txt`, ...extra]);
+      assert.equal(r.status, 3, `${cmd[0]}: ${r.stderr}`);
+      assert.match(oneLine(r), /is not a fixedram snapshot on S3/);
+    }
+    assert.ok(!fs.existsSync(path.join(dir, 'n')), 'a refused pull or load creates nothing');
+    // a half-uploaded snapshot: chunks, no manifest
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: `half.fixedram-chunks/${'0'.repeat(64)}`, Body: 'x' }));
+    const h = await cli(['verify', `s3://${bucket}/half`]);
+    assert.equal(h.status, 3, h.stderr);
+    assert.match(oneLine(h), /incomplete: chunks but no manifest/);
+  });
+
+  it('the endpoint goes down mid-save: exit 4, nothing under the final key; the next save removes the orphans', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const relay = await startRelay();
+    t.after(() => relay.close());
+    const key = 'down';
+    const pending = cli(['save', '-o', `s3://${bucket}/${key}`, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint]);
+    // let two chunks through, then the endpoint disappears
+    while (relay.bytesUp < (9 << 20)) await new Promise((r) => setTimeout(r, 20));
+    relay.down = true;
+    const r = await pending;
+    assert.ok(relay.drops > 0, 'the relay cut connections');
+    assert.equal(r.status, 4, r.stderr);
+    assert.match(oneLine(r), /endpoint unreachable|ECONNRESET|socket hang up/);
+    assert.equal(await headExists(bucket, key), false, 'nothing under the final key');
+    const orphans = chunkKeys(await listKeys(client, bucket), key);
+    assert.ok(orphans.length >= 1, 'chunks uploaded before the endpoint went down are still there (it could not delete them)');
+    const v = await cli(['verify', `s3://${bucket}/${key}`]);
+    assert.equal(v.status, 3, v.stderr);
+    assert.match(oneLine(v), /incomplete/);
+    // saving again (endpoint back) reuses what is there and leaves only what the manifest names
+    const again = await cli(['save', '-o', `s3://${bucket}/${key}`, '-b', `mem=${src}`, '--json']);
+    assert.equal(again.status, 0, again.stderr);
+    const res = JSON.parse(again.stdout) as { s3: { chunksPresent: number; chunksReused: number } };
+    assert.ok(res.s3.chunksReused >= 1, 'resumed: chunks already uploaded were not sent again');
+    assert.equal(chunkKeys(await listKeys(client, bucket), key).length, res.s3.chunksPresent);
+  });
+
+  it('a connection dropped mid-upload and mid-download is retried and resumed: the transfer completes', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const relay = await startRelay();
+    t.after(() => relay.close());
+    relay.cutAfterBytes = 6 << 20;
+    relay.maxDrops = 1;
+    const url = `s3://${bucket}/drop`;
+    const s = await cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '2', '--s3-endpoint', relay.endpoint]);
+    assert.equal(relay.drops, 1, 'one connection was cut during the upload');
+    assert.equal(s.status, 0, s.stderr);
+    // download: cut one response body in the middle of a chunk
+    relay.drops = 0;
+    relay.cutAfterBytes = relay.bytesUp + relay.bytesDown + (6 << 20);
+    const out = path.join(dir, 'out');
+    const l = await cli(['load', url, '-b', `mem=${out}`, '-j', '1', '--s3-endpoint', relay.endpoint]);
+    assert.equal(relay.drops, 1, 'one connection was cut during the download');
+    assert.equal(l.status, 0, l.stderr);
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(src)));
+  });
+
+  it('a killed save leaves no visible snapshot; an interrupted --update leaves the previous one; re-running completes', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const relay = await startRelay();
+    t.after(() => relay.close());
+    const url = `s3://${bucket}/k`;
+    const killAt = async (args: string[], bytes: number): Promise<Run> => {
+      const start = relay.bytesUp;
+      let child: ReturnType<typeof spawn> | undefined;
+      let exited = false;
+      const p = cli(args, {}, (c) => { child = c; });
+      void p.then(() => { exited = true; });
+      while (relay.bytesUp - start < bytes && !exited) await new Promise((r) => setTimeout(r, 5));
+      child!.kill('SIGKILL');
+      return p;
+    };
+    const k = await killAt(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint], 5 << 20);
+    assert.equal(k.signal, 'SIGKILL');
+    assert.equal(await headExists(bucket, 'k'), false, 'no snapshot visible after the kill');
+    assert.equal((await cli(['save', '-o', url, '-b', `mem=${src}`])).status, 0);
+    const v1 = path.join(dir, 'v1.fxr');
+    assert.equal((await cli(['pull', url, v1])).status, 0);
+
+    for (let p = 0; p < 1000; p += 3) touchPage(src, p, 9); // about 1.3 MiB of changed pages: one patch part
+    const ku = await killAt(['save', '--update', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint], 300 << 10);
+    assert.equal(ku.signal, 'SIGKILL');
+    const mid = path.join(dir, 'mid.fxr');
+    assert.equal((await cli(['pull', url, mid])).status, 0);
+    assert.ok(fs.readFileSync(mid).equals(fs.readFileSync(v1)), 'readers still see the previous snapshot, whole');
+    const u = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`]);
+    assert.equal(u.status, 0, u.stderr);
+    const fresh = path.join(dir, 'fresh.fxr');
+    assert.equal((await cli(['save', '-o', fresh, '-b', `mem=${src}`])).status, 0);
+    const done = path.join(dir, 'done.fxr');
+    assert.equal((await cli(['pull', url, done])).status, 0);
+    assert.ok(fs.readFileSync(done).equals(fs.readFileSync(fresh)), 're-run update equals a fresh save');
+    const ok = await cli(['verify', url]);
+    assert.equal(ok.status, 0, ok.stderr);
+  });
+
+  it('a truncated or altered chunk object: load and verify refuse it (exit 3 / 1), also through a resumed ranged read', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const url = `s3://${bucket}/t`;
+    assert.equal((await cli(['save', '-o', url, '-b', `mem=${src}`])).status, 0);
+    const chunks = chunkKeys(await listKeys(client, bucket), 't');
+    const victim = chunks[chunks.length - 1]!;
+    const body = Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray());
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: victim, Body: body.subarray(0, body.length >> 1) }));
+    const v = await cli(['verify', url]);
+    assert.equal(v.status, 3, v.stderr);
+    assert.match(oneLine(v), /is truncated/);
+    // the first GET of the (now short) object is cut mid-body; the ranged GET for the rest finds it short
+    const relay = await startRelay();
+    t.after(() => relay.close());
+    relay.maxDrops = 1;
+    relay.cutAfterBytes = 0;
+    let l: Run | undefined;
+    for (const cut of [1 << 20, 3 << 20, 6 << 20]) {
+      relay.drops = 0;
+      relay.cutAfterBytes = relay.bytesUp + relay.bytesDown + cut;
+      l = await cli(['load', url, '-b', `mem=${path.join(dir, 'o')}`, '-j', '1', '--s3-endpoint', relay.endpoint]);
+      assert.equal(relay.drops, 1, 'a connection was cut');
+      assert.equal(l.status, 3, l.stderr);
+    }
+    assert.match(oneLine(l!), /is truncated/);
+    // same length, altered bytes: the chunk's SHA-256 catches it (integrity, exit 1)
+    body[100] ^= 0xff;
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: victim, Body: body }));
+    const a = await cli(['verify', url]);
+    assert.equal(a.status, 1, a.stderr);
+    assert.match(oneLine(a), /does not match its SHA-256/);
+  });
+});
