@@ -315,6 +315,45 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
   let fd = -1;
   const uploaded: string[] = [];
   let committed = false;
+  let held = new Map<string, number>();
+  let bytesUploaded = 0;
+  let reused = 0;
+  /** Stores `data` under its SHA-256 unless the bucket holds it already; returns the hash. */
+  const store = async (data: Buffer, what: string): Promise<string> => {
+    const sha256 = crypto.createHash('sha256').update(data).digest('hex');
+    const key = chunkKey(url.key, sha256);
+    if (held.get(key) === data.length || uploaded.includes(key)) {
+      reused++;
+      return sha256;
+    }
+    uploaded.push(key); // before the PUT: a failed or interrupted PUT may still have landed
+    await client.send(new PutObjectCommand({
+      Bucket: url.bucket, Key: key, Body: data, ContentLength: data.length,
+      ContentMD5: crypto.createHash('md5').update(data).digest('base64'),
+    }), { abortSignal: signal }).catch((err: unknown) => {
+      throw s3Error(err, url, `upload ${what} of`, opts.signal);
+    });
+    bytesUploaded += data.length;
+    return sha256;
+  };
+  /** The commit: one PUT of the manifest, atomic for readers; then what it no longer names is deleted. */
+  const commit = async (m: Manifest, objects: number, rest: Pick<PushResult, 'mode' | 'pagesChanged' | 'patchLayers'>,
+    write = true): Promise<PushResult> => {
+    if (write) {
+      await client.send(new PutObjectCommand({
+        Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
+      }), { abortSignal: signal }).catch((err: unknown) => {
+        throw s3Error(err, url, 'commit', opts.signal);
+      });
+    }
+    committed = true;
+    const chunksDeleted = await collect(client, url, m, held, uploaded);
+    return {
+      url: where, size: m.size, chunkBytes: m.chunkBytes, chunks: chunkCount(m), chunksPresent: m.chunks.length,
+      chunksUploaded: objects - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels, ...rest,
+      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+    };
+  };
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     const st = fs.fstatSync(fd);
@@ -322,15 +361,11 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     const old = await readManifest(client, url, signal, !opts.requireExisting);
     // chunks stay the same size across updates, so unchanged chunks keep their names
     const chunkBytes = old?.chunkBytes ?? opts.chunkBytes ?? kDefaultChunkBytes;
-    const m: Manifest = { size: st.size, chunkBytes, chunks: [], patches: [] };
-    const n = chunkCount(m);
-    // what the bucket already holds: the old manifest's chunks and those of interrupted saves
-    const held = await listPrefix(client, url, chunkPrefix(url.key), signal);
+    // what the bucket already holds: the old manifest's objects and those of interrupted saves
+    held = await listPrefix(client, url, chunkPrefix(url.key), signal);
     const plan = old ? await planPatch(client, url, old, fd, st.size, channels, signal, opts.signal) : undefined;
+    const buffers = Array.from({ length: channels }, () => Buffer.allocUnsafe(chunkBytes));
     if (old && plan) {
-      let bytesUploaded = 0;
-      let reused = 0;
-      const buffers = Array.from({ length: channels }, () => Buffer.allocUnsafe(old.chunkBytes));
       await lanes(plan.parts.length, channels, signal, async (i) => {
         const part = plan.parts[i]!;
         const buf = buffers.pop()!;
@@ -340,58 +375,29 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
             readExactFd(fd, len, off).copy(buf, o);
             o += len;
           }
-          const data = buf.subarray(0, o);
-          part.sha256 = crypto.createHash('sha256').update(data).digest('hex');
-          const key = chunkKey(url.key, part.sha256);
-          if (held.get(key) === o || uploaded.includes(key)) {
-            reused++;
-            return;
-          }
-          uploaded.push(key);
-          await client.send(new PutObjectCommand({
-            Bucket: url.bucket, Key: key, Body: data, ContentLength: o,
-            ContentMD5: crypto.createHash('md5').update(data).digest('base64'),
-          }), { abortSignal: signal }).catch((err: unknown) => {
-            throw s3Error(err, url, `upload patch part ${i} of`, opts.signal);
-          });
-          bytesUploaded += o;
+          part.sha256 = await store(buf.subarray(0, o), `patch part ${i}`);
         } finally {
           buffers.push(buf);
         }
       });
       const m: Manifest = { ...old, patches: plan.parts.length ? [...old.patches, plan.parts] : old.patches };
-      if (plan.parts.length) {
-        await client.send(new PutObjectCommand({
-          Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
-        }), { abortSignal: signal }).catch((err: unknown) => {
-          throw s3Error(err, url, 'commit', opts.signal);
-        });
-      }
-      committed = true;
-      const chunksDeleted = await collect(client, url, m, held, uploaded);
-      return {
-        url: where, size: m.size, chunkBytes: m.chunkBytes, chunks: chunkCount(m), chunksPresent: m.chunks.length,
-        chunksUploaded: plan.parts.length - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels,
-        mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length,
-        seconds: Number(process.hrtime.bigint() - t0) / 1e9,
-      };
+      return await commit(m, plan.parts.length, { mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length },
+        plan.parts.length > 0);
     }
+    const m: Manifest = { size: st.size, chunkBytes, chunks: [], patches: [] };
+    const n = chunkCount(m);
     const mask = new Uint8Array(n).fill(1);
     const full = Math.floor(st.size / chunkBytes);
     if (full > 0) native().markData(fd, 0, chunkBytes, 0, full, mask);
     const refs: (ChunkRef | undefined)[] = new Array(n);
     const zero = Buffer.alloc(1 << 20);
-    let bytesUploaded = 0;
-    let reused = 0;
     const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {
       const st2 = await fh.stat();
       if (st2.ino !== st.ino || st2.dev !== st.dev) throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced`, { path: file });
-      const buffers = Array.from({ length: channels }, () => Buffer.allocUnsafe(chunkBytes));
-      let free = [...buffers];
       await lanes(n, channels, signal, async (i) => {
         if (!mask[i]) return;
-        const buf = free.pop()!;
+        const buf = buffers.pop()!;
         try {
           const len = chunkLength(m, i);
           const chunk = buf.subarray(0, len);
@@ -402,44 +408,16 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
             got += bytesRead;
           }
           if (isZero(chunk, zero)) return;
-          const sha256 = crypto.createHash('sha256').update(chunk).digest('hex');
-          refs[i] = { index: i, sha256 };
-          const key = chunkKey(url.key, sha256);
-          if (held.get(key) === len || uploaded.includes(key)) {
-            reused++;
-            return;
-          }
-          uploaded.push(key); // before the PUT: a failed or interrupted PUT may still have landed
-          await client.send(new PutObjectCommand({
-            Bucket: url.bucket, Key: key, Body: chunk, ContentLength: len,
-            ContentMD5: crypto.createHash('md5').update(chunk).digest('base64'),
-          }), { abortSignal: signal }).catch((err: unknown) => {
-            throw s3Error(err, url, `upload chunk ${i} of`, opts.signal);
-          });
-          bytesUploaded += len;
+          refs[i] = { index: i, sha256: await store(chunk, `chunk ${i}`) };
         } finally {
-          free.push(buf);
+          buffers.push(buf);
         }
       });
-      free = [];
     } finally {
       await fh.close();
     }
     m.chunks = refs.filter((r): r is ChunkRef => r !== undefined);
-    // the commit: one PUT, atomic for readers
-    await client.send(new PutObjectCommand({
-      Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
-    }), { abortSignal: signal }).catch((err: unknown) => {
-      throw s3Error(err, url, 'commit', opts.signal);
-    });
-    committed = true;
-    const chunksDeleted = await collect(client, url, m, held, uploaded);
-    return {
-      url: where, size: m.size, chunkBytes, chunks: n, chunksPresent: m.chunks.length,
-      chunksUploaded: m.chunks.length - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels,
-      mode: 'chunks', pagesChanged: 0, patchLayers: 0,
-      seconds: Number(process.hrtime.bigint() - t0) / 1e9,
-    };
+    return await commit(m, m.chunks.length, { mode: 'chunks', pagesChanged: 0, patchLayers: 0 });
   } catch (err) {
     ctl.abort();
     if (!committed && uploaded.length > 0) await deleteKeys(client, url, uploaded, true);
