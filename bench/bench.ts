@@ -18,7 +18,9 @@ import {
   extraMedian, fmt, GiB, MiB, plainTable, summarize, table, type Measured, type Row, type Target,
 } from './report';
 
-const kSections = ['save', 'load', 'verify', 'qemu', 'scaling', 'update', 'sparse'] as const;
+const kSections = ['save', 'load', 'verify', 'qemu', 'scaling', 'update', 'sparse', 's3'] as const;
+/** Sections that need more than this machine: run only when named with --only (s3: an S3 endpoint and rclone). */
+const kOptIn: readonly string[] = ['s3'];
 type Section = (typeof kSections)[number];
 
 const root = path.resolve(__dirname, '..', '..');
@@ -33,7 +35,7 @@ function parseSize(v: string): number {
 const usage = `usage: npm run bench -- [options]
   --size SIZE         RAM image size (default 2G)
   --runs N            runs per measurement, median reported (default 3)
-  --only LIST         sections, comma separated: ${kSections.join(',')} (default: all)
+  --only LIST         sections, comma separated: ${kSections.join(',')} (default: all but s3)
   --dir DIR           where the on-disk outputs go; must be a real disk, not tmpfs
                       (default: <repo>/bench-out)
   --sparse-size SIZE  size of the sparse/dense images of the 'sparse' section (default 16G)
@@ -68,7 +70,7 @@ function options(): Options {
     process.exit(0);
   }
   const only = new Set<Section>();
-  for (const s of (values.only ?? kSections.join(',')).split(',').map((x) => x.trim()).filter(Boolean)) {
+  for (const s of (values.only ?? kSections.filter((x) => !kOptIn.includes(x)).join(',')).split(',').map((x) => x.trim()).filter(Boolean)) {
     if (!(kSections as readonly string[]).includes(s)) throw new Error(`unknown section '${s}' (${kSections.join(', ')})`);
     only.add(s as Section);
   }
@@ -688,6 +690,14 @@ async function main(): Promise<void> {
       ], get, 'dense'));
       if (get('sparse-update')) print(phaseTable(`sparse update: where the time goes (median ms)`, [get('sparse-update')!]));
     }
+  }
+
+  // ---- s3 (issue 15, opt-in: --only s3): to and from a real S3 endpoint against rclone (bench/s3.ts)
+  if (has('s3')) {
+    const r = await (await import('./s3')).s3Bench({
+      size: ram, runs: o.runs, dir: o.dir, endpoint: process.env.AWS_ENDPOINT_URL ?? 'http://127.0.0.1:7480', log,
+    });
+    print(`${r.table}\n${r.targets.map((x) => `- ${x}`).join('\n')}\n`);
   }
 
   // ---- targets
