@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { registerTemp, unregisterTemp } from '../cleanup';
 import { decodeFixedHeader, decodeHeader, kHeaderBytes } from '../format';
 import { inspect, type InspectResult } from '../inspect';
 import type { LoadOptions, LoadResult } from '../load';
@@ -29,10 +30,14 @@ export interface S3CommandOptions {
 async function withTempDir<T>(work: (dir: string) => Promise<T>): Promise<T> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-s3-'));
   fs.chmodSync(dir, 0o700);
+  // a second SIGINT exits at once: the local copy (the big file) is removed by the signal path too
+  const local = path.join(dir, 'snapshot');
+  registerTemp(local);
   try {
     return await work(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+    unregisterTemp(local);
   }
 }
 
