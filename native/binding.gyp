@@ -3,7 +3,7 @@
     {
       "target_name": "fixedram",
       "sources": ["fixedram.cc", "pages.cc", "sys.cc"],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "include_dirs": ["vendor/xxhash", "<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",

@@ -90,27 +90,26 @@ interface RawNativeError extends Error {
 
 let loaded: Native | undefined;
 
-/** Loads the addon (once per thread): build/Release, then build/Debug. */
+/**
+ * Loads the addon (once per thread) with node-gyp-build: a build from source (native/build/Release,
+ * then Debug) if there is one, else the prebuilt binary shipped in the package
+ * (native/prebuilds/linux-x64/node.glibc.node).
+ */
 export function native(): Native {
   if (loaded) return loaded;
   // A build chosen by the environment (the sanitizer build of .ci/sanitizers), in place of the others.
   const forced = process.env.FIXEDRAM_ADDON;
   if (forced) return (loaded = require(path.resolve(forced)) as Native);
-  const root = path.resolve(__dirname, '..', '..', 'native', 'build');
-  const tried: string[] = [];
-  for (const flavour of ['Release', 'Debug']) {
-    const file = path.join(root, flavour, 'fixedram.node');
-    try {
-      loaded = require(file) as Native;
-      return loaded;
-    } catch (err) {
-      tried.push(`${file}: ${(err as Error).message.split('\n')[0]}`);
-    }
+  const dir = path.resolve(__dirname, '..', '..', 'native');
+  try {
+    loaded = (require('node-gyp-build') as (dir: string) => Native)(dir);
+    return loaded;
+  } catch (err) {
+    throw new Error(
+      `fixedram: could not load the native addon from ${dir}: ${(err as Error).message.split('\n')[0]}\n` +
+        'No prebuilt binary fits this platform: build it with `npm rebuild fixedram` (needs g++, make and python3).',
+    );
   }
-  throw new Error(
-    `fixedram: could not load the native addon. Tried:\n  ${tried.join('\n  ')}\n` +
-      'Build it with `npm rebuild` (needs g++, make, python3 and libxxhash-dev).',
-  );
 }
 
 /** True when err came from the addon's syscall wrappers. */
