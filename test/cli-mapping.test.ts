@@ -97,6 +97,16 @@ const cases: Record<string, [string[], Record<string, unknown>][]> = {
     [['convert', 'vm.mig', '--output', 's.fxr', '--no-fsync', '--direct-io', '-j', '2'],
       { input: 'vm.mig', output: 's.fxr', fsync: false, directIo: true, channels: 2 }],
   ],
+  'vm save': [
+    [['vm', 'save', '--qmp', '/run/q.sock', '-o', 'vm.fxr'], { qmp: '/run/q.sock', output: 'vm.fxr', update: false, then: 'resume', fsync: true }],
+    [['vm', 'save', '--qmp', 'q', '--output', 'vm.fxr', '--update', '--then', 'quit', '--no-fsync', '-j', '2'],
+      { qmp: 'q', output: 'vm.fxr', update: true, then: 'quit', fsync: false, channels: 2 }],
+  ],
+  'vm restore': [
+    [['vm', 'restore', 'vm.fxr', '--qmp', 'q'], { qmp: 'q', snapshot: 'vm.fxr', then: 'resume', verify: true }],
+    [['vm', 'restore', 'vm.fxr', '--qmp', 'q', '--then', 'pause', '--no-verify', '-j', '3'],
+      { qmp: 'q', snapshot: 'vm.fxr', then: 'pause', verify: false, channels: 3 }],
+  ],
 };
 
 const program = makeProgram({ stdout: process.stdout, stderr: process.stderr, setExitCode: () => undefined });
