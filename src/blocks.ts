@@ -93,7 +93,7 @@ export function openBlockFile(
     }
     if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
       throw new FixedramError('ERR_SYMLINK', ExitCode.usage,
-        `'${file}' (block '${opts.block}') is a symbolic link; pass --follow-symlinks to use it`, { path: file, block: opts.block });
+        `'${file}' (block '${opts.block}') is a symbolic link; use option followSymlinks to accept it`, { path: file, block: opts.block });
     }
     if (isSystemError(err)) Object.assign(err, { block: opts.block });
     throw err;
@@ -102,7 +102,7 @@ export function openBlockFile(
     const st = fs.fstatSync(fd, { bigint: true });
     const device = st.isBlockDevice() && opts.allowDevice === true;
     if (!st.isFile() && !device) {
-      const hint = st.isBlockDevice() ? ' (pass --allow-device to use a block device)' : '';
+      const hint = st.isBlockDevice() ? ' (use option allowDevice to accept a block device)' : '';
       throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
         `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`, { path: file, block: opts.block });
     }
@@ -134,10 +134,10 @@ export function closeQuietly(fd: number | undefined): void {
 export function pageSizeFor(file: OpenFile, requested: number | undefined): number {
   if (requested !== undefined) {
     if (!isPowerOfTwo(requested) || requested < kMinPageSize) {
-      throw usageError(`--page-size must be a power of two >= ${kMinPageSize} (got ${requested})`);
+      throw usageError(`option pageSize must be a power of two >= ${kMinPageSize} (got ${requested})`);
     }
     if (file.hugePageSize !== undefined && requested % file.hugePageSize !== 0) {
-      throw usageError(`--page-size ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
+      throw usageError(`option pageSize ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
     }
     return requested;
   }

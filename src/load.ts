@@ -128,8 +128,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const started = process.hrtime.bigint();
   const channels = checkChannels(opts.channels);
   const wantVerify = opts.verify ?? true;
-  if (!opts.blocks?.length && opts.dir === undefined) throw usageError('give the targets: -b NAME=PATH ... or --dir DIR');
-  if (opts.blocks?.length && opts.dir !== undefined) throw usageError('-b and --dir cannot be used together');
+  if (!opts.blocks?.length && opts.dir === undefined) throw usageError('give the targets: option blocks (NAME=PATH ...) or option dir');
+  if (opts.blocks?.length && opts.dir !== undefined) throw usageError('option blocks and option dir cannot be used together');
   if (opts.blocks) checkUniqueNames(opts.blocks);
 
   // validate the image before touching anything

@@ -84,7 +84,7 @@ export const defaultChannels = (): number => Math.max(1, os.availableParallelism
 
 export function checkChannels(n: number | undefined): number {
   const v = n ?? defaultChannels();
-  if (!Number.isSafeInteger(v) || v < 1 || v > 256) throw usageError(`--channels must be an integer from 1 to 256 (got ${n})`);
+  if (!Number.isSafeInteger(v) || v < 1 || v > 256) throw usageError(`option channels must be an integer from 1 to 256 (got ${n})`);
   return v;
 }
 

@@ -159,7 +159,7 @@ describe('faults: paths', () => {
     fs.symlinkSync(real, link);
     const r = fixedram(['load', snap, '-b', `a=${link}`]);
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /is a symbolic link; pass --follow-symlinks/);
+    assert.match(r.stderr, /is a symbolic link; use --follow-symlinks to accept it/);
     assert.ok(fs.readFileSync(real).equals(Buffer.alloc(20 * 4096, 0xaa)));
     const ok = fixedram(['load', snap, '-b', `a=${link}`, '--follow-symlinks']);
     assert.equal(ok.status, 0, ok.stderr);
@@ -217,7 +217,7 @@ describe('faults: paths', () => {
     assert.equal(fixedram(['save', '-o', snap, '-b', `a=${a}`]).status, 0);
     const r = fixedram(['load', snap, '-b', `a=${dev}`]);
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /is a block device, not a regular file \(pass --allow-device/);
+    assert.match(r.stderr, /is a block device, not a regular file \(use --allow-device to accept/);
     const l = fixedram(['load', snap, '-b', `a=${dev}`, '--allow-device']);
     assert.equal(l.status, 0, l.stderr);
     const back = path.join(dir, 'back.fxr');

@@ -161,3 +161,20 @@ describe('the package', () => {
     assert.ok(![...files].some((f) => f.startsWith('dist/test/') || f.startsWith('test/')), 'the package ships tests');
   });
 });
+
+describe('core errors speak of options, the CLI of flags', () => {
+  it('a symbolic link: the library says option followSymlinks, the CLI --follow-symlinks', async (t) => {
+    const dir = tempDir(t);
+    const a = path.join(dir, 'a.ram');
+    fs.writeFileSync(a, Buffer.alloc(8192, 1));
+    fs.symlinkSync(a, path.join(dir, 'link'));
+    const { save } = await import('../src/index');
+    await assert.rejects(save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: path.join(dir, 'link') }] }),
+      (err: Error) => /use option followSymlinks to accept it/.test(err.message) && !err.message.includes('--'));
+    await assert.rejects(save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: a }], channels: 999 }),
+      (err: Error) => /^option channels must be/.test(err.message));
+    const r = fixedram(['save', '-o', path.join(dir, 's.fxr'), '-b', `a=${path.join(dir, 'link')}`]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /is a symbolic link; use --follow-symlinks to accept it/);
+  });
+});

@@ -46,8 +46,25 @@ export function cliExitCodeOf(err: unknown): number {
   return exitCodeOf(err);
 }
 
-/** One line describing an error: what, where, errno code and syscall. */
+/**
+ * The core speaks of its options (`option followSymlinks`), as a library should; on the command line
+ * the same words name the flag (`--follow-symlinks`).
+ */
+export const kFlagOfOption: Readonly<Record<string, string>> = {
+  channels: '--channels', followSymlinks: '--follow-symlinks', allowDevice: '--allow-device', pageSize: '--page-size',
+  blocks: '-b', dir: '--dir', update: '--update', qmp: '--qmp',
+};
+
+function flagsForOptions(message: string): string {
+  return message.replace(/\boption ([a-zA-Z]+)\b/g, (m, name: string) => kFlagOfOption[name] ?? m);
+}
+
+/** One line describing an error: what, where, errno code and syscall (options named as flags). */
 export function errorLine(err: unknown): string {
+  return flagsForOptions(errorLineOf(err));
+}
+
+function errorLineOf(err: unknown): string {
   if (err instanceof CommanderError) return err.message.replace(/^error: /, '');
   if (err instanceof FixedramError) {
     // name the file and offset unless the message already does
