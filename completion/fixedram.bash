@@ -4,14 +4,14 @@ _fixedram() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   case "$prev" in
-    -o|--output|-b|--block|--page-size|-j|--channels|--dir|--against|--max-failures|--qmp) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
+    -o|--output|-b|--block|--page-size|-j|--channels|--dir|--against|--max-failures|--format|--qmp) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
     --progress) COMPREPLY=( $(compgen -W "auto bar json none" -- "$cur") ); return ;;
     --log-level) COMPREPLY=( $(compgen -W "fatal error warn info debug trace silent" -- "$cur") ); return ;;
     --log-format) COMPREPLY=( $(compgen -W "auto human json" -- "$cur") ); return ;;
     --then) COMPREPLY=( $(compgen -W "resume pause" -- "$cur") ); return ;;
   esac
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=( $(compgen -W "save load verify inspect convert vm completion --help --version" -- "$cur") ); return
+    COMPREPLY=( $(compgen -W "save load verify inspect convert export vm completion --help --version" -- "$cur") ); return
   fi
   key="${COMP_WORDS[1]}"
   case "$key" in
@@ -24,6 +24,7 @@ _fixedram() {
     "verify") opts="--against --max-failures -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
     "inspect") opts="--json -q --quiet --log-level --log-format -h --help" ;;
     "convert") opts="-o --output --no-fsync --direct-io -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
+    "export") opts="-o --output --format --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm save") opts="--qmp -o --output --update --then --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm restore") opts="--qmp --then --no-verify -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "completion") opts="-h --help" ;;

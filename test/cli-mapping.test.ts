@@ -97,6 +97,11 @@ const cases: Record<string, [string[], Record<string, unknown>][]> = {
     [['convert', 'vm.mig', '--output', 's.fxr', '--no-fsync', '--direct-io', '-j', '2'],
       { input: 'vm.mig', output: 's.fxr', fsync: false, directIo: true, channels: 2 }],
   ],
+  export: [
+    [['export', 's.fxr', '-o', 'vm.mig'], { snapshot: 's.fxr', output: 'vm.mig', fsync: true }],
+    [['export', 's.fxr', '--output', 'vm.img', '--format', 'libvirt', '--no-fsync', '-j', '2'],
+      { snapshot: 's.fxr', output: 'vm.img', fsync: false, format: 'libvirt', channels: 2 }],
+  ],
   'vm save': [
     [['vm', 'save', '--qmp', '/run/q.sock', '-o', 'vm.fxr'], { qmp: '/run/q.sock', output: 'vm.fxr', update: false, then: 'resume', fsync: true }],
     [['vm', 'save', '--qmp', 'q', '--output', 'vm.fxr', '--update', '--then', 'quit', '--no-fsync', '-j', '2'],
@@ -140,7 +145,7 @@ describe('flag → core option mapping (in process)', () => {
 
   it('the run\'s signal, logger and progress sink reach the core of every page-moving command', async () => {
     for (const argv of [['save', '-o', 's', '-b', 'a=/x'], ['save', '--update', '-o', 's', '-b', 'a=/x'], ['load', 's', '--dir', 'd'],
-      ['verify', 's'], ['convert', 'q', '-o', 's']]) {
+      ['verify', 's'], ['convert', 'q', '-o', 's'], ['export', 's', '-o', 'q']]) {
       await map(argv);
       assert.equal(lastContext.signal, lastSignal, `${argv[0]}: signal`);
       assert.equal(typeof (lastContext.logger as { warn?: unknown }).warn, 'function', `${argv[0]}: logger`);
