@@ -4,14 +4,14 @@ _fixedram() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   case "$prev" in
-    -o|--output|-b|--block|--page-size|-j|--channels|--dir|--against|--max-failures|--format|--qmp) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
+    -o|--output|-b|--block|--page-size|--s3-endpoint|-j|--channels|--dir|--against|--max-failures|--format|--qmp) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
     --progress) COMPREPLY=( $(compgen -W "auto bar json none" -- "$cur") ); return ;;
     --log-level) COMPREPLY=( $(compgen -W "fatal error warn info debug trace silent" -- "$cur") ); return ;;
     --log-format) COMPREPLY=( $(compgen -W "auto human json" -- "$cur") ); return ;;
     --then) COMPREPLY=( $(compgen -W "resume pause" -- "$cur") ); return ;;
   esac
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=( $(compgen -W "save load verify inspect convert export vm completion --help --version" -- "$cur") ); return
+    COMPREPLY=( $(compgen -W "save load verify inspect convert export vm push pull completion --help --version" -- "$cur") ); return
   fi
   key="${COMP_WORDS[1]}"
   case "$key" in
@@ -19,14 +19,16 @@ _fixedram() {
   esac
   local opts=""
   case "$key" in
-    "save") opts="-o --output -b --block --page-size --no-fsync --update --direct-io --allow-device -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
-    "load") opts="-b --block --dir --no-verify --direct-io --allow-device -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
-    "verify") opts="--against --max-failures -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
-    "inspect") opts="--json -q --quiet --log-level --log-format -h --help" ;;
+    "save") opts="-o --output -b --block --page-size --no-fsync --update --direct-io --allow-device --s3-endpoint -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
+    "load") opts="-b --block --dir --no-verify --direct-io --allow-device --s3-endpoint -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
+    "verify") opts="--against --max-failures --s3-endpoint -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
+    "inspect") opts="--s3-endpoint --json -q --quiet --log-level --log-format -h --help" ;;
     "convert") opts="-o --output --no-fsync --direct-io -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "export") opts="-o --output --format --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm save") opts="--qmp -o --output --update --then --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm restore") opts="--qmp --then --no-verify -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
+    "push") opts="--s3-endpoint -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
+    "pull") opts="--no-fsync --s3-endpoint -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "completion") opts="-h --help" ;;
   esac
   if [[ "$cur" == -* ]]; then COMPREPLY=( $(compgen -W "$opts" -- "$cur") ); else COMPREPLY=( $(compgen -f -- "$cur") ); fi

@@ -102,6 +102,16 @@ const cases: Record<string, [string[], Record<string, unknown>][]> = {
     [['export', 's.fxr', '--output', 'vm.img', '--format', 'libvirt', '--no-fsync', '-j', '2'],
       { snapshot: 's.fxr', output: 'vm.img', fsync: false, format: 'libvirt', channels: 2 }],
   ],
+  push: [
+    [['push', 's.fxr', 's3://b/k'], { file: 's.fxr', url: 's3://b/k' }],
+    [['push', 's.fxr', 's3://b/k', '--s3-endpoint', 'http://127.0.0.1:7480', '-j', '4'],
+      { file: 's.fxr', url: 's3://b/k', s3Endpoint: 'http://127.0.0.1:7480', channels: 4 }],
+  ],
+  pull: [
+    [['pull', 's3://b/k', 's.fxr'], { url: 's3://b/k', file: 's.fxr', fsync: true }],
+    [['pull', 's3://b/k', 's.fxr', '--no-fsync', '--s3-endpoint', 'http://e', '-j', '2'],
+      { url: 's3://b/k', file: 's.fxr', fsync: false, s3Endpoint: 'http://e', channels: 2 }],
+  ],
   'vm save': [
     [['vm', 'save', '--qmp', '/run/q.sock', '-o', 'vm.fxr'], { qmp: '/run/q.sock', output: 'vm.fxr', update: false, then: 'resume', fsync: true }],
     [['vm', 'save', '--qmp', 'q', '--output', 'vm.fxr', '--update', '--then', 'quit', '--no-fsync', '-j', '2'],
