@@ -423,10 +423,19 @@ async function main(): Promise<void> {
         },
         argv: ['sh', '-c', 'cat "$1" > /dev/null', 'sh', refFxr],
       },
+      {
+        key: 'dd-read', label: 'dd iflag=direct of the snapshot (device read rate)', ramBytes: ram, peer: true,
+        prepare: () => {
+          ensureRefs();
+          evict([refFxr]);
+        },
+        argv: ['dd', `if=${refFxr}`, 'of=/dev/null', 'bs=4M', 'iflag=direct', 'status=none'],
+      },
       vcase(1), vcase(2), vcase(4),
     ], o.runs);
     print(table(`verify: snapshot on ${diskType}, page cache dropped`, [
       { m: get('cat')!, peer: 'cat', note: 'peer' },
+      { m: get('dd-read')!, peer: 'cat', note: 'device read rate' },
       { m: get('verify-j1')!, peer: 'cat' },
       { m: get('verify-j2')!, peer: 'cat' },
       { m: get('verify-j4')!, peer: 'cat' },

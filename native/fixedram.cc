@@ -326,7 +326,26 @@ Napi::Value BlockDeviceSizeJs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(size));
 }
 
+// The flag and kind values of native/pages.h, so the TypeScript copies in src/native.ts can be
+// checked against them (test/native-constants.test.ts).
+Napi::Object Constants(Napi::Env env) {
+  Napi::Object c = Napi::Object::New(env);
+  const std::pair<const char*, double> values[] = {
+      {"kSaveSeekData", kSaveSeekData},   {"kSaveMask", kSaveMask},
+      {"kSaveUpdate", kSaveUpdate},       {"kSaveRewrite", kSaveRewrite},
+      {"kSaveWriteback", kSaveWriteback}, {"kUpdateNoMap", kUpdateNoMap},
+      {"kLoadVerify", kLoadVerify},       {"kLoadZeroAbsent", kLoadZeroAbsent},
+      {"kLoadMmapTarget", kLoadMmapTarget}, {"kVerifyChecksums", kVerifyChecksums},
+      {"kVerifyAbsentZero", kVerifyAbsentZero}, {"kVerifyDataMask", kVerifyDataMask},
+      {"kBadChecksum", static_cast<double>(kBadChecksum)}, {"kAbsentNotZero", static_cast<double>(kAbsentNotZero)},
+      {"kDiffersFromLive", static_cast<double>(kDiffersFromLive)},
+  };
+  for (const auto& [name, value] : values) c.Set(name, Napi::Number::New(env, value));
+  return c;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("constants", Constants(env));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBufferJs, "alignedBuffer"));
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSizeJs, "blockDeviceSize"));
   exports.Set("hostPageSize", Napi::Function::New(env, HostPageSize, "hostPageSize"));

@@ -536,13 +536,35 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
   });
   int64_t t2 = MonotonicNs();
   times->write_ns += t2 - t1;
-  ForRuns(act, 2, [&](int64_t i, int64_t j) {
+  // Pages that became zero are punched in runs that also span the pages absent before and after
+  // (their slots are holes or zeros already), so new zero pages between holes cost one fallocate,
+  // not one each: a punch is an extent-tree change and a journal transaction.
+  std::vector<uint8_t> punch(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    punch[i] = act[i] == 2 ? 1 : (act[i] == 0 && !now[i] && b.present[b.first + i] == 0) ? 2 : 0;
+  }
+  for (int64_t i = 0; i < n;) {
+    if (punch[i] != 1) {
+      ++i;
+      continue;
+    }
+    int64_t j = i + 1;  // [i, j): starts at a page to punch, extends over both kinds ...
+    int64_t last = i;   // ... and ends after the last page to punch
+    for (; j < n && punch[j] != 0; ++j) {
+      if (punch[j] == 1) last = j;
+    }
     On(dst, [&] {
       const int64_t off = PageOffset(dst, b.first + i);
-      if (!PunchHole(dst.fd, off, (j - i) * ps)) WriteZeros(dst.fd, off, (j - i) * ps);
+      if (!PunchHole(dst.fd, off, (last + 1 - i) * ps)) {
+        // no hole punching here: zeros, written for the pages that need them only
+        for (int64_t q = i; q <= last; ++q) {
+          if (punch[q] == 1) WriteZeros(dst.fd, PageOffset(dst, b.first + q), ps);
+        }
+      }
     });
-    r.punched_pages += j - i;
-  });
+    for (int64_t q = i; q <= last; ++q) r.punched_pages += punch[q] == 1 ? 1 : 0;
+    i = j;
+  }
   times->punch_ns += MonotonicNs() - t2;
 
   for (int64_t i = 0; i < n; ++i) {

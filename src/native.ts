@@ -11,6 +11,8 @@ export const kSaveMask = 1 << 1;
 export const kSaveUpdate = 1 << 2;
 export const kSaveRewrite = 1 << 3;
 export const kSaveWriteback = 1 << 4;
+/** With kSaveUpdate: read sources with preadv, never through a mapping. */
+export const kUpdateNoMap = 1 << 8;
 /** Flags of {@link Native.loadPages}. */
 export const kLoadVerify = 1 << 0;
 export const kLoadZeroAbsent = 1 << 1;
@@ -27,6 +29,8 @@ export const kAbsentNotZero = 2;
 export const kDiffersFromLive = 3;
 
 export interface Native {
+  /** The flag and kind values of native/pages.h, by the names used here. */
+  constants: Record<string, number>;
   hostPageSize(): number;
   /** fstatfs(fd) → [f_type, f_bsize]. */
   fstatfs(fd: number): [number, number];

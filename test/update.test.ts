@@ -14,7 +14,7 @@ import { update } from '../src/update';
 import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
-import { denseBlock, reap, shimEnv, shimPath, Watched } from './support/faults';
+import { denseBlock, readShimReport, reap, shimEnv, shimPath, Watched } from './support/faults';
 import { requirePrereq, requireSetup } from './support/prereq';
 import { allocated, tempDir } from './support/tmp';
 import * as os from 'node:os';
@@ -219,6 +219,32 @@ describe('save --update', () => {
     const fresh = path.join(dir, 'fresh.fxr');
     await save({ output: fresh, blocks, channels: 1, pageSize: ps, fsync: false });
     assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(out)));
+  });
+
+  it('pages that became zero: punched in runs across holes; written as zeros where punching is refused; same bytes as a fresh save', async (t) => {
+    const { dir, blocks, out } = setup(t, [3000]);
+    await save({ output: out, blocks, channels: 2, fsync: false });
+    const m = mutate(blocks[0]!.path, 1, 3);
+    assert.ok(m.toZero > 0 && m.fromZero > 0);
+    const copy = path.join(dir, 'copy.fxr');
+    fs.copyFileSync(out, copy);
+    const r = await update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage });
+    assert.equal(r.pagesPunched, m.toZero);
+    const fresh = path.join(dir, 'fresh.fxr');
+    await save({ output: fresh, blocks, channels: 2, fsync: false });
+    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(out)));
+    const present = r.presentPages * kPage;
+    assert.ok(allocated(out) <= present + 256 * 1024, `allocated ${allocated(out)}, present ${present}`);
+
+    // a file system without hole punching (the shim fails fallocate with EOPNOTSUPP)
+    const so = shimPath();
+    if (!requireSetup(t, so)) return;
+    const report = path.join(dir, 'shim.report');
+    const cli = fixedram(['save', '--update', '-o', copy, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--no-fsync'],
+      { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: copy, report }) });
+    assert.equal(cli.status, 0, cli.stderr);
+    assert.ok(readShimReport(report).fallocate > 0, 'fallocate was refused at least once');
+    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(copy)), 'zeros written instead: the same bytes');
   });
 
   it('refuses a mismatched layout (added, removed, resized, renamed block) without modifying the file', async (t) => {
