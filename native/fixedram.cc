@@ -128,7 +128,7 @@ Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
 // updatePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, mask, flags)
 //   the arguments of savePages; flags must hold kSaveUpdate
 //   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
-//       readNs, hashNs, writeNs, punchNs]
+//       readNs, hashNs, writeNs, punchNs, cpuNs]
 Napi::Value UpdatePagesJs(const Napi::CallbackInfo& info) {
   const int64_t ps = PageSize(info, 4);
   BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
@@ -141,7 +141,7 @@ Napi::Value UpdatePagesJs(const Napi::CallbackInfo& info) {
     UpdateTimes t;
     SaveResult r = UpdatePages(src, dst, b, flags, &t);
     return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
-                                r.unchanged_pages, t.read_ns, t.hash_ns, t.write_ns, t.punch_ns});
+                                r.unchanged_pages, t.read_ns, t.hash_ns, t.write_ns, t.punch_ns, t.cpu_ns});
   } catch (const SysError& e) {
     ThrowSys(info.Env(), e);
   }

@@ -344,11 +344,13 @@ namespace fixedram {
 
 namespace {
 
-int64_t MonotonicNs() {
+int64_t ClockNs(clockid_t clock) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
+
+int64_t MonotonicNs() { return ClockNs(CLOCK_MONOTONIC); }
 
 // ---- reading a source through a read-only mapping, safe against a concurrent truncation ----
 //
@@ -443,6 +445,11 @@ bool MapBatch(const BlockFile& src, const PageBatch& b, Mapping* m) {
 
 SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags,
                        UpdateTimes* times) {
+  struct CpuTime {  // adds this thread's CPU time of the call, however it ends
+    int64_t* into;
+    int64_t start = ClockNs(CLOCK_THREAD_CPUTIME_ID);
+    ~CpuTime() { *into += ClockNs(CLOCK_THREAD_CPUTIME_ID) - start; }
+  } cpu{&times->cpu_ns};
   SaveResult r;
   const int64_t ps = src.page_size;
   const int64_t n = b.count;

@@ -104,6 +104,7 @@ struct UpdateTimes {
   int64_t hash_ns = 0;   // zero scan, XXH3 and the comparison with the stored table
   int64_t write_ns = 0;  // pwritev of changed pages
   int64_t punch_ns = 0;  // punching pages that became zero
+  int64_t cpu_ns = 0;    // CPU time of the calling thread in the whole call (CLOCK_THREAD_CPUTIME_ID)
 };
 
 // The --update mover (kSaveUpdate, optionally kSaveRewrite; kSaveMask as for SavePages): hashes the

@@ -46,13 +46,13 @@ export interface Native {
    * The --update mover (flags must hold kSaveUpdate): the arguments of savePages; reads and hashes
    * in cache-sized runs, writes only changed pages, never starts write-back itself.
    * → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
-   *    readNs, hashNs, writeNs, punchNs] (time spent in each phase)
+   *    readNs, hashNs, writeNs, punchNs, cpuNs] (wall time spent in each phase; the thread's CPU time)
    */
   updatePages(
     srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
     firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
     mask: Uint8Array, flags: number,
-  ): [number, number, number, number, number, number, number, number, number, number];
+  ): [number, number, number, number, number, number, number, number, number, number, number];
   /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
   loadPages(
     snapFd: number, snapBase: number, dstFd: number, dstBase: number, pageSize: number,

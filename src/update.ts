@@ -204,6 +204,9 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
         ...phases.ms,
         // summed over the channels (channel-milliseconds), inside 'pages'
         chRead: stats.readNs / 1e6, chHash: stats.hashNs / 1e6, chWrite: stats.writeNs / 1e6, chPunch: stats.punchNs / 1e6,
+        // CPU time of the channels' threads in the page mover (on a busy machine the wall times
+        // above include waiting for a CPU; this does not)
+        chCpu: stats.cpuNs / 1e6,
         writeback: pump?.calls ?? 0,
       },
     }, 'update: phases (ms)');

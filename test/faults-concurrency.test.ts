@@ -130,7 +130,8 @@ describe('faults: concurrency', () => {
     const { dir, src, out } = setup(t);
     assert.equal(fixedram(['save', '-o', out, '-b', `mem=${src}`, '--no-fsync']).status, 0);
     const before = sha1(out);
-    const l = slowSave(t, so, dir, ['load', out, '-b', `mem=${path.join(dir, 'target.ram')}`], 100_000);
+    // slow enough (4 batches × 400 ms) that the update's start-up on a busy machine lands inside it
+    const l = slowSave(t, so, dir, ['load', out, '-b', `mem=${path.join(dir, 'target.ram')}`], 400_000);
     assert.ok(await l.waitFor(() => true), l.stderr);
     const u = fixedram(['save', '--update', '-o', out, '-b', `mem=${src}`]);
     assert.equal(u.status, 4, u.stderr);

@@ -76,6 +76,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           stats.hashNs += r[7];
           stats.writeNs += r[8];
           stats.punchNs += r[9];
+          stats.cpuNs += r[10];
         } else if (job.kind === 'save') {
           const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
             scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);

@@ -83,6 +83,8 @@ export interface ChannelStats {
   hashNs: number;
   writeNs: number;
   punchNs: number;
+  /** update: CPU time of the channel's thread in the page mover. */
+  cpuNs: number;
   badCount: number;
   bad: BadPage[];
 }
@@ -119,6 +121,6 @@ export function emptyStats(): ChannelStats {
   return {
     batches: 0, bytesRead: 0, bytesWritten: 0, presentPages: 0, writtenPages: 0, punchedPages: 0,
     unchangedPages: 0, zeroedPages: 0,
-    readNs: 0, hashNs: 0, writeNs: 0, punchNs: 0, badCount: 0, bad: [],
+    readNs: 0, hashNs: 0, writeNs: 0, punchNs: 0, cpuNs: 0, badCount: 0, bad: [],
   };
 }

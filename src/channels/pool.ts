@@ -184,6 +184,7 @@ function merge(into: ChannelStats, s: ChannelStats): void {
   into.hashNs += s.hashNs;
   into.writeNs += s.writeNs;
   into.punchNs += s.punchNs;
+  into.cpuNs += s.cpuNs;
   into.badCount += s.badCount;
   into.bad.push(...s.bad);
 }
