@@ -509,14 +509,14 @@ async function main(): Promise<void> {
         rows.push({ m: get(`qemu-save-${ch}`)!, peer: `qemu-save-${ch}`, note: 'peer' });
         if (get(`save-j${ch}`)) rows.push({ m: get(`save-j${ch}`)!, peer: `qemu-save-${ch}` });
       }
-      print(table(`qemu: save vs QEMU ${v.join('.')} mapped-ram + multifd (paused q35, memory-backend-file, max-bandwidth 0)`, rows, get, 'QEMU same ch'));
+      print(table(`qemu: save vs QEMU ${v.join('.')} mapped-ram + multifd, accelerator ${qemuAccel()} (paused q35, memory-backend-file, max-bandwidth 0)`, rows, get, 'QEMU same ch'));
       const lrows: Row[] = [];
       for (const ch of qemuChannels) {
         lrows.push({ m: get(`qemu-load-${ch}`)!, peer: `qemu-load-${ch}`, note: 'peer' });
         if (get(`load-j${ch}`)) lrows.push({ m: get(`load-j${ch}`)!, peer: `qemu-load-${ch}`, note: 'own snapshot' });
         if (get(`fxload-qemu-${ch}`)) lrows.push({ m: get(`fxload-qemu-${ch}`)!, peer: `qemu-load-${ch}` });
       }
-      print(table(`qemu: load into a fresh file in /dev/shm vs QEMU's multifd load (file on ${diskType}, page cache dropped)`, lrows, get, 'QEMU same ch'));
+      print(table(`qemu: load into a fresh file in /dev/shm vs QEMU's multifd load, accelerator ${qemuAccel()} (file on ${diskType}, page cache dropped)`, lrows, get, 'QEMU same ch'));
       print('QEMU rows: CPU = the QEMU process (all threads) during the migration; peak RSS = its VmHWM, which counts the guest RAM pages ' +
         'it touched through the shared mapping; disk write = /proc/PID/io write_bytes.\n' +
         `QEMU's loaded RAM check: ${qsame ? 'identical to the image' : 'DIFFERENT from the image'}\n`);
@@ -533,7 +533,7 @@ async function main(): Promise<void> {
       const s = m ? summarize(m) : undefined;
       return s ? [fmt(s.wall, 3), fmt(s.cpu / ramGiB, 2)] : ['-', '-'];
     };
-    print(plainTable(`scaling: channels (median s, CPU s per GiB of RAM)`, [
+    print(plainTable(`scaling: channels (median s, CPU s per GiB of RAM; QEMU accelerator: ${qemuAccel()})`, [
       'channels', 'save s', 'save CPU s/GiB', 'QEMU save s', 'QEMU save CPU s/GiB',
       'load s', 'load CPU s/GiB', 'QEMU load s', 'QEMU load CPU s/GiB',
     ], 0, chans.map((j) => [String(j), ...cell(`save-j${j}`), ...cell(`qemu-save-${j}`), ...cell(`load-j${j}`), ...cell(`qemu-load-${j}`)])));
@@ -611,8 +611,8 @@ async function main(): Promise<void> {
       rm(small, path.join(disk, 'update-512m.fxr'));
 
       // hash and compare vs xxhsum -H3, on a dense image in /dev/shm: no-change updates with 1 and 2
-      // channels. Throughput per channel = bytes read ÷ (CPU time of the channels' threads in the
-      // page mover ÷ channels), against xxhsum's bytes ÷ its CPU time (user + sys): CPU time, because
+      // channels. Throughput per channel = bytes read ÷ CPU time of the channels' threads in the
+      // page mover (summed), against xxhsum's bytes ÷ its CPU time (user + sys): CPU time, because
       // on a shared machine wall time measures the neighbours; with nothing changed the mover only
       // reads, zero-scans, hashes and compares. The aggregate column is wall: bytes ÷ 'pages' phase.
       const dense = path.join(shm, 'hash-dense.ram');
@@ -635,7 +635,7 @@ async function main(): Promise<void> {
       const rows: string[][] = [['xxhsum -H3 (peer, whole process, user + sys)', '1', fmt(xsRate, 2), xs ? fmt(hashBytes / xs.wall / 1e9, 2) : '-', '1.00']];
       for (const j of [1, 2]) {
         const m = get(`hash-update-j${j}`);
-        const perChannel = hashRate(m, j) ?? NaN;
+        const perChannel = hashRate(m) ?? NaN;
         const aggregate = (extraMedian(m, 'bytesRead') ?? NaN) / ((extraMedian(m, 'pages') ?? NaN) / 1000) / 1e9;
         rows.push([`fixedram hash + compare phase, -j ${j}`, String(j), fmt(perChannel, 2), fmt(aggregate, 2), fmt(perChannel / xsRate, 2)]);
       }
@@ -728,11 +728,14 @@ async function main(): Promise<void> {
   }
 }
 
-/** GB/s per channel of an update's page mover: bytes read ÷ (the channels' CPU seconds ÷ channels). */
-function hashRate(m: Measured | undefined, channels: number): number | undefined {
+/**
+ * GB/s per channel of an update's page mover: bytes read ÷ the channels' CPU seconds (summed over
+ * the channels, each byte is read by one of them).
+ */
+function hashRate(m: Measured | undefined): number | undefined {
   const cpu = extraMedian(m, 'chCpu');
   const bytes = extraMedian(m, 'bytesRead');
-  return cpu && bytes ? bytes / (cpu / channels / 1000) / 1e9 : undefined;
+  return cpu && bytes ? bytes / (cpu / 1000) / 1e9 : undefined;
 }
 
 /** The phase breakdown fixedram logs at --log-level debug ('update: phases (ms)'), from stderr. */
@@ -762,6 +765,23 @@ function phaseTable(title: string, cases: Measured[]): string {
   ]);
   if (!body.length) return `\n## ${title}\n\nno phase breakdown in the debug log (an older fixedram)\n`;
   return plainTable(title, ['what', ...kPhases], 1, body);
+}
+
+/**
+ * The accelerator the QEMU peer runs with (bench/qemu.ts asks for kvm:tcg, or $ACCEL): KVM when
+ * /dev/kvm is usable, else TCG, whose file migration is several times slower than KVM's, so every
+ * QEMU figure names it.
+ */
+function qemuAccel(): string {
+  const asked = (process.env.ACCEL ?? 'kvm:tcg').toLowerCase();
+  let kvm = false;
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    kvm = true;
+  } catch {
+    kvm = false;
+  }
+  return asked.startsWith('kvm') && kvm ? 'KVM' : 'TCG, no KVM';
 }
 
 /** 2 GiB, 512 MiB, 1.5 GiB */
@@ -819,7 +839,7 @@ function evaluateTargets(o: Options, dataBytes: number, qemuFxLoad: boolean): Ta
     (v) => v <= 2 * (64 + 320), (v) => `${v} B`, updWhy);
   const perCh = (j: number): number | undefined => {
     const xs = s('xxhsum');
-    const rate = hashRate(results.get(`hash-update-j${j}`), j);
+    const rate = hashRate(results.get(`hash-update-j${j}`));
     const bytes = results.get('xxhsum')?.ramBytes;
     return rate !== undefined && xs && bytes ? rate / (bytes / xs.cpu / 1e9) : undefined;
   };
@@ -829,15 +849,15 @@ function evaluateTargets(o: Options, dataBytes: number, qemuFxLoad: boolean): Ta
   add('13', `sparse ${sz(o.sparseSize)} (5% data), 1% changed: --update time ÷ dense full save`, '≤ 0.10×',
     ratio(s('sparse-update'), s('dense-save')), (v) => v <= 0.1, x, o.only.has('sparse') ? 'skipped (memory)' : sec('sparse'));
   const qemuWhy = o.only.has('qemu') ? 'QEMU not available' : sec('qemu');
-  add('7', 'QEMU 2-ch save+fsync time ÷ save -j 2 (speed-up)', '≥ 1.5×',
+  add('7', `QEMU (${qemuAccel()}) 2-ch save+fsync time ÷ save -j 2 (speed-up)`, '≥ 1.5×',
     s('qemu-save-2') && s('save-j2') ? s('qemu-save-2')!.wall / s('save-j2')!.wall : undefined, (v) => v >= 1.5, x, qemuWhy);
   const ideal = results.get('ideal')?.extra[0]?.seconds;
   add('7', `save -j 2 time ÷ ideal (${(dataBytes / 1e9).toFixed(2)} GB at the dd oflag=direct rate)`, '≤ 1.15×',
     s('save-j2') && ideal ? s('save-j2')!.wall / ideal : undefined, (v) => v <= 1.15, x, sec('save'));
-  add('7', 'QEMU 2-ch load time ÷ load -j 2 (speed-up)', '≥ 2×',
+  add('7', `QEMU (${qemuAccel()}) 2-ch load time ÷ load -j 2 (speed-up)`, '≥ 2×',
     s('qemu-load-2') && s('load-j2') ? s('qemu-load-2')!.wall / s('load-j2')!.wall : undefined, (v) => v >= 2, x, qemuWhy);
   if (qemuFxLoad) {
-    add('4', 'QEMU 2-ch load ÷ fixedram load -j 2 of QEMU\'s file (speed-up)', 'report',
+    add('4', `QEMU (${qemuAccel()}) 2-ch load ÷ fixedram load -j 2 of QEMU's file (speed-up)`, 'report',
       s('qemu-load-2') && s('fxload-qemu-2') ? s('qemu-load-2')!.wall / s('fxload-qemu-2')!.wall : undefined, () => true, x);
     T[T.length - 1]!.verdict = 'n/a';
     T[T.length - 1]!.why = 'no target; ratio reported';
