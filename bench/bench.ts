@@ -18,7 +18,7 @@ import {
   extraMedian, fmt, GiB, MiB, plainTable, summarize, table, type Measured, type Row, type Target,
 } from './report';
 
-const kSections = ['save', 'load', 'verify', 'qemu', 'scaling', 'update', 'sparse', 's3'] as const;
+const kSections = ['save', 'load', 'verify', 'qemu', 'scaling', 'update', 'sparse', 's3', 'vm'] as const;
 /** Sections that need more than this machine: run only when named with --only (s3: an S3 endpoint and rclone). */
 const kOptIn: readonly string[] = ['s3'];
 type Section = (typeof kSections)[number];
@@ -710,8 +710,22 @@ async function main(): Promise<void> {
     print(`${r.table}\n${r.targets.map((x) => `- ${x}`).join('\n')}\n`);
   }
 
+  // ---- vm (issue 12): a running guest, vm save / vm restore vs QEMU's own (bench/vm.ts)
+  const vmTargets: Target[] = [];
+  if (has('vm')) {
+    const v = qemuVersion();
+    if (!v || v[0] < 9) {
+      notes.push('vm: skipped: QEMU >= 9 is not installed');
+    } else {
+      const r = await (await import('./vm')).vmBench({ shm, disk, runs: o.runs, fixedram, log });
+      print(r.text);
+      vmTargets.push(...r.targets);
+      notes.push(...r.notes);
+    }
+  }
+
   // ---- targets
-  const targets = evaluateTargets(o, dataBytes, qemuFxLoad);
+  const targets = [...evaluateTargets(o, dataBytes, qemuFxLoad), ...vmTargets];
   print(plainTable('targets', ['issue', 'what', 'target', 'measured', 'verdict'], 2,
     targets.map((tg) => [tg.issue, tg.what, tg.target, tg.measured, tg.verdict + (tg.why ? ` (${tg.why})` : '')])));
   if (notes.length) print(`\n## notes\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`);

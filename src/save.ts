@@ -50,6 +50,11 @@ export interface SaveOptions {
   batchBytes?: number;
   /** A VM's device state to store with the RAM (see devstate.ts), e.g. from `vm save`. */
   deviceState?: DeviceState;
+  /**
+   * Called once every page has been copied and checked unchanged, before the metadata and the
+   * fsync (vm save resumes the VM here: its RAM is no longer needed).
+   */
+  onPagesCopied?: () => void;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -390,7 +395,10 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
       ...(opts.deviceState ? { deviceState: opts.deviceState } : {}),
-      beforeCommit: () => files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name)),
+      beforeCommit: () => {
+        files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name));
+        opts.onPagesCopied?.();
+      },
     }).catch((err: unknown) => {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });

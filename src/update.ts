@@ -47,6 +47,8 @@ export interface UpdateOptions {
   batchBytes?: number;
   /** Replaces the stored device state (vm save --update); without it the stored one is kept. */
   deviceState?: DeviceState;
+  /** Called once every page has been compared and written, before the metadata and the fsync. */
+  onPagesCopied?: () => void;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -174,6 +176,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     }
     phases.lap('pages');
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
+    opts.onPagesCopied?.();
     opts.logger?.debug({ written: stats.writtenPages, punched: stats.punchedPages }, 'update: pages written');
 
     // commit. Nothing changed (and no repair): the tables on disk are already right, so only the

@@ -129,6 +129,8 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   const q = await QmpClient.connect(opts.qmp);
   let stoppedAt: bigint | undefined;
   let tmp: string | undefined;
+  let resuming: Promise<unknown> | undefined;
+  let resumed: bigint | undefined;
   try {
     const ram = await vmRam(q);
     const state = await runState(q);
@@ -156,8 +158,16 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     }
 
     let result: Omit<VmSaveResult, 'command' | 'output' | 'mode' | 'qemuVersion' | 'channels' | 'then' | 'seconds' | 'stoppedSeconds' | 'downtimeSeconds' | 'machineType'>;
+    // the VM resumes as soon as its RAM is copied (the metadata and the fsync happen while it runs)
+    const onPagesCopied = (): void => {
+      if (then !== 'resume') return;
+      resuming = q.execute('cont').then(() => {
+        resumed = now();
+      });
+      resuming.catch(() => undefined);
+    };
     const common = {
-      output, channels, fsync, ...(opts.signal ? { signal: opts.signal } : {}),
+      output, channels, fsync, onPagesCopied, ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(log ? { logger: log } : {}),
     };
     if (ram.sharedFiles) {
@@ -182,6 +192,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         };
       }
     } else {
+      onPagesCopied(); // QEMU has written the RAM: the VM may run while it is converted
       const r = await (await import('../convert')).convert({ ...common, input: tmp });
       dropTemp(tmp);
       tmp = undefined;
@@ -193,10 +204,13 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     }
     const saved = now();
 
-    let resumed: bigint | undefined;
     if (then === 'resume') {
-      await q.execute('cont');
-      resumed = now();
+      if (resuming) {
+        await resuming;
+      } else {
+        await q.execute('cont');
+        resumed = now();
+      }
     } else if (then === 'quit') {
       await q.execute('quit').catch((err: unknown) => {
         if (!(err instanceof QmpError) || err.code !== 'ERR_QMP_DISCONNECTED') throw err;
@@ -211,7 +225,9 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     };
   } catch (err) {
     // a failed save resumes the VM it stopped (unless asked to leave it paused)
-    if (stoppedAt !== undefined && then !== 'pause' && err instanceof Error) {
+    if (resuming && err instanceof Error) {
+      err.message += await resuming.then(() => '; the VM was resumed', (e: Error) => `; the VM could not be resumed: ${e.message}`);
+    } else if (stoppedAt !== undefined && then !== 'pause' && err instanceof Error) {
       if (q.closed) {
         err.message += '; QEMU is gone, the VM could not be resumed';
       } else {
