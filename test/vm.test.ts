@@ -247,6 +247,45 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await b.stop();
   });
 
+  it('anonymous RAM (through QEMU mapped-ram): save, kill QEMU, restore into a fresh one: the count goes on', async () => {
+    const snap = path.join(dir, 'anon.fxr');
+    const a = await start('anon-a');
+    await waitForCounts(a.serial, 3);
+    const r1 = fixedram(['vm', 'save', '--qmp', a.fixedramQmp, '-o', snap, '-j', '2', '--json', '--progress', 'none']);
+    assert.equal(r1.status, 0, r1.stderr);
+    const j1 = json(r1);
+    assert.equal(j1.mode, 'mapped-ram');
+    assert.ok((j1.blocks as { name: string }[]).some((b) => b.name === 'pc.ram'));
+    assert.equal((await a.qmp.execute<{ status: string }>('query-status')).status, 'running');
+    const caps = await a.qmp.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
+    assert.deepEqual(caps.filter((c) => c.state).map((c) => c.capability), [], 'the capabilities fixedram set were put back');
+    assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('.anon.fxr')).length, 0, 'no temp file left');
+    const info = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { deviceState: { kind: string } };
+    assert.equal(info.deviceState.kind, 'qemu-mapped-ram');
+    const out = path.join(dir, 'anon-pc.ram');
+    await load({ snapshot: snap, blocks: [{ name: 'pc.ram', path: out }], channels: 1 });
+    const saved = fs.readFileSync(out).readUInt32LE(kernel.countAddress);
+    fs.rmSync(out);
+    a.kill();
+    await a.stop();
+
+    // a QEMU with another memory size: exit 3, it stays waiting
+    const small = await start('anon-small', { incoming: true, mib: 32 });
+    const bad = fixedram(['vm', 'restore', '--qmp', small.fixedramQmp, snap, '--progress', 'none']);
+    assert.equal(bad.status, 3, bad.stderr);
+    assert.match(bad.stderr, /does not match this VM: block 'pc\.ram' is 64 MiB in the snapshot, 32 MiB in QEMU; nothing was written/);
+    assert.equal((await small.qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
+    await small.stop();
+
+    const b = await start('anon-b', { incoming: true });
+    const r = fixedram(['vm', 'restore', '--qmp', b.fixedramQmp, snap, '--json', '--progress', 'none']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(json(r).mode, 'mapped-ram');
+    assert.equal((await b.qmp.execute<{ status: string }>('query-status')).status, 'running');
+    const after = await waitForCounts(b.serial, 3);
+    assert.deepEqual(after.slice(0, 3), [saved + 1, saved + 2, saved + 3]);
+  });
+
   it('vm save against a socket nobody listens on: exit 4, one line', () => {
     const r = fixedram(['vm', 'save', '--qmp', path.join(dir, 'nothing.qmp'), '-o', path.join(dir, 'x.fxr')]);
     assert.equal(r.status, 4, r.stderr);

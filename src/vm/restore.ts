@@ -39,7 +39,8 @@ export interface VmRestoreResult {
   snapshot: string;
   mode: 'shared-file' | 'mapped-ram';
   qemuVersion: string;
-  blocks: { name: string; path: string; length: number; pageSize: number; presentPages: number; zeroPages: number }[];
+  /** `path`: the RAM backend file loaded (shared-file RAM only). */
+  blocks: { name: string; path?: string; length: number; pageSize: number; presentPages: number; zeroPages: number }[];
   presentPages: number;
   zeroPages: number;
   deviceStateBytes: number;
@@ -94,9 +95,9 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds no device state (a save of RAM files, not of a VM): ` +
       'it cannot restore a VM; use fixedram load for its blocks');
   }
+  if (device.kind === 'qemu-mapped-ram') return restoreMappedRam(opts, snapshot, info.blocks, device.streamBytes, started);
   if (!isSharedFileState(device) || !device.stream) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds a ${device.kind} VM (RAM not in shared files): ` +
-      'restore it through fixedram export and QEMU\'s migrate-incoming');
+    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds a ${device.kind} device state that vm restore cannot feed to QEMU`);
   }
   const stream = device.stream;
 
@@ -143,6 +144,77 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
       blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
       presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
       deviceStateBytes: stream.length, channels: r.channels, then,
+      ...(resumed !== undefined ? { downtimeSeconds: secs(t0, resumed) } : {}),
+      seconds: secs(started, now()),
+    };
+  } finally {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    q.close();
+  }
+}
+
+/**
+ * A VM whose RAM is not in shared files (device state of kind qemu-mapped-ram): the snapshot is
+ * exported to a QEMU mapped-ram file in a private temp directory (N channels) and QEMU loads it
+ * with mapped-ram + multifd (N channels). The RAM blocks must match QEMU's (names, sizes, page
+ * sizes) before anything is written.
+ */
+async function restoreMappedRam(opts: VmRestoreOptions, snapshot: string,
+  blocks: readonly { name: string; length: number; pageSize: number; presentPages: number; zeroPages: number }[],
+  deviceStateBytes: number, started: bigint): Promise<VmRestoreResult> {
+  const channels = checkChannels(opts.channels);
+  const then = opts.then ?? 'resume';
+  const q = await QmpClient.connect(opts.qmp);
+  let dir: string | undefined;
+  try {
+    const st = await runState(q);
+    if (st.status !== 'inmigrate') {
+      throw new QmpError('ERR_VM_STATE', `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
+        'start it with -incoming defer, the same machine type and memory size', { path: q.path });
+    }
+    const ram = await vmRam(q);
+    const mismatch = (why: string): never => {
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `snapshot '${snapshot}' does not match this VM: ${why}; nothing was written`);
+    };
+    for (const b of blocks) {
+      const v = ram.blocks.find((x) => x.name === b.name);
+      if (!v) mismatch(`QEMU has no RAM block '${escapeText(b.name)}'`);
+      else if (v.length !== b.length) mismatch(`block '${escapeText(b.name)}' is ${mib(b.length)} in the snapshot, ${mib(v.length)} in QEMU`);
+      else if (v.pageSize !== b.pageSize) mismatch(`block '${escapeText(b.name)}' has ${b.pageSize}-byte pages in the snapshot, ${v.pageSize} in QEMU`);
+    }
+    for (const v of ram.blocks) if (!blocks.some((b) => b.name === v.name)) mismatch(`QEMU's RAM block '${escapeText(v.name)}' is not in the snapshot`);
+
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-vmrestore-'));
+    const file = path.join(dir, 'vm.mig');
+    const t0 = now();
+    await (await import('../export')).exportSnapshot({
+      snapshot, output: file, format: 'qemu', channels, fsync: false,
+      ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    });
+    const restoreCaps = await setCapabilities(q, ['mapped-ram', 'multifd']);
+    try {
+      await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
+      await q.execute('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
+      await waitMigration(q, 'incoming migration', opts.migrationTimeoutMs ?? 600_000, opts.signal).catch((err: unknown) => {
+        if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
+          throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load '${snapshot}': ${err.message}`);
+        }
+        throw err;
+      });
+    } finally {
+      await restoreCaps();
+    }
+    let resumed: bigint | undefined;
+    if (then === 'resume') {
+      await q.execute('cont');
+      resumed = now();
+    }
+    return {
+      command: 'vm restore', snapshot, mode: 'mapped-ram', qemuVersion: q.version,
+      blocks: blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
+      presentPages: blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: blocks.reduce((s, b) => s + b.zeroPages, 0),
+      deviceStateBytes, channels, then,
       ...(resumed !== undefined ? { downtimeSeconds: secs(t0, resumed) } : {}),
       seconds: secs(started, now()),
     };
