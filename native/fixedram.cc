@@ -10,8 +10,10 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <napi.h>
 
@@ -63,7 +65,10 @@ PageBatch Batch(const Napi::CallbackInfo& info, size_t at, int64_t ps) {
   b.first = Int(info, at, "firstPage");
   b.count = Int(info, at + 1, "pageCount");
   if (b.first < 0 || b.count < 0 || b.count > (int64_t{1} << 30) / 64) Fail(info.Env(), "bad page range");
-  b.scratch = Bytes(info, at + 2, "scratch", b.count * ps);
+  // one page larger than a piece may come with a piece-sized scratch (moved in pieces)
+  const int64_t need = (b.count == 1 && ps > kPieceBytes) ? kPieceBytes : b.count * ps;
+  b.scratch = Bytes(info, at + 2, "scratch", need);
+  b.scratch_bytes = static_cast<int64_t>(info[at + 2].As<Napi::Uint8Array>().ByteLength());
   b.csums = Bytes(info, at + 3, "csums", 8 * (b.first + b.count));
   b.present = Bytes(info, at + 4, "present", b.first + b.count);
   return b;
@@ -199,7 +204,7 @@ Napi::Value VerifyPagesJs(const Napi::CallbackInfo& info) {
   BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
   PageBatch b = Batch(info, 3, ps);
   BlockFile against{Fd(info, 8, "againstFd"), Int(info, 9, "againstBase"), ps, 1};
-  unsigned char* scratch2 = Bytes(info, 10, "scratch2", against.fd >= 0 ? b.count * ps : 0);
+  unsigned char* scratch2 = Bytes(info, 10, "scratch2", against.fd >= 0 ? std::min<int64_t>(b.count * ps, b.scratch_bytes) : 0);
   if (info.Length() < 12 || !info[11].IsTypedArray() ||
       info[11].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
     Fail(info.Env(), "bad must be a BigUint64Array");
@@ -279,6 +284,56 @@ Napi::Value MarkDataAsyncJs(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// hashRanges(fd, [offset, length, offset, length, ...]) -> [hash (bigint), popcount of the first range]
+Napi::Value HashRangesJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  if (info.Length() < 2 || !info[1].IsArray()) Fail(info.Env(), "ranges must be an array");
+  Napi::Array a = info[1].As<Napi::Array>();
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (uint32_t i = 0; i + 1 < a.Length(); i += 2) {
+    Napi::Value o = a.Get(i);
+    Napi::Value l = a.Get(i + 1);
+    if (!o.IsNumber() || !l.IsNumber()) Fail(info.Env(), "ranges must hold numbers");
+    int64_t off = o.As<Napi::Number>().Int64Value();
+    int64_t len = l.As<Napi::Number>().Int64Value();
+    if (off < 0 || len < 0 || off > (int64_t{1} << 53) || len > (int64_t{1} << 53)) Fail(info.Env(), "bad range");
+    ranges.push_back({off, len});
+  }
+  try {
+    uint64_t pop = 0;
+    uint64_t h = HashRanges(fd, ranges, &pop);
+    Napi::Array r = Napi::Array::New(info.Env(), 2);
+    r.Set(0u, Napi::BigInt::New(info.Env(), h));
+    r.Set(1u, Napi::Number::New(info.Env(), static_cast<double>(pop)));
+    return r;
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// dataExtents(fd, lo, hi, max) -> [start, end, ...]: at most max data extents of [lo, hi), clipped;
+// null when the file system gives no hole information
+Napi::Value DataExtentsJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  int64_t lo = Int(info, 1, "lo");
+  int64_t hi = Int(info, 2, "hi");
+  int64_t max = Int(info, 3, "max");
+  if (lo < 0 || hi < lo || max < 1) Fail(info.Env(), "bad extent range");
+  try {
+    std::vector<std::pair<int64_t, int64_t>> ext;
+    if (!DataExtentsUpTo(fd, lo, hi, max, &ext)) return info.Env().Null();
+    Napi::Array r = Napi::Array::New(info.Env(), ext.size() * 2);
+    uint32_t k = 0;
+    for (const auto& e : ext) {
+      r.Set(k++, Napi::Number::New(info.Env(), static_cast<double>(e.first)));
+      r.Set(k++, Napi::Number::New(info.Env(), static_cast<double>(e.second)));
+    }
+    return r;
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
 // punchHole(fd, offset, length) -> true, or false where the file system cannot punch holes
 Napi::Value PunchHoleJs(const Napi::CallbackInfo& info) {
   int fd = Fd(info, 0, "fd");
@@ -355,6 +410,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadPages", Napi::Function::New(env, LoadPagesJs, "loadPages"));
   exports.Set("verifyPages", Napi::Function::New(env, VerifyPagesJs, "verifyPages"));
   exports.Set("markData", Napi::Function::New(env, MarkDataJs, "markData"));
+  exports.Set("hashRanges", Napi::Function::New(env, HashRangesJs, "hashRanges"));
+  exports.Set("dataExtents", Napi::Function::New(env, DataExtentsJs, "dataExtents"));
   exports.Set("punchHole", Napi::Function::New(env, PunchHoleJs, "punchHole"));
   exports.Set("flock", Napi::Function::New(env, FlockJs, "flock"));
   exports.Set("syncRange", Napi::Function::New(env, SyncRangeJs, "syncRange"));

@@ -127,6 +127,7 @@ bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned ch
 }
 
 SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  if (InPieces(b, src.page_size)) return SaveHugePage(src, dst, b, flags);
   SaveResult r;
   const int64_t ps = src.page_size;
   const int64_t n = b.count;
@@ -205,6 +206,7 @@ SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch
 }
 
 LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  if (InPieces(b, snap.page_size)) return LoadHugePage(snap, dst, b, flags);
   LoadResult r;
   const int64_t ps = snap.page_size;
   const int64_t n = b.count;
@@ -267,6 +269,7 @@ LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatc
 
 VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& b,
                          unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags) {
+  if (InPieces(b, snap.page_size)) return VerifyHugePage(snap, against, b, scratch2, bad, capacity, flags);
   VerifyResult r;
   const int64_t ps = snap.page_size;
   const int64_t n = b.count;
@@ -335,6 +338,315 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
     }
     ++r.bad_count;
   }
+  return r;
+}
+
+// ---- streamed hashing and huge pages in pieces ----------------------------------------------------
+
+namespace {
+
+// kPieceBytes of zeros, shared read-only by every thread.
+const unsigned char* Zeros() {
+  static const std::vector<unsigned char> zeros(static_cast<size_t>(kPieceBytes), 0);
+  return zeros.data();
+}
+
+struct Xxh3 {
+  XXH3_state_t* s;
+  Xxh3() : s(XXH3_createState()) {
+    if (s == nullptr) throw SysError{ENOMEM, "malloc", 0};
+    XXH3_64bits_reset(s);
+  }
+  ~Xxh3() { XXH3_freeState(s); }
+  Xxh3(const Xxh3&) = delete;
+  Xxh3& operator=(const Xxh3&) = delete;
+  void Reset() { XXH3_64bits_reset(s); }
+  void Add(const void* p, size_t n) { XXH3_64bits_update(s, p, n); }
+  void AddZeros(int64_t n) {
+    while (n > 0) {
+      const int64_t k = std::min(n, kPieceBytes);
+      Add(Zeros(), static_cast<size_t>(k));
+      n -= k;
+    }
+  }
+  uint64_t Digest() const { return XXH3_64bits_digest(s); }
+};
+
+uint64_t PopCount(const unsigned char* p, size_t n) {
+  uint64_t c = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    c += static_cast<uint64_t>(__builtin_popcountll(w));
+  }
+  for (; i < n; ++i) c += static_cast<uint64_t>(__builtin_popcount(p[i]));
+  return c;
+}
+
+// One flag per piece of page `page`: whether the piece overlaps a data extent of the file (all set
+// when the file system gives no hole information).
+std::vector<uint8_t> PieceData(const BlockFile& f, int64_t page) {
+  const int64_t ps = f.page_size;
+  const int64_t n = (ps + kPieceBytes - 1) / kPieceBytes;
+  const int64_t off = PageOffset(f, page);
+  std::vector<uint8_t> d(static_cast<size_t>(n), 0);
+  std::vector<std::pair<int64_t, int64_t>> ext;
+  if (!On(f, [&] { return DataExtents(f.fd, off, off + ps, &ext); })) {
+    d.assign(static_cast<size_t>(n), 1);
+    return d;
+  }
+  for (const auto& e : ext) {
+    for (int64_t k = (e.first - off) / kPieceBytes; k < n && k * kPieceBytes < e.second - off; ++k) d[k] = 1;
+  }
+  return d;
+}
+
+int64_t PieceLen(int64_t ps, int64_t k) { return std::min(kPieceBytes, ps - k * kPieceBytes); }
+
+void ZeroRange(const BlockFile& f, int64_t off, int64_t len) {
+  On(f, [&] {
+    if (!PunchHole(f.fd, off, len)) WriteZeros(f.fd, off, len);
+  });
+}
+
+}  // namespace
+
+uint64_t HashRanges(int fd, const std::vector<std::pair<int64_t, int64_t>>& ranges, uint64_t* popcount) {
+  Xxh3 h;
+  std::vector<unsigned char> buf(static_cast<size_t>(std::min<int64_t>(kPieceBytes, int64_t{1} << 20)));
+  const int64_t chunk = static_cast<int64_t>(buf.size());
+  *popcount = 0;
+  bool holes = true;
+  for (size_t r = 0; r < ranges.size(); ++r) {
+    int64_t pos = ranges[r].first;
+    const int64_t hi = ranges[r].first + ranges[r].second;
+    while (pos < hi) {
+      int64_t d = pos;
+      int64_t e = hi;
+      if (holes) {
+        std::vector<std::pair<int64_t, int64_t>> ext;
+        if (!DataExtentsUpTo(fd, pos, hi, 1, &ext)) {
+          holes = false;
+        } else if (ext.empty()) {
+          d = e = hi;
+        } else {
+          d = ext[0].first;
+          e = ext[0].second;
+        }
+      }
+      h.AddZeros(d - pos);
+      for (int64_t at = d; at < e; at += chunk) {
+        const int64_t n = std::min(chunk, e - at);
+        PreadFull(fd, buf.data(), static_cast<size_t>(n), at);
+        h.Add(buf.data(), static_cast<size_t>(n));
+        if (r == 0) *popcount += PopCount(buf.data(), static_cast<size_t>(n));
+      }
+      pos = e;
+    }
+  }
+  return h.Digest();
+}
+
+SaveResult SaveHugePage(const BlockFile& src, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  SaveResult r;
+  const int64_t ps = src.page_size;
+  const int64_t p = b.first;
+  const int64_t pieces = (ps + kPieceBytes - 1) / kPieceBytes;
+  const bool update = (flags & kSaveUpdate) != 0;
+  const bool rewrite = (flags & kSaveRewrite) != 0;
+  const bool cand = !((flags & kSaveMask) && b.mask != nullptr && !b.mask[p]);
+  const std::vector<uint8_t> data = cand ? PieceData(src, p) : std::vector<uint8_t>(static_cast<size_t>(pieces), 0);
+  const int64_t src_off = cand ? PageOffset(src, p) : 0;
+  const int64_t dst_off = On(dst, [&] { return PageOffset(dst, p); });
+  Xxh3 h;
+  // One pass over the page: hash it and, when `write`, write its non-zero pieces (and in an update
+  // make its zero pieces zero). Returns whether any byte was non-zero.
+  auto pass = [&](bool write) {
+    h.Reset();
+    bool nonzero = false;
+    for (int64_t k = 0; k < pieces; ++k) {
+      const int64_t len = PieceLen(ps, k);
+      bool zero = true;
+      if (data[k]) {
+        On(src, [&] { PreadFull(src.fd, b.scratch, static_cast<size_t>(len), src_off + k * kPieceBytes); });
+        r.bytes_read += len;
+        zero = IsZero(b.scratch, static_cast<size_t>(len));
+        h.Add(b.scratch, static_cast<size_t>(len));
+      } else {
+        h.AddZeros(len);
+      }
+      nonzero = nonzero || !zero;
+      if (!write) continue;
+      if (!zero) {
+        struct iovec v = {b.scratch, static_cast<size_t>(len)};
+        r.bytes_written += On(dst, [&] { return static_cast<int64_t>(PwritevFull(dst.fd, &v, 1, dst_off + k * kPieceBytes)); });
+      } else if (update) {
+        ZeroRange(dst, dst_off + k * kPieceBytes, len);
+      }
+    }
+    return nonzero;
+  };
+  bool now = false;
+  uint64_t hash = 0;
+  if (!update) {
+    now = pass(true);  // a fresh slot is a hole: zero pieces need no write
+    if (now) ++r.written_pages;
+  } else {
+    const bool was = b.present[p] != 0;
+    now = pass(false);
+    hash = h.Digest();
+    if (now && (rewrite || !was || LoadLe64(b.csums + 8 * p) != hash)) {
+      now = pass(true);  // the bytes written are the bytes hashed by this second pass
+      if (now) ++r.written_pages; else ++r.punched_pages;
+    } else if (!now && (rewrite || was)) {
+      ZeroRange(dst, dst_off, ps);
+      ++r.punched_pages;
+    } else {
+      ++r.unchanged_pages;
+    }
+  }
+  hash = now ? h.Digest() : 0;
+  if ((flags & kSaveWriteback) && r.written_pages > 0) StartWriteback(dst.fd, dst_off, ps);
+  b.present[p] = now ? 1 : 0;
+  StoreLe64(b.csums + 8 * p, hash);
+  r.present_pages = now ? 1 : 0;
+  return r;
+}
+
+LoadResult LoadHugePage(const BlockFile& snap, const BlockFile& dst, const PageBatch& b, uint32_t flags) {
+  LoadResult r;
+  const int64_t ps = snap.page_size;
+  const int64_t p = b.first;
+  const int64_t pieces = (ps + kPieceBytes - 1) / kPieceBytes;
+  const bool zero_absent = (flags & kLoadZeroAbsent) != 0;
+  const bool mmap_target = (flags & kLoadMmapTarget) != 0;
+  const int64_t dst_off = On(dst, [&] { return PageOffset(dst, p); });
+  const bool present = b.present[p] != 0;
+  if (!present && !zero_absent) return r;
+  unsigned char* map = nullptr;
+  if (mmap_target) {
+    // hugetlbfs: pwrite fails with EINVAL; the mapping is of one (huge) page, its memory is the target's
+    void* m = mmap(nullptr, static_cast<size_t>(ps), PROT_READ | PROT_WRITE, MAP_SHARED, dst.fd, dst_off);
+    if (m == MAP_FAILED) throw SysError{errno, "mmap", dst_off, dst.role};
+    map = static_cast<unsigned char*>(m);
+  }
+  struct Unmap {
+    unsigned char* m;
+    int64_t n;
+    ~Unmap() {
+      if (m != nullptr) munmap(m, static_cast<size_t>(n));
+    }
+  } unmap{map, ps};
+  auto zero_piece = [&](int64_t at, int64_t len) {
+    if (map != nullptr) {
+      if (!On(dst, [&] { return PunchHole(dst.fd, dst_off + at, len); })) memset(map + at, 0, static_cast<size_t>(len));
+    } else {
+      ZeroRange(dst, dst_off + at, len);
+    }
+  };
+  if (!present) {
+    zero_piece(0, ps);
+    r.zeroed_pages = 1;
+    return r;
+  }
+  const std::vector<uint8_t> data = PieceData(snap, p);
+  const int64_t snap_off = PageOffset(snap, p);
+  auto read_piece = [&](int64_t k, int64_t len) {
+    On(snap, [&] { PreadFull(snap.fd, b.scratch, static_cast<size_t>(len), snap_off + k * kPieceBytes); });
+    r.bytes_read += len;
+  };
+  if (flags & kLoadVerify) {
+    // check the whole page before any byte of it is written
+    Xxh3 h;
+    for (int64_t k = 0; k < pieces; ++k) {
+      const int64_t len = PieceLen(ps, k);
+      if (!data[k]) {
+        h.AddZeros(len);
+        continue;
+      }
+      read_piece(k, len);
+      h.Add(b.scratch, static_cast<size_t>(len));
+    }
+    const uint64_t got = h.Digest();
+    if (got != LoadLe64(b.csums + 8 * p)) {
+      r.bad_page = p;
+      r.bad_actual = got;
+      return r;
+    }
+  }
+  for (int64_t k = 0; k < pieces; ++k) {
+    const int64_t len = PieceLen(ps, k);
+    const int64_t at = k * kPieceBytes;
+    if (!data[k]) {
+      if (zero_absent) zero_piece(at, len);
+      continue;
+    }
+    read_piece(k, len);
+    if (map != nullptr) {
+      memcpy(map + at, b.scratch, static_cast<size_t>(len));
+    } else {
+      struct iovec v = {b.scratch, static_cast<size_t>(len)};
+      On(dst, [&] { PwritevFull(dst.fd, &v, 1, dst_off + at); });
+    }
+    r.bytes_written += len;
+  }
+  return r;
+}
+
+VerifyResult VerifyHugePage(const BlockFile& snap, const BlockFile& against, const PageBatch& b,
+                            unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags) {
+  VerifyResult r;
+  const int64_t ps = snap.page_size;
+  const int64_t p = b.first;
+  const int64_t pieces = (ps + kPieceBytes - 1) / kPieceBytes;
+  const bool present = b.present[p] != 0;
+  const bool absent_zero = (flags & kVerifyAbsentZero) != 0;
+  const bool live = against.fd >= 0;
+  if (!present && !absent_zero && !live) return r;
+  std::vector<uint8_t> data;
+  if ((flags & kVerifyDataMask) && b.mask != nullptr && !b.mask[p]) {
+    data.assign(static_cast<size_t>(pieces), 0);
+  } else {
+    data = PieceData(snap, p);
+  }
+  if (!present && !live && std::none_of(data.begin(), data.end(), [](uint8_t v) { return v != 0; })) return r;
+  const int64_t snap_off = PageOffset(snap, p);
+  const int64_t live_off = live ? On(against, [&] { return PageOffset(against, p); }) : 0;
+  Xxh3 h;
+  Xxh3 lh;
+  bool nonzero = false;
+  bool differs = false;
+  for (int64_t k = 0; k < pieces; ++k) {
+    const int64_t len = PieceLen(ps, k);
+    const unsigned char* content = Zeros();
+    if (data[k]) {
+      On(snap, [&] { PreadFull(snap.fd, b.scratch, static_cast<size_t>(len), snap_off + k * kPieceBytes); });
+      r.bytes_read += len;
+      h.Add(b.scratch, static_cast<size_t>(len));
+      if (present) content = b.scratch;
+      else if (!IsZero(b.scratch, static_cast<size_t>(len))) nonzero = true;
+    } else {
+      h.AddZeros(len);
+    }
+    if (live) {
+      On(against, [&] { PreadFull(against.fd, scratch2, static_cast<size_t>(len), live_off + k * kPieceBytes); });
+      r.bytes_read += len;
+      lh.Add(scratch2, static_cast<size_t>(len));
+      if (memcmp(content, scratch2, static_cast<size_t>(len)) != 0) differs = true;
+    }
+  }
+  auto report = [&](uint64_t kind, uint64_t actual) {
+    if (r.bad_count < capacity) {
+      bad[3 * r.bad_count] = static_cast<uint64_t>(p);
+      bad[3 * r.bad_count + 1] = kind;
+      bad[3 * r.bad_count + 2] = actual;
+    }
+    ++r.bad_count;
+  };
+  if (present && (flags & kVerifyChecksums) && h.Digest() != LoadLe64(b.csums + 8 * p)) report(kBadChecksum, h.Digest());
+  if (!present && absent_zero && nonzero) report(kAbsentNotZero, h.Digest());
+  if (differs) report(kDiffersFromLive, lh.Digest());
   return r;
 }
 
@@ -450,6 +762,7 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
     int64_t start = ClockNs(CLOCK_THREAD_CPUTIME_ID);
     ~CpuTime() { *into += ClockNs(CLOCK_THREAD_CPUTIME_ID) - start; }
   } cpu{&times->cpu_ns};
+  if (InPieces(b, src.page_size)) return SaveHugePage(src, dst, b, flags);
   SaveResult r;
   const int64_t ps = src.page_size;
   const int64_t n = b.count;

@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace fixedram {
 
@@ -29,7 +31,17 @@ struct PageBatch {
   // null. Filled once per block by the main thread, because asking SEEK_HOLE per batch costs a scan
   // to the next hole on tmpfs, which is the end of the file when the file is dense.
   const unsigned char* mask = nullptr;
+  // Bytes of scratch. A batch of one page larger than kPieceBytes may come with a smaller scratch:
+  // such a page is moved and hashed in pieces (see the *HugePage functions), so a channel never
+  // holds a whole huge page.
+  int64_t scratch_bytes = 0;
 };
+
+// Huge pages are read, hashed, compared and written in pieces of this many bytes.
+constexpr int64_t kPieceBytes = int64_t{4} << 20;
+
+// True when the batch is one page handled in pieces (its scratch is smaller than the page).
+inline bool InPieces(const PageBatch& b, int64_t page_size) { return b.count == 1 && b.scratch_bytes < page_size; }
 
 enum SaveFlags : uint32_t {
   kSaveSeekData = 1u << 0,   // skip source holes found with SEEK_DATA/SEEK_HOLE
@@ -93,6 +105,14 @@ enum VerifyFlags : uint32_t {
 VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const PageBatch& batch,
                          unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags);
 
+// The same operations on one page larger than kPieceBytes, moved, hashed and compared in pieces of
+// kPieceBytes (b.scratch holds one piece): memory per channel stays bounded for any page size.
+// SavePages, LoadPages and VerifyPages call these for a batch with InPieces(b, page_size).
+SaveResult SaveHugePage(const BlockFile& src, const BlockFile& dst, const PageBatch& batch, uint32_t flags);
+LoadResult LoadHugePage(const BlockFile& snap, const BlockFile& dst, const PageBatch& batch, uint32_t flags);
+VerifyResult VerifyHugePage(const BlockFile& snap, const BlockFile& against, const PageBatch& batch,
+                            unsigned char* scratch2, uint64_t* bad, int64_t capacity, uint32_t flags);
+
 // Sets mask[p] = 1 for every page p in [first, first + count) of the block that overlaps a data
 // extent of the file (SEEK_DATA/SEEK_HOLE, one walk), 0 for pages inside holes. Returns false, with
 // every page set, when the file system gives no hole information.
@@ -118,6 +138,11 @@ constexpr int64_t kUpdateChunkBytes = 128 << 10;
 constexpr uint32_t kUpdateNoMap = 1u << 8;  // read with preadv, never map the source
 SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBatch& batch, uint32_t flags,
                        UpdateTimes* times);
+// Streams XXH3-64 (seed 0) over the byte ranges (offset, length) of a file, in order, as if they were
+// one buffer. Holes (SEEK_DATA/SEEK_HOLE) are hashed as zeros without being read, so the cost follows
+// the data present plus the hashing of the ranges' length. Sets *popcount to the number of bits set
+// in the first range. Memory: one bounded buffer.
+uint64_t HashRanges(int fd, const std::vector<std::pair<int64_t, int64_t>>& ranges, uint64_t* popcount);
 
 // XXH3-64 (seed 0) of a buffer, for metadata checksums computed in TS.
 uint64_t Hash64(const void* data, size_t len);

@@ -96,8 +96,13 @@ void WriteZeros(int fd, int64_t offset, int64_t len) {
 }
 
 bool DataExtents(int fd, int64_t lo, int64_t hi, std::vector<std::pair<int64_t, int64_t>>* out) {
+  return DataExtentsUpTo(fd, lo, hi, INT64_MAX, out);
+}
+
+bool DataExtentsUpTo(int fd, int64_t lo, int64_t hi, int64_t max, std::vector<std::pair<int64_t, int64_t>>* out) {
   int64_t pos = lo;
-  while (pos < hi) {
+  int64_t found = 0;
+  while (pos < hi && found < max) {
     off_t d = lseek(fd, pos, SEEK_DATA);
     if (d < 0) {
       if (errno == ENXIO) return true;  // no data at or after pos
@@ -113,6 +118,7 @@ bool DataExtents(int fd, int64_t lo, int64_t hi, std::vector<std::pair<int64_t, 
     int64_t end = std::min<int64_t>(h, hi);
     if (end <= d) return true;
     out->push_back({d, end});
+    ++found;
     pos = end;
   }
   return true;

@@ -46,6 +46,9 @@ void WriteZeros(int fd, int64_t offset, int64_t len);
 // the whole range as data).
 bool DataExtents(int fd, int64_t lo, int64_t hi, std::vector<std::pair<int64_t, int64_t>>* out);
 
+// As DataExtents, but stops after max extents (the caller continues from the last end).
+bool DataExtentsUpTo(int fd, int64_t lo, int64_t hi, int64_t max, std::vector<std::pair<int64_t, int64_t>>* out);
+
 // True when len bytes at p are all zero. len must be a multiple of 64.
 bool IsZero(const unsigned char* p, size_t len);
 

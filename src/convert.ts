@@ -89,7 +89,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     }
     const sources = image.blocks.map((b, i): SnapshotSource => ({
       name: b.name, length: b.length, pageSize: b.pageSize, fd: image.fd, path: input, base: b.pagesOffset,
-      mask: image.readTables(i).present,
+      // QEMU's bitmap, one window at a time
+      maskWindow: (first: number, count: number): Uint8Array => {
+        const into = { present: new Uint8Array(count), csums: new Uint8Array(8 * count) };
+        image.readTableWindow(i, first, count, into);
+        return into.present;
+      },
     }));
     const details = (image.details ?? {}) as { machineType?: string };
     const deviceState = image.captureDeviceState?.();

@@ -5,6 +5,7 @@ import { isSystemError, snapshotError } from './errors';
 import { kMagic, unpackBitmap } from './format';
 import { isQemuMagic, parseQemu, type ByteSource, type QemuDetails } from './qemu';
 import { fixedramImage, newTables, openImageFile, openSnapshot, type BlockTables, type RamImage } from './snapshot';
+import type { WindowTables } from './tables';
 
 /** Opens a fixedram snapshot or a QEMU mapped-ram file (also inside a libvirt save image). */
 export function openImage(file: string): RamImage {
@@ -74,6 +75,15 @@ export function openQemuImage(file: string): RamImage {
       state: p.incomplete ? 'incomplete' : 'complete',
       ...(p.incomplete ? { incomplete: p.incomplete } : {}),
       details: { ...p.details },
+      checkTables: (): void => undefined,
+      readTableWindow: (i: number, first: number, count: number, into: WindowTables): number => {
+        const b = p.blocks[i];
+        if (!b) throw new RangeError(`no block ${i}`);
+        const words = p.bitmaps[i]!.subarray(first / 8, first / 8 + Math.ceil(count / 64) * 8);
+        into.present.fill(0, 0, count);
+        into.csums.fill(0, 0, 8 * count);
+        return unpackBitmap(words, count, into.present, b.name, b.bitmapOffset + first / 8);
+      },
       readTables: (i: number): BlockTables => {
         const b = p.blocks[i];
         if (!b) throw new RangeError(`no block ${i}`);

@@ -9,18 +9,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, releaseFd, sameFile, targetInDir, type BlockArg,
+  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, targetInDir, type BlockArg,
   type OpenFile,
 } from './blocks';
-import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { openImage } from './image';
 import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent, native } from './native';
-import { kDefaultBatchBytes, planBatches } from './plan';
+import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
-import type { BlockTables, RamImage } from './snapshot';
+import type { RamImage } from './snapshot';
+import { ExtentCursor } from './tables';
+import { walk } from './walk';
 
 export interface LoadOptions {
   snapshot: string;
@@ -68,7 +69,7 @@ interface Target {
   index: number;
   file: OpenFile;
   created: boolean;
-  tables: BlockTables;
+  presentPages: number;
 }
 
 /** Refuses a hugetlbfs target whose length is not a whole number of huge pages. */
@@ -156,7 +157,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     } else {
       image.blocks.forEach((_, index) => chosen.push({ index, path: '' }));
     }
-    const tables = chosen.map((c) => image.readTables(c.index));
+    for (const c of chosen) image.checkTables(c.index);
     if (opts.dir !== undefined) {
       // only now that every table is known good
       const dir = path.resolve(opts.dir);
@@ -170,12 +171,12 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const snapId = fs.fstatSync(image.fd, { bigint: true });
 
     // targets: all opened and checked before any data moves
-    chosen.forEach((c, k) => {
+    chosen.forEach((c) => {
       const b = image.blocks[c.index]!;
       const t = openTarget(c.path, b.name, b.length, {
         followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
       });
-      targets.push({ index: c.index, file: t.file, created: t.created, tables: tables[k]! });
+      targets.push({ index: c.index, file: t.file, created: t.created, presentPages: 0 });
       releaseFd(t.file);
       if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
     });
@@ -183,31 +184,54 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
 
     // load
     const verify = wantVerify && image.hasChecksums;
-    const blocks: ChannelBlock[] = targets.map((t) => {
-      const b = image.blocks[t.index]!;
-      return {
-        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        livePath: t.file.path, liveDev: t.file.dev, liveIno: t.file.ino, liveFollow: t.file.follow,
-        liveBase: 0, liveMmap: t.file.hugetlbfs,
-        present: t.tables.present, csums: t.tables.csums,
-        flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
-      };
-    });
+    const byBlock = new Map(targets.map((t) => [t.index, t]));
     // hugetlbfs targets are written through mappings, so their batches must be whole huge pages
     const batchBytes = Math.max(opts.batchBytes ?? kDefaultBatchBytes, ...targets.map((t) => t.file.hugePageSize ?? 0));
-    const plan = planBatches(blocks, batchBytes);
-    const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+    const total = targets.reduce((s, t) => s + image.blocks[t.index]!.length, 0);
     opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
     let directIo = opts.directIo ?? false;
     if (directIo && !probeDirectIo(image.path, fs.constants.O_RDONLY)) {
       opts.logger?.warn({ path: image.path }, 'the file system refuses O_DIRECT; using buffered I/O');
       directIo = false;
     }
-    const stats = await runChannels({
-      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan, directIo,
+    // a created target is all holes: only present pages need a channel; an existing target may hold
+    // old data, and only where it holds data (SEEK_DATA) must absent pages be made zero
+    const cursors = new Map(targets.filter((t) => !t.created).map((t) => [t.index,
+      new ExtentCursor(() => reopenChecked(t.file.path, fs.constants.O_RDONLY, t.file, image.blocks[t.index]!.name), t.file.path, 0,
+        image.blocks[t.index]!.length)]));
+    const stats = await walk({
+      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, directIo,
       onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
+      blocks: image.blocks, batchBytes, select: (i) => byBlock.has(i),
+      prepare: (seg) => {
+        const b = image.blocks[seg.block]!;
+        const t = seg.tables;
+        byBlock.get(seg.block)!.presentPages += image.readTableWindow(seg.block, seg.first, seg.count, t);
+        cursors.get(seg.block)?.mark(seg.first * b.pageSize, b.pageSize, seg.count, t.mask);
+        let any = false;
+        for (let i = 0; i < seg.count; i++) {
+          if (t.present[i] || t.mask[i]) {
+            t.active[i] = 1;
+            any = true;
+          }
+        }
+        return any;
+      },
+      channelBlock: (seg): ChannelBlock => {
+        const b = image.blocks[seg.block]!;
+        const t = byBlock.get(seg.block)!;
+        return {
+          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          livePath: t.file.path, liveDev: t.file.dev, liveIno: t.file.ino, liveFollow: t.file.follow,
+          liveBase: seg.first * b.pageSize, liveMmap: t.file.hugetlbfs,
+          present: seg.tables.present, csums: seg.tables.csums,
+          flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
+        };
+      },
       onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
+    }).finally(() => {
+      for (const c of cursors.values()) c.close();
     }).catch((err: unknown) => {
       throw explainInterrupt(err, `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`);
     });
@@ -219,13 +243,13 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         const b = image.blocks[t.index]!;
         return {
           name: b.name, path: t.file.path, length: b.length, pageSize: b.pageSize,
-          presentPages: t.tables.presentCount, zeroPages: b.pages - t.tables.presentCount, created: t.created,
+          presentPages: t.presentPages, zeroPages: b.pages - t.presentPages, created: t.created,
         };
       }),
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten,
       verified: verify,
-      channels: Math.min(channels, Math.max(plan.count, 1)),
+      channels: Math.max(1, stats.channelsUsed),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {

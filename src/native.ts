@@ -23,6 +23,8 @@ export const kVerifyChecksums = 1 << 0;
 export const kVerifyAbsentZero = 1 << 1;
 /** Use the mask argument of verifyPages for where the snapshot holds data. */
 export const kVerifyDataMask = 1 << 2;
+/** Pages larger than this are moved, hashed and compared in pieces of this size (native kPieceBytes). */
+export const kPieceBytes = 4 << 20;
 /** Kinds of bad pages reported by {@link Native.verifyPages}. */
 export const kBadChecksum = 1;
 export const kAbsentNotZero = 2;
@@ -73,6 +75,13 @@ export interface Native {
   markData(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): boolean;
   /** markData on a libuv pool thread (mask must not be used until the promise settles). */
   markDataAsync(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): Promise<boolean>;
+  /**
+   * XXH3-64 streamed over byte ranges of a file ([offset, length, offset, length, ...]) as if they
+   * were one buffer; holes are hashed as zeros without being read. → [hash, bits set in the first range]
+   */
+  hashRanges(fd: number, ranges: number[]): [bigint, number];
+  /** At most `max` data extents of [lo, hi) as [start, end, ...]; null: no hole information. */
+  dataExtents(fd: number, lo: number, hi: number, max: number): number[] | null;
   punchHole(fd: number, offset: number, length: number): boolean;
   /** Non-blocking flock: true when taken, false when held elsewhere. */
   flock(fd: number, exclusive: boolean): boolean;

@@ -21,7 +21,6 @@ import {
   type BlockArg,
   type OpenFile,
 } from './blocks';
-import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
 import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
@@ -29,9 +28,11 @@ import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayou
 import { registerTemp, unregisterTemp } from './cleanup';
 import { lockOutput } from './lock';
 import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
-import { kDefaultBatchBytes, planBatches } from './plan';
+import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
-import { newTables, type BlockTables } from './snapshot';
+import type { BlockTables } from './snapshot';
+import { ExtentCursor, tableSummary, writeTableWindow } from './tables';
+import { walk } from './walk';
 
 export interface SaveOptions {
   output: string;
@@ -201,8 +202,13 @@ export interface SnapshotSource {
   /** An open descriptor of it (channels reopen it), or else the identity channels check when they open path. */
   fd?: number;
   identity?: { dev: bigint; ino: bigint; follow: boolean };
-  /** Pages that may hold data (e.g. a QEMU bitmap); the others are taken as zero without reading. */
+  /**
+   * Pages that may hold data (e.g. a QEMU bitmap); the others are taken as zero without reading.
+   * @deprecated one byte per page of the whole block: use maskWindow.
+   */
   mask?: Uint8Array;
+  /** The same, one window at a time: one byte per page of [first, first + count). */
+  maskWindow?: (first: number, count: number) => Uint8Array;
 }
 
 export interface WriteOptions {
@@ -282,6 +288,75 @@ function removeStaleTemps(output: string, logger?: Logger): void {
 }
 
 /**
+ * Writes the pages of every source into a fresh (sparse) snapshot file and its bitmaps and checksum
+ * tables, window by window; returns what the header needs. Memory: one window of tables and the
+ * channels' bounded scratch, whatever the block lengths.
+ */
+async function writePages(
+  fd: number, file: string, layout: SnapshotLayout, sources: readonly SnapshotSource[], opts: WriteOptions,
+): Promise<{ summary: MetadataSummary; bytesRead: number; bytesWritten: number; channels: number }> {
+  const cursors = layout.blocks.map((b, i) => {
+    const src = sources[i]!;
+    return new ExtentCursor(src.fd ?? ((): number => reopenChecked(src.path, fs.constants.O_RDONLY, src.identity!, src.name)),
+      src.path, src.base, src.base + b.length);
+  });
+  const counts = layout.blocks.map(() => 0);
+  const total = layout.blocks.reduce((s, b) => s + b.length, 0);
+  try {
+    const stats = await walk({
+      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: file, directIo: opts.directIo ?? false,
+      onWarning: (message) => opts.logger?.warn(message),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      blocks: layout.blocks, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+      prepare: (seg) => {
+        const b = layout.blocks[seg.block]!;
+        const src = sources[seg.block]!;
+        const t = seg.tables;
+        try {
+          cursors[seg.block]!.mark(src.base + seg.first * b.pageSize, b.pageSize, seg.count, t.mask);
+        } catch (err) {
+          throw fromNativeError(err, { path: src.path, block: src.name });
+        }
+        if (src.mask) for (let i = 0; i < seg.count; i++) t.mask[i]! &= src.mask[seg.first + i]!;
+        if (src.maskWindow) {
+          const m = src.maskWindow(seg.first, seg.count);
+          for (let i = 0; i < seg.count; i++) t.mask[i]! &= m[i]!;
+        }
+        let any = false;
+        for (let i = 0; i < seg.count; i++) {
+          if (t.mask[i]) {
+            t.active[i] = 1;
+            any = true;
+          }
+        }
+        return any;
+      },
+      channelBlock: (seg): ChannelBlock => {
+        const b = layout.blocks[seg.block]!;
+        const src = sources[seg.block]!;
+        return {
+          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
+          ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
+          livePath: src.path, liveBase: src.base + seg.first * b.pageSize,
+          present: seg.tables.present, csums: seg.tables.csums, mask: seg.tables.mask,
+          flags: kSaveMask | (opts.fsync ? kSaveWriteback : 0),
+        };
+      },
+      finish: (seg, worked) => {
+        if (worked) counts[seg.block]! += writeTableWindow(fd, layout.blocks[seg.block]!, seg.first, seg.count, seg.tables, false);
+      },
+      onProgress: (done) => opts.onProgress?.({ command: opts.command, bytesDone: done, bytesTotal: total }),
+    });
+    // the metadata checksums, streamed over the tables as written (their holes are not read)
+    const summary: MetadataSummary = { counts, sums: layout.blocks.map((b) => tableSummary(fd, file, b).sum) };
+    return { summary, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, channels: Math.max(1, stats.channelsUsed) };
+  } finally {
+    for (const c of cursors) c.close();
+  }
+}
+
+/**
  * Writes a new snapshot of `sources` at `output` with the commit protocol described at the top of
  * this file: lock, temp file, channels, metadata, complete flag, rename. The caller has checked
  * that the output is none of the sources.
@@ -314,35 +389,17 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
       directIo = false;
     }
 
-    // pages
-    const tables = layout.blocks.map((b) => newTables(b.pages));
-    const masks = layout.blocks.map((b, i) => dataMask(sources[i]!, b.pages));
-    const blocks: ChannelBlock[] = layout.blocks.map((b, i) => {
-      const src = sources[i]!;
-      return {
-        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
-        ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
-        livePath: src.path, liveBase: src.base,
-        present: tables[i]!.present, csums: tables[i]!.csums, mask: masks[i]!,
-        flags: kSaveMask | (opts.fsync ? kSaveWriteback : 0),
-      };
-    });
-    const plan = planBatches(layout.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    // pages, window by window: where the source holds data (one SEEK_DATA/SEEK_HOLE walk per
+    // block), batches only there, and each window's tables written as soon as it is done
     const total = layout.blocks.reduce((s, b) => s + b.length, 0);
     const command = opts.command;
     opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
-    const stats = await runChannels({
-      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: tmp, blocks, plan, directIo,
-      onWarning: (message) => opts.logger?.warn(message),
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      onProgress: (done) => opts.onProgress?.({ command, bytesDone: done, bytesTotal: total }),
-    });
+    const pages = await writePages(fd, tmp, layout, sources, { ...opts, directIo });
+    opts.logger?.debug({ bytesWritten: pages.bytesWritten }, 'pages written');
     opts.beforeCommit?.();
-    opts.logger?.debug({ bytesWritten: stats.bytesWritten }, 'pages written');
 
     // commit
-    const summary = writeTables(fd, layout, tables);
+    const summary = pages.summary;
     if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
     writeHeader(fd, layout, summary, 0);
     if (opts.fsync) fs.fdatasyncSync(fd);
@@ -356,8 +413,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     tmp = undefined;
     if (opts.fsync) fsyncDir(dir);
     return {
-      layout, summary, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten,
-      channels: Math.min(opts.channels, Math.max(plan.count, 1)),
+      layout, summary, bytesRead: pages.bytesRead, bytesWritten: pages.bytesWritten, channels: pages.channels,
     };
   } finally {
     closeQuietly(fd);

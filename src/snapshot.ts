@@ -10,6 +10,7 @@ import {
   type Padding, type SnapshotHeader,
 } from './format';
 import { native } from './native';
+import { checkTables, readTableWindow, type WindowTables } from './tables';
 
 /** A block's present-page bytes and checksum table, in shared memory so channels can use them. */
 export interface BlockTables {
@@ -225,7 +226,20 @@ export interface RamImage {
   padding?: Padding[];
   /** Format-specific facts for `inspect` (version, machine type, wrapper, ...). */
   details?: Record<string, unknown>;
-  /** Reads and validates the bitmap (and checksums) of block i. */
+  /**
+   * Checks block i's tables before any is used (fixedram: the metadata checksum, streamed, the
+   * present count, zero entries of absent pages). Memory and work: one window, the data present.
+   */
+  checkTables(index: number): void;
+  /**
+   * Reads the tables of pages [first, first + count) of block i (first a multiple of 64, count at
+   * most a window) into `into`; returns the pages present. Call checkTables(i) first.
+   */
+  readTableWindow(index: number, first: number, count: number, into: WindowTables): number;
+  /**
+   * Reads and validates the whole bitmap (and checksums) of block i into memory of its size.
+   * @deprecated whole-block arrays (10 bytes per page): use checkTables and readTableWindow.
+   */
   readTables(index: number): BlockTables;
   /** The stored VM device state (fixedram snapshots with flag DEVICE_STATE), read and decoded on demand. */
   readDeviceState?(): DecodedDeviceState | undefined;
@@ -255,6 +269,11 @@ export function fixedramImage(snap: SnapshotFile): RamImage {
     },
     padding: paddingOf(snap.header),
     ...(reason ? { incomplete: reason } : {}),
+    checkTables: (i) => {
+      const b = snap.header.blocks[i]!;
+      checkTables(snap.fd, snap.path, b, snap.header.metadataChecksums[i]!, snap.header.presentPages[i]!);
+    },
+    readTableWindow: (i, first, count, into) => readTableWindow(snap.fd, snap.path, snap.header.blocks[i]!, first, count, into),
     readTables: (i) => readTables(snap, snap.header.blocks[i]!, i),
     readDeviceState: () => readDeviceState(snap),
     close: () => fs.closeSync(snap.fd),

@@ -31,10 +31,13 @@ import { explainInterrupt, ioError, isSystemError, snapshotError } from './error
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { lockOutput } from './lock';
 import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
-import { kDefaultBatchBytes, planBatches } from './plan';
+import { kDefaultBatchBytes, kWindowPages, planBatches, windowPagesFor } from './plan';
 import type { ProgressSink } from './progress';
-import { checkWriteOptions, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables } from './save';
+import { checkWriteOptions, fsyncDir, openSources, refuseAliasing, writeHeader, writeTables, type MetadataSummary } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
+import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
+import { walk, type WalkResult } from './walk';
+import type { SnapshotHeader } from './format';
 
 export interface UpdateOptions {
   output: string;
@@ -132,11 +135,16 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     phases.lap('open');
     // started now, so they overlap reading the tables and marking: the channels' threads, and the
     // walks of the sources' data extents on the libuv pool
-    const plan = planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);
-    team = plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
-    scan = scanSources(h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })),
-      channels);
-    const tables: BlockTables[] = h.blocks.map((b, i) => (repair ? newTables(b.pages) : readTables(snap, b, i)));
+    // Blocks with more pages than one window (whole tables would not fit the memory bound): the
+    // windowed walk of updatePages below, whose memory is one window of tables
+    const windowed = !fitsOneWindow(h.blocks);
+    const plan = windowed ? undefined : planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
+    scan = windowed ? undefined
+      : scanSources(h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })), channels);
+    const tables: BlockTables[] = windowed ? [] : h.blocks.map((b, i) => (repair ? newTables(b.pages) : readTables(snap, b, i)));
+    // the stored tables are checked whole (streamed) before the first byte changes
+    if (windowed && !repair) h.blocks.forEach((b, i) => checkTables(snap.fd, output, b, h.metadataChecksums[i]!, h.presentPages[i]!));
     phases.lap('tablesRead');
 
     // mark: UPDATING, durably, before the first page is overwritten
@@ -147,7 +155,21 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     opts.logger?.debug({ output, repair }, 'update: marked in progress');
 
     // pages
-    const masks = await scan.masks;
+    let stats: WalkResult | Awaited<ReturnType<typeof runChannels>>;
+    let windowedSummary: MetadataSummary | undefined;
+    let pump: ReturnType<typeof writebackPump> | undefined;
+    if (windowed) {
+      const total = h.blocks.reduce((s, b) => s + b.length, 0);
+      opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
+      ({ stats, summary: windowedSummary } = await updatePages(snap.fd, output, h, h.blocks.map((_, i) => files[order[i]!]!), {
+        repair, channels, fsync: doSync, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+      }).catch((err: unknown) => {
+        throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
+      }));
+    } else {
+    const masks = await scan!.masks;
     const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
       const f = files[order[i]!]!;
       return {
@@ -161,11 +183,10 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     phases.lap('scan');
     const total = h.blocks.reduce((s, b) => s + b.length, 0);
     opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-    const pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
-    let stats: Awaited<ReturnType<typeof runChannels>>;
+    pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
     try {
       stats = await runChannels({
-        kind: 'save', channels, snapshotFd: snap.fd, snapshotPath: output, blocks, plan, ...(team ? { team } : {}),
+        kind: 'save', channels, snapshotFd: snap.fd, snapshotPath: output, blocks, plan: plan!, ...(team ? { team } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
         onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
       }).catch((err: unknown) => {
@@ -173,6 +194,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       });
     } finally {
       await pump?.stop();
+    }
     }
     phases.lap('pages');
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
@@ -182,7 +204,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // commit. Nothing changed (and no repair): the tables on disk are already right, so only the
     // header is written (UPDATING above, COMPLETE here).
     const changed = repair || stats.writtenPages > 0 || stats.punchedPages > 0;
-    const summary = changed ? writeTables(snap.fd, h, tables) : { counts: [...h.presentPages], sums: [...h.metadataChecksums] };
+    const summary = windowedSummary ??
+      (changed ? writeTables(snap.fd, h, tables) : { counts: [...h.presentPages], sums: [...h.metadataChecksums] });
     if (opts.deviceState) {
       // the new record replaces the old one at the end of the file (still marked UPDATING)
       const record = encodeDeviceState(opts.deviceState, hash64);
@@ -224,11 +247,12 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       pagesChecked: h.blocks.reduce((s, b) => s + b.pages, 0),
       pagesWritten: stats.writtenPages,
       pagesPunched: stats.punchedPages,
-      pagesUnchanged: stats.unchangedPages,
+      // (the windowed walk never looks at pages without data before or now: they are unchanged too)
+      pagesUnchanged: windowed ? h.blocks.reduce((s, b) => s + b.pages, 0) - stats.writtenPages - stats.punchedPages : stats.unchangedPages,
       presentPages,
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten + metaBytes,
-      channels: Math.min(channels, Math.max(plan.count, 1)),
+      channels: plan ? Math.min(channels, Math.max(plan.count, 1)) : Math.max(1, (stats as WalkResult).channelsUsed),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
@@ -323,4 +347,94 @@ function scanSources(
     for (const fd of fds) closeQuietly(fd);
   });
   return { masks: all, done };
+}
+
+/** Whether every block's tables fit in one window of the windowed walk (plan.ts), all at once. */
+function fitsOneWindow(blocks: readonly { pages: number; pageSize: number }[]): boolean {
+  let pages = 0;
+  for (const b of blocks) {
+    if (b.pages > windowPagesFor(b.pageSize)) return false;
+    pages += b.pages;
+  }
+  return pages <= kWindowPages;
+}
+
+/**
+ * The update of blocks too large to hold their tables at once, window by window: reads the
+ * window's stored tables, finds where the source holds data (SEEK_DATA/SEEK_HOLE, one walk per
+ * block), hands the channels only pages that hold data now or were present before, and writes the
+ * window's new tables (punching runs that became zero). A repair (an interrupted update) trusts no
+ * stored table: every page of a window with data is rewritten, and the page slots and tables of a
+ * window without are punched. Returns the statistics and the header's present counts and metadata
+ * checksums (streamed over the file). Memory: one window of tables, whatever the block lengths.
+ */
+async function updatePages(
+  fd: number, file: string, h: SnapshotHeader, sources: readonly OpenFile[],
+  opts: { repair: boolean; channels: number; fsync: boolean; batchBytes: number; signal?: AbortSignal; onProgress?: (done: number) => void },
+): Promise<{ stats: WalkResult; summary: MetadataSummary }> {
+  const cursors = h.blocks.map((b, i) => {
+    const f = sources[i]!;
+    return new ExtentCursor(() => reopenChecked(f.path, fs.constants.O_RDONLY, f, b.name), f.path, 0, b.length);
+  });
+  try {
+    const stats = await walk({
+      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: file,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      blocks: h.blocks, batchBytes: opts.batchBytes,
+      prepare: (seg) => {
+        const b = h.blocks[seg.block]!;
+        const t = seg.tables;
+        if (!opts.repair) readTableWindow(fd, file, b, seg.first, seg.count, t);
+        cursors[seg.block]!.mark(seg.first * b.pageSize, b.pageSize, seg.count, t.mask);
+        let any = false;
+        for (let i = 0; i < seg.count; i++) {
+          if (t.mask[i] || t.present[i]) {
+            t.active[i] = 1;
+            any = true;
+          }
+        }
+        if (any && opts.repair) t.active.fill(1);
+        return any;
+      },
+      channelBlock: (seg): ChannelBlock => {
+        const b = h.blocks[seg.block]!;
+        const f = sources[seg.block]!;
+        return {
+          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: seg.first * b.pageSize,
+          present: seg.tables.present, csums: seg.tables.csums, mask: seg.tables.mask,
+          flags: kSaveMask | kSaveUpdate | (opts.repair ? kSaveRewrite : 0),
+        };
+      },
+      finish: (seg, worked) => {
+        const b = h.blocks[seg.block]!;
+        if (worked) {
+          writeTableWindow(fd, b, seg.first, seg.count, seg.tables, true);
+        } else if (opts.repair) {
+          const off = b.pagesOffset + seg.first * b.pageSize;
+          if (!native().punchHole(fd, off, seg.count * b.pageSize)) zeroFill(fd, off, seg.count * b.pageSize);
+          writeTableWindow(fd, b, seg.first, seg.count, seg.tables, true);
+        }
+      },
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    });
+    const summary: MetadataSummary = { counts: [], sums: [] };
+    for (const b of h.blocks) {
+      const t = tableSummary(fd, file, b);
+      summary.counts.push(t.count);
+      summary.sums.push(t.sum);
+    }
+    return { stats, summary };
+  } finally {
+    for (const c of cursors) c.close();
+  }
+}
+
+function zeroFill(fd: number, offset: number, length: number): void {
+  const zeros = new Uint8Array(Math.min(length, 1 << 20));
+  for (let at = 0; at < length; at += zeros.length) {
+    const n = Math.min(zeros.length, length - at);
+    let done = 0;
+    while (done < n) done += fs.writeSync(fd, zeros, done, n - done, offset + at + done);
+  }
 }

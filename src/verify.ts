@@ -5,14 +5,14 @@
  */
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
-import { checkUniqueNames, closeQuietly, openBlockFile, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
-import { runChannels } from './channels/pool';
+import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
 import type { BadPage, ChannelBlock } from './channels/messages';
-import { interruptedError, usageError } from './errors';
+import { interruptedError, isSystemError, usageError } from './errors';
 import { openImage } from './image';
-import type { Padding } from './format';
 import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, kVerifyDataMask, native } from './native';
-import { kDefaultBatchBytes, planBatches } from './plan';
+import { kDefaultBatchBytes } from './plan';
+import { ExtentCursor } from './tables';
+import { walk } from './walk';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
 import type { RamImage } from './snapshot';
@@ -86,7 +86,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const live: (OpenFile | undefined)[] = [];
   try {
     if (image.incomplete) throw image.incomplete;
-    const tables = image.blocks.map((_, i) => image.readTables(i));
+    image.blocks.forEach((_, i) => image.checkTables(i));
     const failures: VerifyFailure[] = [];
     let failureCount = 0;
     // the device state: structure first (exit 3 when malformed), then its checksum (a failure, exit 1)
@@ -120,29 +120,57 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       live[i] = f;
     }
 
-    // where the snapshot holds data: one SEEK_DATA/SEEK_HOLE walk per block, not one per batch
+    // Window by window: the tables of the window, where the snapshot holds data (one SEEK_DATA/
+    // SEEK_HOLE walk per block, never per batch), and batches only where a page is present or its
+    // slot holds data: holes and absent pages cost nothing.
     const fixedram = image.format === 'fixedram';
-    const blocks: ChannelBlock[] = image.blocks.map((b, i) => {
-      const mask = fixedram ? sharedPageBytes(b.pages) : undefined;
-      if (mask && b.pages > 0) native().markData(image.fd, b.pagesOffset, b.pageSize, 0, b.pages, mask);
-      return {
-        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        ...(live[i] ? { liveFd: live[i]!.fd, livePath: live[i]!.path } : {}),
-        liveBase: 0, present: tables[i]!.present, csums: tables[i]!.csums, ...(mask ? { mask } : {}),
-        flags: fixedram ? kVerifyChecksums | kVerifyAbsentZero | kVerifyDataMask : 0,
-      };
-    });
-    const plan = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
-    const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+    const cursors = image.blocks.map((b) => (fixedram ? new ExtentCursor(image.fd, image.path, b.pagesOffset, b.pagesOffset + b.length) : undefined));
+    const presentCounts = image.blocks.map(() => 0);
+    const liveCursors = image.blocks.map((b, i) => (live[i] ? new ExtentCursor(live[i]!.fd, live[i]!.path, 0, b.length) : undefined));
+    let liveBuf = new Uint8Array(0);
+    const liveScratch = (n: number): Uint8Array => {
+      if (liveBuf.length < n) liveBuf = new Uint8Array(n);
+      liveBuf.fill(0, 0, n);
+      return liveBuf.subarray(0, n);
+    };
+    const total = image.blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
     opts.onProgress?.({ command: 'verify', bytesDone: 0, bytesTotal: total });
-    const stats = await runChannels({
-      kind: 'verify', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan,
-      badCapacity: maxReported,
+    const stats = await walk({
+      kind: 'verify', channels, snapshotFd: image.fd, snapshotPath: image.path, badCapacity: maxReported,
       ...(opts.signal ? { signal: opts.signal } : {}),
+      blocks: image.blocks, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+      prepare: (seg) => {
+        const b = image.blocks[seg.block]!;
+        const t = seg.tables;
+        presentCounts[seg.block]! += image.readTableWindow(seg.block, seg.first, seg.count, t);
+        cursors[seg.block]?.mark(b.pagesOffset + seg.first * b.pageSize, b.pageSize, seg.count, t.mask);
+        // a live file is compared only where it holds data or the snapshot has a page: elsewhere both are zero
+        const liveData = liveCursors[seg.block] ? liveScratch(seg.count) : undefined;
+        if (liveData) liveCursors[seg.block]!.mark(seg.first * b.pageSize, b.pageSize, seg.count, liveData);
+        let any = false;
+        for (let i = 0; i < seg.count; i++) {
+          if (t.present[i] || t.mask[i] || liveData?.[i]) {
+            t.active[i] = 1;
+            any = true;
+          }
+        }
+        return any;
+      },
+      channelBlock: (seg): ChannelBlock => {
+        const b = image.blocks[seg.block]!;
+        const f = live[seg.block];
+        return {
+          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          ...(f ? { liveFd: f.fd, livePath: f.path } : {}),
+          liveBase: seg.first * b.pageSize, present: seg.tables.present, csums: seg.tables.csums,
+          ...(fixedram ? { mask: seg.tables.mask } : {}),
+          flags: fixedram ? kVerifyChecksums | kVerifyAbsentZero | kVerifyDataMask : 0,
+        };
+      },
       onProgress: (done) => opts.onProgress?.({ command: 'verify', bytesDone: done, bytesTotal: total }),
     });
-    const padding = await checkPadding(image, opts.signal);
-    failureCount += stats.badCount + padding.length;
+    const padding = await checkPadding(image, maxReported, opts.signal);
+    failureCount += stats.badCount + padding.count;
     for (const bad of stats.bad) {
       const b = image.blocks[bad.block]!;
       const offset = b.pagesOffset + bad.page * b.pageSize;
@@ -153,7 +181,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
           (bad.kind === 'checksum' ? ` (expected ${bad.expected}, got ${bad.actual})` : ''),
       });
     }
-    failures.push(...padding.slice(0, Math.max(0, maxReported - failures.length)));
+    failures.push(...padding.failures.slice(0, Math.max(0, maxReported - failures.length)));
     return {
       command: 'verify',
       snapshot: image.path,
@@ -161,7 +189,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       ok: failureCount === 0,
       blocks: image.blocks.map((b, i) => ({
         name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages,
-        presentPages: tables[i]!.presentCount, zeroPages: b.pages - tables[i]!.presentCount,
+        presentPages: presentCounts[i]!, zeroPages: b.pages - presentCounts[i]!,
       })),
       checksums: image.hasChecksums,
       ...(ds ? { deviceState: { kind: ds.kind, bytes: ds.recordBytes, checksumOk: ds.checksumOk } } : {}),
@@ -171,7 +199,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       bytesChecked: total,
       bytesRead: stats.bytesRead,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
-      channels: Math.min(channels, Math.max(plan.count, 1)),
+      channels: Math.max(1, stats.channelsUsed),
     };
   } finally {
     for (const f of live) closeQuietly(f?.fd);
@@ -179,57 +207,76 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   }
 }
 
-const kPaddingChunkPages = 256;
-
 /**
- * Checks that the padding of a snapshot (bytes outside every region) reads as zero, and returns one
- * failure per non-zero 4 KiB chunk (offset: its first non-zero byte). Runs on this thread: the
- * unaligned ends are read here, the aligned middle goes through the addon in 1 MiB steps, which
- * reads only the data extents (SEEK_DATA), so holes cost nothing.
+ * Checks that the padding of a snapshot (bytes outside every region) reads as zero: only the data
+ * extents of the padding are read (SEEK_DATA/SEEK_HOLE), so a hole costs nothing whatever its
+ * length. Counts every non-zero 4 KiB chunk and lists the first `cap` (offset: the first non-zero
+ * byte of the chunk).
  */
-async function checkPadding(image: RamImage, signal?: AbortSignal): Promise<VerifyFailure[]> {
-  const out: VerifyFailure[] = [];
-  const ps = 4096;
-  const buf = Buffer.alloc(ps);
-  // reads [start, end) (at most one chunk) and reports its first non-zero byte, if any
-  const scan = (p: Padding, start: number, end: number): void => {
-    const n = fs.readSync(image.fd, buf, 0, end - start, start);
-    const at = buf.subarray(0, n).findIndex((v) => v !== 0);
-    if (at < 0) return;
-    const offset = start + at;
-    out.push({
-      block: p.block, offset, kind: 'padding-not-zero',
-      message: `padding at 0x${p.start.toString(16)}-0x${p.end.toString(16)} (${p.where}) ` +
-        `holds non-zero data at offset 0x${offset.toString(16)}`,
-    });
-  };
+async function checkPadding(image: RamImage, cap: number, signal?: AbortSignal): Promise<{ count: number; failures: VerifyFailure[] }> {
+  const failures: VerifyFailure[] = [];
+  let count = 0;
+  const chunk = 4096;
+  const buf = Buffer.alloc(1 << 20);
   const addon = native();
-  const scratch = Buffer.alloc(kPaddingChunkPages * ps);
-  const present = new Uint8Array(kPaddingChunkPages);
-  const csums = new Uint8Array(kPaddingChunkPages * 8);
-  const bad = new BigUint64Array(kPaddingChunkPages * 3);
+  let steps = 0;
   for (const p of image.padding ?? []) {
-    const a = Math.min(Math.ceil(p.start / ps) * ps, p.end);
-    const z = Math.max(Math.floor(p.end / ps) * ps, a);
-    if (p.start < a) scan(p, p.start, a);
-    for (let pos = a, steps = 0; pos < z; pos += kPaddingChunkPages * ps, steps++) {
-      if (steps % 64 === 63) {
-        await new Promise((resolve) => setImmediate(resolve));
-        if (signal?.aborted) throw interruptedError('interrupted');
-      }
-      const count = Math.min(kPaddingChunkPages, (z - pos) / ps);
-      let r: [number, number];
+    let pos = p.start;
+    while (pos < p.end) {
+      let ext: number[] | null;
       try {
-        r = addon.verifyPages(image.fd, pos, ps, 0, count, scratch, csums, present, -1, 0, scratch, bad, kVerifyAbsentZero);
+        ext = addon.dataExtents(image.fd, pos, p.end, 64);
       } catch (err) {
         throw fromNativeError(err, { path: image.path });
       }
-      for (let k = 0; k < Math.min(r[1], kPaddingChunkPages); k++) {
-        const page = pos + Number(bad[3 * k]!) * ps;
-        scan(p, page, page + ps);
+      if (ext === null) ext = [pos, p.end];
+      if (ext.length === 0) break;
+      for (let k = 0; k < ext.length; k += 2) {
+        for (let at = ext[k]!, n = 0; at < ext[k + 1]!; at += n) {
+          if (++steps % 64 === 0) {
+            await new Promise((resolve) => setImmediate(resolve));
+            if (signal?.aborted) throw interruptedError('interrupted');
+          }
+          // pieces end on 4 KiB boundaries of the file, so a chunk is never split
+          n = Math.min(buf.length - (at % chunk), ext[k + 1]! - at);
+          readFully(image, buf.subarray(0, n), at);
+          // one failure per non-zero 4 KiB chunk of the file
+          for (let c = 0; c < n;) {
+            const chunkEnd = Math.min(n, (Math.floor((at + c) / chunk) + 1) * chunk - at);
+            const nz = buf.subarray(c, chunkEnd).findIndex((v) => v !== 0);
+            if (nz >= 0) {
+              count++;
+              const offset = at + c + nz;
+              if (failures.length < cap) {
+                failures.push({
+                  block: p.block, offset, kind: 'padding-not-zero',
+                  message: `padding at 0x${p.start.toString(16)}-0x${p.end.toString(16)} (${p.where}) ` +
+                    `holds non-zero data at offset 0x${offset.toString(16)}`,
+                });
+              }
+            }
+            c = chunkEnd;
+          }
+        }
+        pos = ext[k + 1]!;
       }
     }
-    if (z < p.end) scan(p, Math.max(z, p.start), p.end);
   }
-  return out;
+  return { count, failures };
+}
+
+function readFully(image: RamImage, into: Buffer, position: number): void {
+  let done = 0;
+  while (done < into.length) {
+    let n: number;
+    try {
+      n = fs.readSync(image.fd, into, done, into.length - done, position + done);
+    } catch (err) {
+      if (isSystemError(err) && (err.code === 'EINTR' || err.code === 'EAGAIN')) continue;
+      throw isSystemError(err) ? Object.assign(err, { path: image.path }) : err;
+    }
+    if (n === 0) into.fill(0, done);
+    if (n === 0) return;
+    done += n;
+  }
 }

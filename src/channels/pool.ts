@@ -1,6 +1,7 @@
 /**
- * Runs a job on N channels (worker threads) and collects their results. The pool is created per
- * job: channels start, drain the shared batch counter, report and exit.
+ * Runs a job on N channels (worker threads) and collects their results. runChannels: the pool is
+ * created per job (channels start, drain the shared batch counter, report and exit). ChannelPool:
+ * the channels live for a whole walk and are sent one job per window (see walk.ts).
  *
  * Why no message per batch: batches are planned up front into shared memory and each channel
  * claims the next one with Atomics.add, so an idle channel never waits for the main thread, and a
@@ -11,7 +12,8 @@ import { Worker } from 'node:worker_threads';
 import { runChannel } from './channel';
 import { fromRecord, interruptedError } from '../errors';
 import {
-  emptyStats, kCtlCancel, kCtlWords, type ChannelBlock, type ChannelKind, type ChannelMessage, type ChannelStats,
+  emptyStats, kCtlCancel, kCtlNextBatch, kCtlWords, type ChannelBlock, type ChannelJob, type ChannelKind, type ChannelMessage,
+  type ChannelStats,
 } from './messages';
 import type { BatchPlan } from '../plan';
 
@@ -171,6 +173,130 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
   return total;
 }
 
+/** The part of a job that stays the same for every window of a walk. */
+export interface PoolOptions {
+  kind: ChannelKind;
+  channels: number;
+  snapshotFd: number;
+  snapshotPath: string;
+  badCapacity?: number;
+  signal?: AbortSignal;
+  directIo?: boolean;
+  onWarning?: (message: string) => void;
+}
+
+/**
+ * Channels that live for a whole walk: each window's job is posted to the workers already running
+ * (more are started only when a window has more batches than running workers), so a walk over many
+ * windows does not pay a thread start per window. Cancellation (the signal, a failed channel) is
+ * shared by every window.
+ */
+export class ChannelPool {
+  private readonly control = new SharedArrayBuffer(kCtlWords * 4);
+  private readonly ctl = new Int32Array(this.control);
+  private readonly workers: Worker[] = [];
+  private firstError: Error | undefined;
+  private readonly cancel = (): void => {
+    Atomics.store(this.ctl, kCtlCancel, 1);
+  };
+  /** Most channels that ran one window at once. */
+  used = 0;
+
+  constructor(private readonly opts: PoolOptions) {
+    if (opts.signal?.aborted) this.cancel();
+    opts.signal?.addEventListener('abort', this.cancel, { once: true });
+  }
+
+  /** Runs one window's batches; resolves with its statistics or rejects with the first channel's error. */
+  async run(blocks: ChannelBlock[], plan: BatchPlan, onProgress?: (bytes: number) => void): Promise<ChannelStats> {
+    const total = emptyStats();
+    if (this.firstError) throw this.firstError;
+    if (Atomics.load(this.ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
+    if (plan.count === 0) return total;
+    Atomics.store(this.ctl, kCtlNextBatch, 0);
+    const job: ChannelJob = {
+      kind: this.opts.kind,
+      snapshotFd: this.opts.snapshotFd,
+      snapshotPath: this.opts.snapshotPath,
+      blocks,
+      batches: plan.batches,
+      batchCount: plan.count,
+      control: this.control,
+      scratchBytes: plan.maxBatchBytes,
+      badCapacity: this.opts.badCapacity ?? 0,
+      directIo: this.opts.directIo ?? false,
+    };
+    const n = Math.max(1, Math.min(this.opts.channels, plan.count));
+    this.used = Math.max(this.used, n);
+    const onMessage = (m: ChannelMessage): boolean => {
+      if (m.type === 'progress') {
+        onProgress?.(m.bytes);
+      } else if (m.type === 'warning') {
+        this.opts.onWarning?.(m.message);
+      } else if (m.type === 'done') {
+        merge(total, m.stats);
+        return true;
+      } else {
+        this.fail(fromRecord(m.error));
+        return true;
+      }
+      return false;
+    };
+    if (plan.count <= 1) {
+      // One batch: run it here. A worker thread would cost more to start than the batch takes.
+      runChannel(job, (m) => void onMessage(m));
+    } else {
+      while (this.workers.length < n) {
+        this.workers.push(new Worker(kWorkerFile, { workerData: { persistent: true }, name: `fixedram-channel-${this.workers.length}` }));
+      }
+      await Promise.all(this.workers.slice(0, n).map((w, index) => new Promise<void>((resolve) => {
+        const off = (): void => {
+          w.off('message', message);
+          w.off('error', error);
+          w.off('exit', exit);
+          resolve();
+        };
+        const message = (m: ChannelMessage): void => {
+          if (onMessage(m)) off();
+        };
+        const error = (err: Error): void => {
+          this.fail(err);
+          off();
+        };
+        const exit = (code: number): void => {
+          this.fail(new Error(`channel ${index} exited with code ${code} before finishing`));
+          off();
+        };
+        w.on('message', message);
+        w.on('error', error);
+        w.on('exit', exit);
+        w.postMessage(job);
+      })));
+    }
+    if (this.firstError) throw this.firstError;
+    if (Atomics.load(this.ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
+    total.bad.sort((a, b) => a.block - b.block || a.page - b.page);
+    return total;
+  }
+
+  /** Stops the workers (idle between windows). */
+  async close(): Promise<void> {
+    this.opts.signal?.removeEventListener('abort', this.cancel);
+    const ws = this.workers.splice(0);
+    await Promise.all(ws.map((w) => w.terminate()));
+  }
+
+  private fail(err: Error): void {
+    if (!this.firstError) this.firstError = err;
+    Atomics.store(this.ctl, kCtlCancel, 2);
+  }
+}
+
+/** Adds the statistics of s to into. */
+export function mergeStats(into: ChannelStats, s: ChannelStats): void {
+  merge(into, s);
+}
+
 function merge(into: ChannelStats, s: ChannelStats): void {
   into.batches += s.batches;
   into.bytesRead += s.bytesRead;
@@ -186,5 +312,5 @@ function merge(into: ChannelStats, s: ChannelStats): void {
   into.punchNs += s.punchNs;
   into.cpuNs += s.cpuNs;
   into.badCount += s.badCount;
-  into.bad.push(...s.bad);
+  for (const b of s.bad) into.bad.push(b);
 }

@@ -1,11 +1,14 @@
 /**
- * Entry point of a channel's worker thread. The job comes as workerData, or, for a channel started
- * ahead of its job (see prestartChannels), as the first message.
+ * Entry point of a channel's worker thread. The job comes as workerData; or, for a channel started
+ * ahead of its job (see prestartChannels), as the first message; or, for a channel of a walk's pool
+ * (see ChannelPool), as one message per window, for as long as the pool lives.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { runChannel } from './channel';
 import type { ChannelJob, ChannelMessage } from './messages';
 
 const post = (m: ChannelMessage): void => parentPort!.postMessage(m);
-if (workerData) runChannel(workerData as ChannelJob, post);
+const data = workerData as ChannelJob | { persistent: true } | undefined;
+if (data && 'kind' in data) runChannel(data, post);
+else if (data?.persistent) parentPort!.on('message', (job: ChannelJob) => runChannel(job, post));
 else parentPort!.once('message', (job: ChannelJob) => runChannel(job, post));
