@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { craftSnapshot } from './support/craft';
+import { be64, fixturesAvailable, kFixtures, readManifest, unpackFixture } from './support/qemu';
 import { fixedramPeak, kRssBoundMiB } from './support/peak-rss';
 import { stampPage } from './support/stamp';
 import { tempDir } from './support/tmp';
@@ -216,5 +217,78 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     const v = fixedramPeak(['verify', snap, '--against', `tib=${out}`, '-j', '8'], { timeoutMs: 300_000 });
     assert.equal(v.status, 0, v.stderr);
     assertBounded(v, 'verify --against -j 8');
+  });
+
+  it('a QEMU mapped-ram file whose first block is 1 TiB (a real stream, regions moved): inspect, verify, load bounded', (t) => {
+    current = t;
+    if (!fixturesAvailable()) {
+      if (process.env.CI) assert.fail(`the QEMU fixtures are not at ${kFixtures}`);
+      return t.skip(`the QEMU fixtures are not at ${kFixtures}`);
+    }
+    const dir = shmDir(t);
+    if (!dir) return;
+    const m = readManifest('membackend-32m');
+    const src = unpackFixture('membackend-32m.mig', dir);
+    const file = path.join(dir, 'tib.mig');
+    const b0 = m.blocks[0]!;
+    const newLength = 2 ** 40;
+    const newPagesOffset = 64 * MiB; // past the 32 MiB bitmap of 1 TiB of 4 KiB pages
+    const oldEnd = b0.pages_offset + b0.used_length;
+    const delta = newPagesOffset + newLength - oldEnd;
+    const inFd = fs.openSync(src, 'r');
+    const outFd = fs.openSync(file, 'w+');
+    const copy = (from: number, length: number, to: number): void => {
+      const buf = Buffer.alloc(4 * MiB);
+      for (let done = 0; done < length;) {
+        const n = fs.readSync(inFd, buf, 0, Math.min(buf.length, length - done), from + done);
+        fs.writeSync(outFd, buf, 0, n, to + done);
+        done += n;
+      }
+    };
+    const patch = (at: number, bytes: Buffer): void => void fs.writeSync(outFd, bytes, 0, bytes.length, at);
+    try {
+      copy(0, b0.bitmap_offset + b0.bitmap_bytes, 0); // stream head, block 0's entry, header and bitmap
+      copy(b0.pages_offset, b0.used_length, newPagesOffset); // block 0's pages, moved
+      copy(oldEnd, m.file_size - oldEnd, oldEnd + delta); // every later block and the device state
+      // the RAM total record (flag 0x04 in its low bits) and block 0's length and pages offset
+      const head = Buffer.alloc(b0.bitmap_offset);
+      fs.readSync(inFd, head, 0, head.length, 0);
+      const total = be64(BigInt(m.ram_total) | 4n);
+      const at = head.indexOf(total);
+      assert.ok(at > 0 && head.indexOf(total, at + 1) < 0, 'premise: the RAM total record is found once');
+      patch(at, be64(BigInt(m.ram_total - b0.used_length + newLength) | 4n));
+      const header = b0.bitmap_offset - 28;
+      patch(header - 8, be64(newLength));
+      patch(header + 20, be64(newPagesOffset));
+      // the later blocks' headers hold absolute offsets: moved by delta
+      for (const b of m.blocks.slice(1)) {
+        patch(b.bitmap_offset - 28 + delta + 12, be64(b.bitmap_offset + delta));
+        patch(b.bitmap_offset - 28 + delta + 20, be64(b.pages_offset + delta));
+      }
+    } finally {
+      fs.closeSync(inFd);
+      fs.closeSync(outFd);
+    }
+    assert.ok(allocated(file) < 128 * MiB, `premise: the file holds little (${allocated(file)} bytes)`);
+    const ins = fixedramPeak(['inspect', file, '--json'], { timeoutMs: 120_000 });
+    assert.equal(ins.status, 0, ins.stderr);
+    assertBounded(ins, 'inspect');
+    for (const j of ['1', '8']) {
+      const v = fixedramPeak(['verify', file, '--json', '-j', j], { timeoutMs: 300_000 });
+      assert.equal(v.status, 0, v.stderr);
+      assertBounded(v, `verify -j ${j} (QEMU)`);
+    }
+    const out = path.join(dir, 'out');
+    const l = fixedramPeak(['load', file, '--dir', out, '-j', '8'], { timeoutMs: 300_000 });
+    assert.equal(l.status, 0, l.stderr);
+    assertBounded(l, 'load -j 8 (QEMU)');
+    const mem0 = path.join(out, fs.readdirSync(out).find((n) => n.startsWith('mem0'))!);
+    assert.equal(fs.statSync(mem0).size, newLength);
+    // the moved pages arrive where they were: page 1 of the pattern starts with u64le(1), "FXR:mem0"
+    const got = Buffer.alloc(16);
+    const fd = fs.openSync(mem0, 'r');
+    fs.readSync(fd, got, 0, 16, 4096);
+    fs.closeSync(fd);
+    assert.equal(got.subarray(8, 16).toString('latin1'), 'FXR:mem0');
   });
 });

@@ -274,6 +274,7 @@ describe('random mutations of real snapshots (fast-check, fixed seed)', () => {
         assert.deepEqual(oracleProblems(base, m, mutated, outcome), [], JSON.stringify(m));
         for (const f of outcome.failures ?? []) {
           if (f.page === undefined) continue; // padding: checked in verify.test.ts
+          if (m.kind === 'hostile') continue; // the geometry moved on purpose: the base's offsets do not apply
           const b = base.header.blocks.find((x) => x.name === f.block);
           assert.ok(b, f.block);
           assert.ok(f.page < b.pages);

@@ -166,8 +166,6 @@ export function oracleRead(file: string, opts: { pages?: boolean } = {}): Oracle
     if (xxh3(rec) !== stored) throw new OracleError(7, 'device-state checksum');
     deviceState = ds;
     used.push([ds, fileSize]);
-  } else if (f.readBigUInt64LE(48) !== 0n) {
-    throw new OracleError(3, 'reserved header field 48 is not 0');
   }
   // rule 5
   blocks.forEach((b, i) => {
