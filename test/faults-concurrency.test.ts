@@ -142,7 +142,9 @@ describe('faults: concurrency', () => {
     // every page changed, so the update writes (and the shim slows) every batch: an update reads
     // its sources through a mapping, which the shim cannot slow
     denseBlock(src, 1, kPages, { generation: 2 });
-    const up = slowSave(t, so, dir, ['save', '--update', '-o', out, '-b', `mem=${src}`], 100_000);
+    // 400 ms per transfer: the load below (a new node process) must start while the update runs,
+    // also on a loaded machine
+    const up = slowSave(t, so, dir, ['save', '--update', '-o', out, '-b', `mem=${src}`], 400_000);
     assert.ok(await up.waitFor(() => true), up.stderr);
     const l2 = fixedram(['load', out, '-b', `mem=${path.join(dir, 'target2.ram')}`]);
     assert.notEqual(l2.status, 0, 'a load ran while the snapshot was being updated in place');
