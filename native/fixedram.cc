@@ -394,6 +394,7 @@ Napi::Object Constants(Napi::Env env) {
       {"kVerifyAbsentZero", kVerifyAbsentZero}, {"kVerifyDataMask", kVerifyDataMask},
       {"kBadChecksum", static_cast<double>(kBadChecksum)}, {"kAbsentNotZero", static_cast<double>(kAbsentNotZero)},
       {"kDiffersFromLive", static_cast<double>(kDiffersFromLive)},
+      {"kPieceBytes", static_cast<double>(kPieceBytes)},
   };
   for (const auto& [name, value] : values) c.Set(name, Napi::Number::New(env, value));
   return c;
