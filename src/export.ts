@@ -90,7 +90,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
     throw usageError(`the export format must be qemu or libvirt (got '${String(opts.format)}')`);
   }
   const output = path.resolve(opts.output);
-  const image = openImage(opts.snapshot);
+  const image = openImage(path.resolve(opts.snapshot));
   try {
     if (image.format !== 'fixedram') {
       throw usageError(`'${opts.snapshot}' is a QEMU mapped-ram file already; export reads fixedram snapshots`, { path: image.path });
