@@ -5,8 +5,8 @@
  *   - by `fixedram vm save -j 2` (fsync included) and `fixedram vm restore -j 2`, and
  *   - by QEMU's own mapped-ram + multifd (2 channels) migration to a file (+ fsync) and back,
  * side by side in the same run, on the same VM. Downtime is VM stopped → running again; for QEMU's
- * save it is `stop` → `cont` after the migration completed (its fsync comes after `cont`, so QEMU's
- * downtime does not include it; fixedram's does). Every QEMU runs daemonized with a pidfile in the
+ * save it is `stop` → `cont` after the migration completed (its fsync comes after `cont`); fixedram
+ * resumes the VM once the RAM is copied (its metadata and fsync follow while the VM runs). Every QEMU runs daemonized with a pidfile in the
  * bench's work directory and is only ever killed by that pid while its command line names the
  * directory. The accelerator is named in the table (TCG here: no /dev/kvm).
  */
@@ -229,7 +229,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
   const text = plainTable(title, ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', 'time ÷ QEMU', 'downtime ÷ QEMU'], 1, [
     ['vm save (+ fsync)', fmt(fs1, 3), fmt(fsD, 3), fmt(qs1, 3), fmt(qsD, 3), `${fmt(fs1 / qs1)}×`, `${fmt(fsD / qsD)}×`],
     ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
-  ]) + `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram resumes after the snapshot is on disk. Accelerator: ${ac}.\n`;
+  ]) + `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram's at cont once the RAM is copied, before its metadata and fsync. Accelerator: ${ac}.\n`;
   const t = (what: string, target: string, v: number, ok: boolean): Target => ({
     issue: '12', what: `${what} (${ac})`, target, measured: `${fmt(v)}×`, verdict: ok ? 'PASS' : 'MISS',
   });
