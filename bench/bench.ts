@@ -213,7 +213,7 @@ async function measureCases(cases: Case[], runs: number): Promise<void> {
         log(`${c.label}: run ${r + 1}/${runs}: ${usage.wall.toFixed(3)} s, CPU ${(usage.user + usage.sys).toFixed(2)} s, ` +
           `RSS ${(usage.maxRss / MiB).toFixed(0)} MiB`);
       } catch (err) {
-        if (c.peer) throw new Error(`peer '${c.label}' failed: ${(err as Error).message}`);
+        if (c.peer) throw new Error(`peer '${c.label}' failed: ${(err as Error).message}`, { cause: err });
         m.error = (err as Error).message;
         log(`${c.label}: FAILED: ${m.error}`);
       }

@@ -10,7 +10,7 @@ import type { WindowTables } from './tables';
 /** Opens a fixedram snapshot or a QEMU mapped-ram file (also inside a libvirt save image). */
 export function openImage(file: string): RamImage {
   const head = Buffer.alloc(16);
-  let n = 0;
+  let n: number;
   const { fd } = openImageFile(file);
   try {
     n = fs.readSync(fd, head, 0, 16, 0);

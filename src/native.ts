@@ -37,7 +37,7 @@ export interface Native {
   /** fstatfs(fd) → [f_type, f_bsize]. */
   fstatfs(fd: number): [number, number];
   /** XXH3-64 (seed 0). */
-  hash64(bytes: Uint8Array): bigint;
+  hash64: (bytes: Uint8Array) => bigint; // a plain function: callers pass it on unbound
   /** → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages] */
   savePages(
     srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,

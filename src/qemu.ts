@@ -281,6 +281,7 @@ function readConfiguration(c: Cursor, d: Partial<QemuDetails>): number {
   const len = c.be32('machine type length');
   if (len === 0 || len > kMaxMachineTypeBytes) throw invalid(`machine type length ${len} at offset ${hex(c.pos - 4)}`, c.pos - 4);
   const machine = decodeUtf8(c.take(len, 'machine type'));
+  // eslint-disable-next-line no-control-regex -- control characters are what we refuse
   if (machine === undefined || /[\0-\x1f]/.test(machine)) throw invalid('the machine type is not printable text', c.pos - len);
   d.machineType = machine;
   d.capabilities = [];
@@ -297,6 +298,7 @@ function readConfiguration(c: Cursor, d: Partial<QemuDetails>): number {
       for (let i = 0; i < count; i++) {
         const capAt = c.pos;
         const cap = decodeUtf8(c.name('capability'));
+        // eslint-disable-next-line no-control-regex -- control characters are what we refuse
         if (cap === undefined || cap.length === 0 || /[\0-\x1f]/.test(cap)) throw invalid('malformed capability name', capAt);
         d.capabilities.push(cap);
       }
@@ -634,7 +636,7 @@ function walkDevices(src: ByteSource, d: QemuDetails): void {
     throw invalid(`the device description at offset ${hex(eof + 6)} has no device list`, eof + 6);
   }
   if (desc.page_size !== undefined && desc.page_size !== d.targetPageSize) {
-    throw invalid(`the device description says the target page size is ${String(desc.page_size)}, the stream implies ${d.targetPageSize}`, eof + 6);
+    throw invalid(`the device description says the target page size is ${JSON.stringify(desc.page_size)}, the stream implies ${d.targetPageSize}`, eof + 6);
   }
   const c = new Cursor(src, from);
   const bad = (m: string, at: number): FixedramError => invalid(`device state: ${m}`, at);

@@ -164,7 +164,7 @@ describe('faults: concurrency', () => {
     for (const out of [src, hard, soft, path.join(dir, '.', 'a.ram')]) {
       for (const update of [[], ['--update']]) {
         const r = fixedram(['save', ...update, '-o', out, '-b', `a=${src}`]);
-        assert.equal(r.status, 2, `${out} ${update}: ${r.stderr}`);
+        assert.equal(r.status, 2, `${out} ${update.join(' ')}: ${r.stderr}`);
         assert.match(r.stderr, /is the same file as block 'a'/);
       }
     }

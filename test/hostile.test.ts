@@ -123,7 +123,7 @@ describe('format parser properties (fast-check, fixed seed)', () => {
         }
         const n = buf.readUInt32LE(16);
         const size = sizeFromHeader ? Number(buf.readBigUInt64LE(40) & 0x1fffffffffffffn) : fileSize;
-        let whole = buf;
+        let whole: Buffer;
         try {
           const { tableBytes } = decodeFixedHeader(buf, size);
           if (kHeaderBytes + tableBytes > buf.length) whole = Buffer.concat([buf, Buffer.alloc(kHeaderBytes + tableBytes - buf.length)]);

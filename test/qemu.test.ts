@@ -238,7 +238,7 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       const file = truncatedCopy(mig, path.join(d, `cut-${cut}.mig`), cut);
       for (const args of [['inspect', file], ['verify', file], ['load', file, '--dir', path.join(d, 'out')],
         ['convert', file, '-o', path.join(d, 'out.fxr')]]) {
-        const r = await fixedram(args);
+        const r = fixedram(args);
         assert.equal(r.status, 3, `${args.join(' ')}: ${r.stderr}`);
         assert.match(r.stderr, /truncated QEMU file: the device state after the RAM section/);
       }

@@ -59,7 +59,8 @@ export function commandsOf(program: Command): { name: string; cmd: Command }[] {
 }
 
 /** Builds the program. Tests build as many as they like, with their own streams. */
-export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, any, any>[] = kCommands): Command { // eslint-disable-line @typescript-eslint/no-explicit-any
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table of commands of different option types
+export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, any, any>[] = kCommands): Command {
   const lines = (io.lines ??= new StderrLines(io.stderr));
   const program = new Command();
   program
@@ -98,7 +99,8 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
 
   (require('./completion') as typeof import('./completion')).addCompletionCommand(program, io);
 
-  const execute = async (spec: CliCommand<any, any, any>, args: string[], flags: GlobalFlags): Promise<void> => { // eslint-disable-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any command of the table
+  const execute = async (spec: CliCommand<any, any, any>, args: string[], flags: GlobalFlags): Promise<void> => {
     const quiet = flags.quiet === true;
     const reporter = spec.globals.channels ? progressReporter(quiet ? 'none' : flags.progress ?? 'auto', io.stderr) : undefined;
     lines.attach(reporter);
@@ -107,12 +109,12 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
       ...(io.signal ? { signal: io.signal } : {}), logger, ...(reporter ? { onProgress: reporter.sink } : {}),
     };
     try {
-      const options = spec.options(args, flags, ctx);
+      const options: unknown = spec.options(args, flags, ctx);
       if (io.capture) {
         io.capture(spec.name, options);
         return;
       }
-      const r = await spec.run(options);
+      const r: unknown = await spec.run(options);
       reporter?.stop();
       const status = spec.status?.(r) ?? ExitCode.ok;
       if (flags.json) io.stdout.write(`${JSON.stringify(resultEnvelope(spec.name, status, spec.json(r)))}\n`);

@@ -323,7 +323,7 @@ export async function startQemu(dir: string, tag: string, args: string[]): Promi
 
 /** Signals pid only while its command line still names our directory (it is our QEMU). */
 function killOurs(pid: number, dir: string): void {
-  let cmdline = '';
+  let cmdline: string;
   try {
     cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
   } catch {

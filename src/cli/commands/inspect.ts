@@ -27,6 +27,7 @@ export default defineCommand<{ s3Endpoint?: string }, { snapshot: string; s3Endp
     if (r.stateMessage) out.write(`  ${r.stateMessage}\n`);
     for (const [k, v] of Object.entries(r)) {
       if (['format', 'path', 'fileSize', 'state', 'stateMessage', 'blocks'].includes(k)) continue;
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- objects take the JSON branch
       out.write(`  ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}\n`);
     }
     const rows = r.blocks.map((b) => [b.name, String(b.length), String(b.pageSize), `0x${b.bitmapOffset.toString(16)}`,
