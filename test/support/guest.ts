@@ -91,7 +91,7 @@ const isAlive = (pid: number): boolean => {
 };
 
 function killOurs(pid: number, dir: string): void {
-  let cmdline = '';
+  let cmdline: string;
   try {
     cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
   } catch {
@@ -163,7 +163,7 @@ export async function startGuest(dir: string, tag: string, o: GuestOptions): Pro
 
 /** The counts the guest printed so far. */
 export function serialCounts(serial: string): number[] {
-  let text = '';
+  let text: string;
   try {
     text = fs.readFileSync(serial, 'latin1');
   } catch {
