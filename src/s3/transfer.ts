@@ -91,6 +91,7 @@ async function lanes(n: number, channels: number, signal: AbortSignal, work: (i:
     }
   };
   const results = await Promise.allSettled(Array.from({ length: Math.max(1, Math.min(channels, n)) }, lane));
+  // eslint-disable-next-line @typescript-eslint/only-throw-error -- rethrows what a lane threw
   if (failure !== undefined) throw failure;
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
@@ -389,7 +390,7 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     const mask = new Uint8Array(n).fill(1);
     const full = Math.floor(st.size / chunkBytes);
     if (full > 0) native().markData(fd, 0, chunkBytes, 0, full, mask);
-    const refs: (ChunkRef | undefined)[] = new Array(n);
+    const refs: (ChunkRef | undefined)[] = new Array<ChunkRef | undefined>(n);
     const zero = Buffer.alloc(1 << 20);
     const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {

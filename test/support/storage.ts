@@ -127,7 +127,7 @@ export const kGlusterDir = process.env.FIXEDRAM_GLUSTER_DIR ?? '/var/tmp/fixedra
 export const glusterMounts = { a: path.join(kGlusterDir, 'mntA'), b: path.join(kGlusterDir, 'mntB') };
 
 function probeGluster(): string {
-  let mounts = '';
+  let mounts: string;
   try {
     mounts = fs.readFileSync('/proc/mounts', 'utf8');
   } catch {
