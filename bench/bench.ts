@@ -788,7 +788,7 @@ function phaseTable(title: string, cases: Measured[]): string {
  */
 function qemuAccel(): string {
   const asked = (process.env.ACCEL ?? 'kvm:tcg').toLowerCase();
-  let kvm = false;
+  let kvm: boolean;
   try {
     fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
     kvm = true;

@@ -121,6 +121,7 @@ export function native(): Native {
     throw new Error(
       `fixedram: could not load the native addon from ${dir}: ${(err as Error).message.split('\n')[0]}\n` +
         'No prebuilt binary fits this platform: build it with `npm rebuild fixedram` (needs g++, make and python3).',
+      { cause: err },
     );
   }
 }

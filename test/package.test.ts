@@ -78,7 +78,7 @@ describe('the package', () => {
 
   it('README usage block, --help and the global options agree, command by command', () => {
     const { perCommand, global } = readmeUsage();
-    assert.ok(global.has('--json') && global.has('--log-level'), `the 'Every command also takes' sentence: ${[...global]}`);
+    assert.ok(global.has('--json') && global.has('--log-level'), `the 'Every command also takes' sentence: ${[...global].join(' ')}`);
     assert.deepEqual([...perCommand.keys()].sort(), [...commands].sort(), 'commands in the README usage block vs the program');
     for (const name of commands) {
       const h = fixedram([...name.split(' '), '--help']);
@@ -140,7 +140,7 @@ describe('the package', () => {
     const zsh = spawnSync('zsh', ['--version']);
     if (zsh.status === 0) {
       const r = spawnSync('zsh', ['-n', '-c', fixedram(['completion', 'zsh']).stdout]);
-      assert.equal(r.status, 0, `zsh -n: ${r.stderr}`);
+      assert.equal(r.status, 0, `zsh -n: ${r.stderr.toString()}`);
     }
   });
 
