@@ -232,6 +232,7 @@ async function checkPadding(image: RamImage, cap: number, signal?: AbortSignal):
       if (ext === null) ext = [pos, p.end];
       if (ext.length === 0) break;
       for (let k = 0; k < ext.length; k += 2) {
+        // eslint-disable-next-line no-useless-assignment -- n is set in the body before at += n reads it
         for (let at = ext[k]!, n = 0; at < ext[k + 1]!; at += n) {
           if (++steps % 64 === 0) {
             await new Promise((resolve) => setImmediate(resolve));

@@ -273,6 +273,7 @@ export class ChannelPool {
         w.postMessage(job);
       })));
     }
+    // eslint-disable-next-line @typescript-eslint/only-throw-error -- set by the workers' callbacks, an Error
     if (this.firstError) throw this.firstError;
     if (Atomics.load(this.ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
     total.bad.sort((a, b) => a.block - b.block || a.page - b.page);
