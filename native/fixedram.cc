@@ -400,8 +400,42 @@ Napi::Object Constants(Napi::Env env) {
   return c;
 }
 
+// openBeneath(dirFd, rel, flags, mode, mkdirMode) -> fd: opens rel below dirFd, never following a
+// symlink or leaving the directory (see OpenBeneath in sys.h); mkdirMode >= 0 makes missing
+// intermediate directories with exactly that mode, -1 makes none.
+Napi::Value OpenBeneathJs(const Napi::CallbackInfo& info) {
+  int dirfd = Fd(info, 0, "dirFd");
+  if (info.Length() < 2 || !info[1].IsString()) Fail(info.Env(), "rel must be a string");
+  std::string rel = info[1].As<Napi::String>().Utf8Value();
+  if (rel.empty() || rel.size() > 4096 || rel.find('\0') != std::string::npos || rel[0] == '/') Fail(info.Env(), "bad relative path");
+  int flags = static_cast<int>(Int(info, 2, "flags"));
+  int mode = static_cast<int>(Int(info, 3, "mode"));
+  int mkdir_mode = static_cast<int>(Int(info, 4, "mkdirMode"));
+  try {
+    return Napi::Number::New(info.Env(), OpenBeneath(dirfd, rel, flags, mode, mkdir_mode));
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+}
+
+// unlinkBeneath(dirFd, rel): unlinks rel below dirFd without following a symlink on the way
+Napi::Value UnlinkBeneathJs(const Napi::CallbackInfo& info) {
+  int dirfd = Fd(info, 0, "dirFd");
+  if (info.Length() < 2 || !info[1].IsString()) Fail(info.Env(), "rel must be a string");
+  std::string rel = info[1].As<Napi::String>().Utf8Value();
+  if (rel.empty() || rel.size() > 4096 || rel.find('\0') != std::string::npos || rel[0] == '/') Fail(info.Env(), "bad relative path");
+  try {
+    UnlinkBeneath(dirfd, rel);
+  } catch (const SysError& e) {
+    ThrowSys(info.Env(), e);
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("constants", Constants(env));
+  exports.Set("openBeneath", Napi::Function::New(env, OpenBeneathJs, "openBeneath"));
+  exports.Set("unlinkBeneath", Napi::Function::New(env, UnlinkBeneathJs, "unlinkBeneath"));
   exports.Set("alignedBuffer", Napi::Function::New(env, AlignedBufferJs, "alignedBuffer"));
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSizeJs, "blockDeviceSize"));
   exports.Set("hostPageSize", Napi::Function::New(env, HostPageSize, "hostPageSize"));

@@ -4,7 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -140,6 +143,83 @@ void StartWriteback(int fd, int64_t offset, int64_t len) {
   if (len <= 0) return;
   // Best effort: not every file system supports it, and failure here changes nothing but timing.
   (void)sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE);
+}
+
+namespace {
+
+// Closes a descriptor on scope exit (intermediate directories of OpenBeneath).
+struct FdGuard {
+  int fd;
+  ~FdGuard() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+int OpenatRetry(int dirfd, const char* name, int flags, int mode) {
+  for (;;) {
+    int fd = openat(dirfd, name, flags, mode);
+    if (fd >= 0 || errno != EINTR) return fd;
+  }
+}
+
+}  // namespace
+
+int OpenBeneath(int dirfd, const std::string& rel, int flags, int mode, int mkdir_mode) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    size_t slash = rel.find('/', start);
+    std::string part = rel.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (part.empty() || part == "." || part == "..") throw SysError{EINVAL, "openat", static_cast<int64_t>(parts.size())};
+    parts.push_back(part);
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+#ifdef SYS_openat2
+  if (mkdir_mode < 0) {
+    // The kernel resolves the whole path: no component may be a symlink, none may leave dirfd.
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = static_cast<uint64_t>(flags | O_NOFOLLOW | O_CLOEXEC);
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? static_cast<uint64_t>(mode) : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    for (;;) {
+      long fd = syscall(SYS_openat2, dirfd, rel.c_str(), &how, sizeof how);
+      if (fd >= 0) return static_cast<int>(fd);
+      if (errno == EINTR || errno == EAGAIN) continue;  // EAGAIN: a concurrent rename; retry
+      if (errno == ENOSYS || errno == EPERM) break;     // old kernel, or a seccomp filter: walk ourselves
+      throw SysError{errno, "openat2", static_cast<int64_t>(parts.size() - 1)};
+    }
+  }
+#endif
+  // One component at a time, each relative to the descriptor of its parent, never following a link.
+  FdGuard cur{-1};
+  int at = dirfd;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    bool made = false;
+    if (mkdir_mode >= 0) {
+      if (mkdirat(at, parts[i].c_str(), static_cast<mode_t>(mkdir_mode)) == 0) made = true;
+      else if (errno != EEXIST) throw SysError{errno, "mkdirat", static_cast<int64_t>(i)};
+    }
+    int fd = OpenatRetry(at, parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) throw SysError{errno, "openat", static_cast<int64_t>(i)};
+    FdGuard next{fd};
+    if (made && fchmod(fd, static_cast<mode_t>(mkdir_mode)) != 0) throw SysError{errno, "fchmod", static_cast<int64_t>(i)};
+    std::swap(cur.fd, next.fd);
+    at = cur.fd;
+  }
+  int fd = OpenatRetry(at, parts.back().c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) throw SysError{errno, "openat", static_cast<int64_t>(parts.size() - 1)};
+  return fd;
+}
+
+void UnlinkBeneath(int dirfd, const std::string& rel) {
+  size_t slash = rel.rfind('/');
+  FdGuard parent{-1};
+  if (slash != std::string::npos) parent.fd = OpenBeneath(dirfd, rel.substr(0, slash), O_RDONLY | O_DIRECTORY, 0, -1);
+  std::string last = slash == std::string::npos ? rel : rel.substr(slash + 1);
+  if (last.empty() || last == "." || last == "..") throw SysError{EINVAL, "unlinkat", 0};
+  if (unlinkat(parent.fd >= 0 ? parent.fd : dirfd, last.c_str(), 0) != 0) throw SysError{errno, "unlinkat", 0};
 }
 
 }  // namespace fixedram

@@ -55,6 +55,19 @@ bool IsZero(const unsigned char* p, size_t len);
 // Starts write-back of [offset, offset+len) without waiting (sync_file_range WRITE). Best effort.
 void StartWriteback(int fd, int64_t offset, int64_t len);
 
+// Opens `rel` (components separated by '/', none empty, '.' or '..') below the directory dirfd
+// without ever following a symbolic link or leaving the directory: each component is opened
+// relative to the descriptor of the one before it with O_NOFOLLOW (openat2 with RESOLVE_BENEATH |
+// RESOLVE_NO_SYMLINKS for the whole path where the kernel has it and no directory is to be made).
+// With mkdir_mode >= 0 missing intermediate directories are made with mkdirat and then fchmod'ed to
+// exactly mkdir_mode through their own descriptor. The final component is opened with
+// flags | O_NOFOLLOW | O_CLOEXEC and mode. Returns the descriptor; throws SysError (offset = the
+// index of the component that failed).
+int OpenBeneath(int dirfd, const std::string& rel, int flags, int mode, int mkdir_mode);
+
+// Unlinks the file `rel` below dirfd, reaching its directory as OpenBeneath does (no symlinks).
+void UnlinkBeneath(int dirfd, const std::string& rel);
+
 }  // namespace fixedram
 
 #endif  // NATIVE_SYS_H_

@@ -3,9 +3,8 @@
  * and the injective name → file name encoding used by `load --dir`.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
-import { isPowerOfTwo, kMinPageSize, nameProblem } from './format';
+import { isPowerOfTwo, kMaxPageSize, kMinPageSize, nameProblem } from './format';
 import { native } from './native';
 
 export const kHugetlbfsMagic = 0x958458f6;
@@ -36,6 +35,14 @@ export interface OpenFile extends FileIdentity {
   /** Huge page size on hugetlbfs, else undefined. */
   hugePageSize?: number;
   mtimeNs: bigint;
+  /** Set when the file was opened beneath a directory descriptor (load --dir). */
+  at?: BeneathPath;
+}
+
+/** A file named relative to a directory descriptor (load --dir): opened beneath it, no symlinks. */
+export interface BeneathPath {
+  dirFd: number;
+  rel: string;
 }
 
 export interface FileOptions {
@@ -51,7 +58,40 @@ export function parseBlockArg(arg: string): BlockArg {
   const name = arg.slice(0, eq);
   const problem = nameProblem(name);
   if (problem) throw usageError(`${problem}: '${name}'`);
+  if (name.includes('\uFFFD') && argvHasInvalidUtf8()) {
+    // Node decodes argv as UTF-8 and turns invalid bytes into U+FFFD: a name we cannot store exactly
+    throw usageError(`a block name must be valid UTF-8: '${name}' (U+FFFD marks the bytes that are not)`);
+  }
   return { name, path: arg.slice(eq + 1) };
+}
+
+let rawArgvInvalid: boolean | undefined;
+
+/**
+ * Whether this process's command line, as the kernel holds it (/proc/self/cmdline: the bytes
+ * before Node decoded them), has an argument that is not valid UTF-8. Where it cannot be read, a
+ * U+FFFD is taken as the mark of one (refusing is the safe side).
+ */
+function argvHasInvalidUtf8(): boolean {
+  if (rawArgvInvalid !== undefined) return rawArgvInvalid;
+  try {
+    const raw = fs.readFileSync('/proc/self/cmdline');
+    const decoder = new TextDecoder('utf-8', { fatal: true });
+    rawArgvInvalid = false;
+    let start = 0;
+    for (let i = 0; i <= raw.length; i++) {
+      if (i < raw.length && raw[i] !== 0) continue;
+      try {
+        decoder.decode(raw.subarray(start, i));
+      } catch {
+        rawArgvInvalid = true;
+      }
+      start = i + 1;
+    }
+  } catch {
+    rawArgvInvalid = true;
+  }
+  return rawArgvInvalid;
 }
 
 /** Refuses duplicate block names. */
@@ -78,17 +118,36 @@ function describeType(st: fs.BigIntStats): string {
  * regular files. O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for files.
  */
 export function openBlockFile(
-  file: string, flags: number, opts: FileOptions & { block: string; create?: boolean; mode?: number },
+  file: string, flags: number,
+  opts: FileOptions & { block: string; create?: boolean; mode?: number; at?: BeneathPath; mkdirMode?: number },
 ): OpenFile {
   const c = fs.constants;
-  let f = flags | c.O_NONBLOCK | (opts.followSymlinks ? 0 : c.O_NOFOLLOW);
+  let f = flags | c.O_NONBLOCK | (opts.followSymlinks || opts.at ? 0 : c.O_NOFOLLOW);
   if (opts.create) f |= c.O_CREAT | c.O_EXCL;
   let fd: number;
   try {
-    fd = fs.openSync(file, f, opts.mode ?? 0o644);
+    fd = opts.at ? openBeneath(opts.at, f, opts.mode ?? 0o600, file, opts.mkdirMode ?? -1) : fs.openSync(file, f, opts.mode ?? 0o600);
   } catch (err) {
     if (isSystemError(err) && err.code === 'EISDIR') {
       throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage, `'${file}' (block '${opts.block}') is a directory, not a regular file`,
+        { path: file, block: opts.block });
+    }
+    if (isSystemError(err) && (err.code === 'ENXIO' || err.code === 'EOPNOTSUPP')) {
+      // a socket (or a device without a driver): one rule for every kind that is not a file
+      let st: fs.BigIntStats | undefined;
+      try {
+        st = opts.followSymlinks ? fs.statSync(file, { bigint: true }) : fs.lstatSync(file, { bigint: true });
+      } catch {
+        st = undefined;
+      }
+      if (st && !st.isFile() && !st.isBlockDevice()) {
+        throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
+          `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file`, { path: file, block: opts.block });
+      }
+    }
+    if (isSystemError(err) && err.code === 'ELOOP' && opts.at) {
+      throw new FixedramError('ERR_SYMLINK', ExitCode.usage,
+        `'${file}' (block '${opts.block}') is or lies behind a symbolic link inside the --dir directory; refused`,
         { path: file, block: opts.block });
     }
     if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
@@ -111,7 +170,7 @@ export function openBlockFile(
     const size = device ? native().blockDeviceSize(fd) : Number(st.size);
     return {
       path: file, fd, follow: opts.followSymlinks === true, size, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs,
-      device,
+      device, ...(opts.at ? { at: opts.at } : {}),
       ...(hugetlbfs ? { hugePageSize: bsize } : {}),
     };
   } catch (err) {
@@ -133,8 +192,8 @@ export function closeQuietly(fd: number | undefined): void {
 /** The page size a block uses: --page-size if given, else the huge page size on hugetlbfs, else 4096. */
 export function pageSizeFor(file: OpenFile, requested: number | undefined): number {
   if (requested !== undefined) {
-    if (!isPowerOfTwo(requested) || requested < kMinPageSize) {
-      throw usageError(`option pageSize must be a power of two >= ${kMinPageSize} (got ${requested})`);
+    if (!isPowerOfTwo(requested) || requested < kMinPageSize || requested > kMaxPageSize) {
+      throw usageError(`option pageSize must be a power of two from ${kMinPageSize} to 1 GiB (${kMaxPageSize}) (got ${requested})`);
     }
     if (file.hugePageSize !== undefined && requested % file.hugePageSize !== 0) {
       throw usageError(`option pageSize ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
@@ -160,14 +219,14 @@ export function releaseFd(file: OpenFile): void {
  * @throws ERR_SOURCE_CHANGED when it was replaced or removed in between.
  */
 export function reopenChecked(
-  file: string, flags: number, id: { dev: bigint; ino: bigint; follow: boolean }, block: string,
+  file: string, flags: number, id: { dev: bigint; ino: bigint; follow: boolean }, block: string, at?: BeneathPath,
 ): number {
   const c = fs.constants;
   const changed = (): Error => ioError('ERR_SOURCE_CHANGED',
     `'${file}' (block '${block}') was replaced or removed during the operation`, { path: file, block });
   let fd: number;
   try {
-    fd = fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
+    fd = at ? openBeneath(at, flags | c.O_NONBLOCK, 0, file, -1) : fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
   } catch (err) {
     if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
     throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
@@ -251,24 +310,28 @@ export function decodeBlockName(rel: string): string {
 }
 
 /**
- * The target path of a block under `dir`, creating the intermediate directories of long names.
- * Refuses to pass through anything but real directories, so the result is always inside `dir`.
+ * Opens `at.rel` below the directory descriptor `at.dirFd` (native openBeneath: openat2
+ * RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or openat + O_NOFOLLOW per component): no component may be a
+ * symlink and nothing outside the directory can be reached, however the tree changes meanwhile.
+ * Errors are Node-shaped and name `file` (the path shown to the user).
  */
-export function targetInDir(dir: string, name: string): string {
-  const rel = encodeBlockName(name);
-  const parts = rel.split('/');
-  let cur = path.resolve(dir);
-  for (const part of parts.slice(0, -1)) {
-    cur = path.join(cur, part);
-    try {
-      fs.mkdirSync(cur);
-    } catch (err) {
-      if (!isSystemError(err) || err.code !== 'EEXIST') throw err;
+export function openBeneath(at: BeneathPath, flags: number, mode: number, file: string, mkdirMode = -1): number {
+  try {
+    return native().openBeneath(at.dirFd, at.rel, flags, mode, mkdirMode);
+  } catch (err) {
+    const e = err as { errno?: unknown; syscall?: unknown };
+    if (typeof e.errno === 'number' && typeof e.syscall === 'string') {
+      // a symlink anywhere on the way: openat2 says EXDEV or ELOOP, openat with O_NOFOLLOW ELOOP or ENOTDIR
+      const errno = e.errno === 18 /* EXDEV */ ? 40 /* ELOOP */ : e.errno;
+      throw sysError(errno, e.syscall, { path: file });
     }
-    const st = fs.lstatSync(cur);
-    if (!st.isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${cur}' is not a directory`, { path: cur, block: name });
+    throw err;
   }
-  return path.join(cur, parts[parts.length - 1]!);
+}
+
+/** Removes a file opened beneath a directory descriptor without walking its path again. */
+export function unlinkBeneath(at: BeneathPath): void {
+  native().unlinkBeneath(at.dirFd, at.rel);
 }
 
 /**

@@ -15,6 +15,7 @@ import { identityOf, sameFile } from './blocks';
 import { explainInterrupt, ioError, isSystemError, snapshotError, usageError } from './errors';
 import { kMinPageSize } from './format';
 import { openImage } from './image';
+import { checkOutputPath } from './outputs';
 import type { ProgressSink } from './progress';
 import { checkChannels, writeSnapshot, type SavedBlock, type SnapshotSource } from './save';
 
@@ -69,6 +70,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   if (!opts.output) throw usageError('an output file is required (-o FILE)');
   const output = path.resolve(opts.output);
   const input = path.resolve(opts.input);
+  checkOutputPath(output);
 
   // open and validate the whole input before anything is created
   const image = openImage(input);

@@ -181,3 +181,15 @@ function definedOnly<T extends object>(o: T): Partial<T> {
   for (const [k, v] of Object.entries(o)) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
   return out;
 }
+
+/**
+ * Gives a system error that lacks one the path of the file it concerns, in its message too (as Node
+ * words it: `CODE: description, syscall 'path'`), so every read or write error names its file.
+ */
+export function withPath<T>(err: T, file: string): T {
+  if (isSystemError(err) && err.path === undefined) {
+    err.path = file;
+    if (!err.message.includes(`'${file}'`)) err.message += ` '${file}'`;
+  }
+  return err;
+}

@@ -1,7 +1,10 @@
 /** Opening any RAM image fixedram reads, detected by its magic. */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { kMaxDeviceStateBytes, type DeviceState } from './devstate';
-import { isSystemError, snapshotError } from './errors';
+import { ioError, isSystemError, snapshotError, withPath } from './errors';
+import { lockPathFor } from './lock';
+import { native } from './native';
 import { kMagic, unpackBitmap } from './format';
 import { isQemuMagic, parseQemu, type ByteSource, type QemuDetails } from './qemu';
 import { fixedramImage, newTables, openImageFile, openSnapshot, type BlockTables, type RamImage } from './snapshot';
@@ -14,6 +17,8 @@ export function openImage(file: string): RamImage {
   const { fd } = openImageFile(file);
   try {
     n = fs.readSync(fd, head, 0, 16, 0);
+  } catch (err) {
+    throw withPath(err, file);
   } finally {
     fs.closeSync(fd);
   }
@@ -137,3 +142,56 @@ function qemuDeviceState(d: QemuDetails, bytes: { head: Uint8Array; tail: Uint8A
   };
 }
 
+/** The pid a running `save --update` of `file` wrote into its lock file, if it is alive. */
+function updaterPid(file: string): number | undefined {
+  try {
+    const text = fs.readFileSync(lockPathFor(path.resolve(file)), 'utf8').trim();
+    if (!/^\d+$/.test(text)) return undefined;
+    const pid = Number(text);
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Opens an image for reading (load, verify) under a shared flock: the lock `save --update` holds
+ * exclusively while it rewrites a snapshot in place. The lock is taken BEFORE the header is read,
+ * so what is read is never a half-updated file mistaken for a complete one. When an update holds
+ * it, the error says "being updated by pid N" (exit 4); a file marked UPDATING whose lock is free
+ * is an interrupted update (exit 3, from the header). The lock goes with image.close().
+ */
+export function openImageShared(file: string): RamImage {
+  const { fd: lockFd } = openImageFile(file);
+  try {
+    if (!native().flock(lockFd, false)) {
+      const pid = updaterPid(file);
+      throw ioError('ERR_LOCKED', `'${file}' is being updated in place by ${pid !== undefined ? `pid ${pid}` : 'another process'} ` +
+        '(save --update); try again when it is done', { path: file });
+    }
+    const image = openImage(file);
+    const a = fs.fstatSync(lockFd);
+    const b = fs.fstatSync(image.fd);
+    if (a.ino !== b.ino || a.dev !== b.dev) {
+      image.close();
+      throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced while it was opened; try again`, { path: file });
+    }
+    const close = image.close;
+    image.close = (): void => {
+      try {
+        close();
+      } finally {
+        fs.closeSync(lockFd);
+      }
+    };
+    return image;
+  } catch (err) {
+    try {
+      fs.closeSync(lockFd);
+    } catch {
+      /* closed */
+    }
+    throw err;
+  }
+}

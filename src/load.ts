@@ -9,13 +9,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUniqueNames, closeQuietly, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, targetInDir, type BlockArg,
-  type OpenFile,
+  checkUniqueNames, closeQuietly, encodeBlockName, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
+  type BeneathPath, type BlockArg, type OpenFile,
 } from './blocks';
 import type { ChannelBlock } from './channels/messages';
 import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
-import { openImage } from './image';
-import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent, native } from './native';
+import { openImageShared } from './image';
+import { kPrivateDirMode, kPrivateFileMode, makePrivateDir } from './outputs';
+import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent } from './native';
 import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
 import { checkChannels } from './save';
@@ -80,19 +81,32 @@ function checkHugeMultiple(f: OpenFile, block: string, length: number): void {
   }
 }
 
-/** Opens (or creates) a target of exactly `length` bytes. */
-function openTarget(
-  file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean },
-): { file: OpenFile; created: boolean } {
-  let exists = true;
+/** Removes a target this run created (beneath the --dir descriptor when it has one). */
+function removeCreated(f: OpenFile): void {
   try {
-    fs.lstatSync(file);
+    if (f.at) unlinkBeneath(f.at);
+    else fs.unlinkSync(f.path);
+  } catch {
+    /* gone already */
+  }
+}
+
+/**
+ * Opens (or creates) a target of exactly `length` bytes. With `at` (load --dir) the target is
+ * opened beneath the directory descriptor, never through a symlink, and its missing intermediate
+ * directories are made 0700; a created target is 0600.
+ */
+function openTarget(
+  file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean }, at?: BeneathPath,
+): { file: OpenFile; created: boolean } {
+  let existing: OpenFile | undefined;
+  try {
+    existing = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, ...(at ? { at } : {}) });
   } catch (err) {
     if (!isSystemError(err) || err.code !== 'ENOENT') throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
-    exists = false;
   }
-  if (exists) {
-    const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts });
+  if (existing) {
+    const f = existing;
     if (f.size === length) {
       try {
         checkHugeMultiple(f, block, length);
@@ -108,13 +122,16 @@ function openTarget(
     }
     return { file: f, created: false };
   }
-  const f = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, create: true, mode: 0o644 });
+  const f = openBlockFile(file, fs.constants.O_RDWR, {
+    block, ...opts, create: true, mode: kPrivateFileMode, ...(at ? { at, mkdirMode: kPrivateDirMode } : {}),
+  });
   try {
+    fs.fchmodSync(f.fd, kPrivateFileMode); // private whatever the umask
     checkHugeMultiple(f, block, length);
     fs.ftruncateSync(f.fd, length);
   } catch (err) {
     closeQuietly(f.fd);
-    fs.rmSync(file, { force: true });
+    removeCreated(f);
     throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
   }
   return { file: { ...f, size: length }, created: true };
@@ -134,17 +151,15 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   if (opts.blocks) checkUniqueNames(opts.blocks);
 
   // validate the image before touching anything
-  const image = openImage(opts.snapshot);
+  const image = openImageShared(opts.snapshot);
   const targets: Target[] = [];
   let dataStarted = false;
+  let dirFd: number | undefined;
   try {
+    // (under a shared lock, taken by openImageShared: an in-place update cannot run under a load)
     if (image.incomplete) throw image.incomplete;
-    // A shared lock: an in-place update (which holds it exclusively) cannot run under a load.
-    if (!native().flock(image.fd, false)) {
-      throw ioError('ERR_LOCKED', `'${image.path}' is being updated in place by another process`, { path: image.path });
-    }
     const byName = new Map(image.blocks.map((b, i) => [b.name, i]));
-    const chosen: { index: number; path: string }[] = [];
+    const chosen: { index: number; path: string; at?: BeneathPath }[] = [];
     if (opts.blocks?.length) {
       for (const a of opts.blocks) {
         const index = byName.get(a.name);
@@ -161,12 +176,18 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     if (opts.dir !== undefined) {
       // only now that every table is known good
       const dir = path.resolve(opts.dir);
+      makePrivateDir(dir);
       try {
-        fs.mkdirSync(dir, { recursive: true });
+        dirFd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
       } catch (err) {
         throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
       }
-      for (const c of chosen) c.path = targetInDir(dir, image.blocks[c.index]!.name);
+      // every target is opened relative to this one descriptor, never by walking its path again
+      for (const c of chosen) {
+        const rel = encodeBlockName(image.blocks[c.index]!.name);
+        c.path = path.join(dir, rel);
+        c.at = { dirFd, rel };
+      }
     }
     const snapId = fs.fstatSync(image.fd, { bigint: true });
 
@@ -175,10 +196,17 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       const b = image.blocks[c.index]!;
       const t = openTarget(c.path, b.name, b.length, {
         followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
-      });
+      }, c.at);
       targets.push({ index: c.index, file: t.file, created: t.created, presentPages: 0 });
       releaseFd(t.file);
       if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
+      // two targets that are one file (same path, a hard link, a followed symlink): refuse
+      const twin = targets.slice(0, -1).find((o) => sameFile(o.file, t.file));
+      if (twin) {
+        const other = image.blocks[twin.index]!.name;
+        throw usageError(`targets of blocks '${other}' and '${b.name}' are the same file ('${twin.file.path}' and '${c.path}')`,
+          { path: c.path, block: b.name });
+      }
     });
     dataStarted = true;
 
@@ -224,6 +252,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         return {
           name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
           livePath: t.file.path, liveDev: t.file.dev, liveIno: t.file.ino, liveFollow: t.file.follow,
+          ...(t.file.at ? { liveDirFd: t.file.at.dirFd, liveRel: t.file.at.rel } : {}),
           liveBase: seg.first * b.pageSize, liveMmap: t.file.hugetlbfs,
           present: seg.tables.present, csums: seg.tables.csums,
           flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
@@ -254,10 +283,11 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     };
   } catch (err) {
     // nothing was written yet: remove the targets this run created
-    if (!dataStarted) for (const t of targets) if (t.created) fs.rmSync(t.file.path, { force: true });
+    if (!dataStarted) for (const t of targets) if (t.created) removeCreated(t.file);
     throw err;
   } finally {
     for (const t of targets) closeQuietly(t.file.fd);
+    closeQuietly(dirFd);
     image.close();
   }
 }

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { ioError, isSystemError } from './errors';
 import { registerTemp, unregisterTemp } from './cleanup';
 import { native } from './native';
+import { kPrivateFileMode } from './outputs';
 
 export interface OutputLock {
   path: string;
@@ -27,7 +28,7 @@ export function lockOutput(output: string): OutputLock {
   for (let attempt = 0; attempt < 10; attempt++) {
     let fd: number;
     try {
-      fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644);
+      fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, kPrivateFileMode);
     } catch (err) {
       throw isSystemError(err) ? Object.assign(err, { path: lockPath }) : err;
     }

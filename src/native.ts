@@ -3,7 +3,7 @@
  * to run on a channel (worker) thread; arguments are validated by the callers in TypeScript.
  */
 import * as path from 'node:path';
-import { sysError, type ErrorContext, type SystemError } from './errors';
+import { ExitCode, FixedramError, sysError, type ErrorContext, type SystemError } from './errors';
 
 /** Flags of {@link Native.savePages}; keep in step with native/pages.h. */
 export const kSaveSeekData = 1 << 0;
@@ -92,6 +92,14 @@ export interface Native {
   alignedBuffer(bytes: number): ArrayBuffer;
   /** Size in bytes of a block device (ioctl BLKGETSIZE64). */
   blockDeviceSize(fd: number): number;
+  /**
+   * Opens `rel` below the directory `dirFd` without following any symlink or leaving it (openat2
+   * RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or openat with O_NOFOLLOW one component at a time);
+   * mkdirMode >= 0 makes missing intermediate directories with exactly that mode. → fd
+   */
+  openBeneath(dirFd: number, rel: string, flags: number, mode: number, mkdirMode: number): number;
+  /** Unlinks `rel` below `dirFd`, reaching its directory as openBeneath does. */
+  unlinkBeneath(dirFd: number, rel: string): void;
 }
 
 /** What the addon throws for a failed syscall: a positive errno (0: unexpected end of file). */
@@ -118,6 +126,12 @@ export function native(): Native {
     loaded = (require('node-gyp-build') as (dir: string) => Native)(dir);
     return loaded;
   } catch (err) {
+    const first = (err as Error).message.split('\n')[0] ?? '';
+    // A resource limit (descriptors, memory) is not a missing build: say so instead of "rebuild"
+    if (/EMFILE|ENFILE|ENOMEM|Too many open files|Cannot allocate memory|failed to map segment/i.test(first)) {
+      throw new FixedramError('ERR_RESOURCE', ExitCode.system,
+        `could not load the native addon: ${first} (a resource limit such as \`ulimit -n\` or \`ulimit -v\`)`);
+    }
     throw new Error(
       `fixedram: could not load the native addon from ${dir}: ${(err as Error).message.split('\n')[0]}\n` +
         'No prebuilt binary fits this platform: build it with `npm rebuild fixedram` (needs g++, make and python3).',

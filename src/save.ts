@@ -2,12 +2,14 @@
  * `fixedram save`: a fresh, atomic snapshot of RAM block files.
  *
  * Order of events (the commit protocol, see docs/format-v1.md):
- *  1. open and check every source; plan the layout; take the output's lock;
- *  2. create a temp file beside the output and size it (sparse) to the final length;
+ *  1. check the output path (a regular file or nothing); open and check every source; plan the
+ *     layout; take the output's lock; remove provably stale temp files (cleanup.ts);
+ *  2. create a private (0600) temp file beside the output, size it (sparse) to the final length and
+ *     write a provisional header (magic, no COMPLETE flag) that marks it as an incomplete snapshot;
  *  3. channels write the present pages at their fixed offsets and fill the bitmaps and checksums;
  *  4. write bitmaps, checksum tables and the header WITHOUT the complete flag; fdatasync;
  *  5. rewrite the header WITH the complete flag; fdatasync;
- *  6. rename over the output; fsync the directory.
+ *  6. give it the mode and owner of the snapshot it replaces; rename over the output; fsync the directory.
  * A crash before 6 leaves the old output untouched; every failure path removes the temp file.
  */
 import * as crypto from 'node:crypto';
@@ -23,10 +25,11 @@ import {
 } from './blocks';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
-import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
+import { explainInterrupt, isSystemError, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
-import { registerTemp, unregisterTemp } from './cleanup';
+import { registerTemp, removeStaleTemps, tempNameFor, unregisterTemp } from './cleanup';
 import { lockOutput } from './lock';
+import { adoptExisting, checkOutputPath, createPrivateFile } from './outputs';
 import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
@@ -85,12 +88,22 @@ export interface SaveResult {
   seconds: number;
 }
 
-/** The default channel count: one per CPU. */
-export const defaultChannels = (): number => Math.max(1, os.availableParallelism());
+/**
+ * The most channels a run may ask for. Why 64: each channel is a worker thread with its own batch
+ * buffer (8 MiB by default) and descriptors, and page movement is bound by the disk and memory
+ * bandwidth long before that; past a few channels per CPU more threads only add start-up and
+ * contention (-j 256 on a sparse file took 70× the time of -j 2).
+ */
+export const kMaxChannels = 64;
+
+/** The default channel count: one per CPU (at most kMaxChannels). */
+export const defaultChannels = (): number => Math.min(kMaxChannels, Math.max(1, os.availableParallelism()));
 
 export function checkChannels(n: number | undefined): number {
   const v = n ?? defaultChannels();
-  if (!Number.isSafeInteger(v) || v < 1 || v > 256) throw usageError(`option channels must be an integer from 1 to 256 (got ${n})`);
+  if (!Number.isSafeInteger(v) || v < 1 || v > kMaxChannels) {
+    throw usageError(`option channels must be an integer from 1 to ${kMaxChannels} (got ${n})`);
+  }
   return v;
 }
 
@@ -102,7 +115,9 @@ export function checkWriteOptions(opts: { output: string; blocks: readonly Block
   if (!opts.output) throw usageError('an output file is required (-o FILE)');
   if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
   checkUniqueNames(opts.blocks);
-  return { channels, output: path.resolve(opts.output) };
+  const output = path.resolve(opts.output);
+  checkOutputPath(output); // a regular file or nothing, before any work
+  return { channels, output };
 }
 
 /**
@@ -254,40 +269,6 @@ export function dataMask(src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'p
 }
 
 /**
- * Removes temp files that earlier saves of `output` left behind when they were killed (SIGKILL,
- * power loss): `.<name>.<pid>.<hex>.tmp` whose pid is no longer running. Called under the lock.
- */
-function removeStaleTemps(output: string, logger?: Logger): void {
-  const dir = path.dirname(output);
-  const prefix = `.${path.basename(output)}.`;
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
-    const m = /^(\d+)\.[0-9a-f]{8}\.tmp$/.exec(name.slice(prefix.length));
-    if (!m) continue;
-    const pid = Number(m[1]);
-    let alive = true;
-    try {
-      process.kill(pid, 0);
-    } catch (err) {
-      alive = (err as NodeJS.ErrnoException).code !== 'ESRCH';
-    }
-    if (alive || pid === process.pid) continue;
-    try {
-      fs.unlinkSync(path.join(dir, name));
-      logger?.info({ file: name }, 'removed the temp file of an interrupted save');
-    } catch {
-      /* gone already */
-    }
-  }
-}
-
-/**
  * Writes the pages of every source into a fresh (sparse) snapshot file and its bitmaps and checksum
  * tables, window by window; returns what the header needs. Memory: one window of tables and the
  * channels' bounded scratch, whatever the block lengths.
@@ -365,20 +346,21 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
   const dir = path.dirname(output);
   const record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
   const layout = planLayout(sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize })), record?.length);
-  try {
-    if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
-  } catch (err) {
-    throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
-  }
+  checkOutputPath(output);
   const lock = lockOutput(output);
   removeStaleTemps(output, opts.logger);
-  let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  let tmp: string | undefined = tempNameFor(output, process.pid, crypto.randomBytes(4).toString('hex'));
   let fd: number | undefined;
   try {
     try {
-      fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+      // private from the moment it exists (mode 0600 at creation); it takes the mode and owner of
+      // the snapshot it replaces only just before the rename
+      fd = createPrivateFile(tmp);
       registerTemp(tmp);
       fs.ftruncateSync(fd, layout.fileSize);
+      // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
+      // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
+      writeHeader(fd, layout, { counts: layout.blocks.map(() => 0), sums: layout.blocks.map(() => 0n) }, 0);
     } catch (err) {
       throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
     }
@@ -406,6 +388,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     opts.logger?.debug('data synced');
     writeHeader(fd, layout, summary, kFlagComplete);
     if (opts.fsync) fs.fdatasyncSync(fd);
+    adoptExisting(fd, checkOutputPath(output));
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, output);

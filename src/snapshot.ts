@@ -4,11 +4,12 @@
  */
 import * as fs from 'node:fs';
 import { decodeDeviceState, type DecodedDeviceState, type DeviceState } from './devstate';
-import { isSystemError, snapshotError, type FixedramError } from './errors';
+import { isSystemError, snapshotError, withPath, type FixedramError } from './errors';
 import {
   decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, paddingOf, unpackBitmap, type BlockLayout,
   type Padding, type SnapshotHeader,
 } from './format';
+import { explainAllocation } from './limits';
 import { native } from './native';
 import { checkTables, readTableWindow, type WindowTables } from './tables';
 
@@ -30,11 +31,15 @@ export interface SnapshotFile {
 
 /** Allocates shared tables for a block of `pages` pages. */
 export function newTables(pages: number): BlockTables {
-  return {
-    present: new Uint8Array(new SharedArrayBuffer(Math.max(pages, 1))).subarray(0, pages),
-    csums: new Uint8Array(new SharedArrayBuffer(Math.max(pages * 8, 8))).subarray(0, pages * 8),
-    presentCount: 0,
-  };
+  try {
+    return {
+      present: new Uint8Array(new SharedArrayBuffer(Math.max(pages, 1))).subarray(0, pages),
+      csums: new Uint8Array(new SharedArrayBuffer(Math.max(pages * 8, 8))).subarray(0, pages * 8),
+      presentCount: 0,
+    };
+  } catch (err) {
+    throw explainAllocation(err, `the page tables of a block of ${pages} pages`, pages * 9);
+  }
 }
 
 function readExact(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
@@ -93,6 +98,7 @@ export function openSnapshot(file: string, writable = false): SnapshotFile {
     return { path: file, fd, size, header };
   } catch (err) {
     fs.closeSync(fd);
+    withPath(err, file);
     // (FixedramError declares `path` as a class field, so test the value, not `'path' in err`)
     if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
     throw err;
@@ -127,8 +133,12 @@ export function requireComplete(snap: SnapshotFile): void {
 export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): BlockTables {
   const metaBytes = b.bitmapBytes + b.checksumsBytes;
   const meta = sharedBytes(metaBytes + b.pages, b.name).subarray(0, metaBytes);
-  readExact(snap.fd, b.bitmapBytes, b.bitmapOffset, meta.subarray(0, b.bitmapBytes));
-  readExact(snap.fd, b.checksumsBytes, b.checksumsOffset, meta.subarray(b.bitmapBytes));
+  try {
+    readExact(snap.fd, b.bitmapBytes, b.bitmapOffset, meta.subarray(0, b.bitmapBytes));
+    readExact(snap.fd, b.checksumsBytes, b.checksumsOffset, meta.subarray(b.bitmapBytes));
+  } catch (err) {
+    throw withPath(err, snap.path);
+  }
   const ctx = { block: b.name, path: snap.path };
   if (native().hash64(meta) !== snap.header.metadataChecksums[index]) {
     throw snapshotError('ERR_SNAPSHOT_INVALID',

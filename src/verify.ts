@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
 import type { BadPage, ChannelBlock } from './channels/messages';
 import { interruptedError, isSystemError, usageError } from './errors';
-import { openImage } from './image';
+import { openImageShared } from './image';
 import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, kVerifyDataMask, native } from './native';
 import { kDefaultBatchBytes } from './plan';
 import { ExtentCursor } from './tables';
@@ -82,7 +82,8 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const against = opts.against ?? [];
   checkUniqueNames(against);
 
-  const image = openImage(opts.snapshot);
+  // under the shared lock load takes too: an in-place update cannot rewrite pages under a verify
+  const image = openImageShared(opts.snapshot);
   const live: (OpenFile | undefined)[] = [];
   try {
     if (image.incomplete) throw image.incomplete;

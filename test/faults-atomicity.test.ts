@@ -14,6 +14,7 @@ import { denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from '.
 import { fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 import { requireSetup } from './support/prereq';
+import { staleTempProblem } from '../src/cleanup';
 
 describe('faults: atomicity', () => {
   it('#1 truncated snapshot (header, bitmap, checksum table, page region, last byte): exit 3 before any target is touched', async (t) => {
@@ -157,9 +158,14 @@ describe('faults: atomicity', () => {
     await w.exited;
     assert.ok(!fs.existsSync(out), 'the killed save left a file under the final name');
     const stale = leftovers(dir);
+    // the premise: the killed save really left its temp file and its lock file behind
+    assert.equal(stale.filter((f) => f.endsWith('.tmp')).length, 1, `no stale temp file: ${stale}`);
+    assert.deepEqual(stale.filter((f) => f.endsWith('.lock')), ['.snap.fxr.lock'], `no stale lock file: ${stale}`);
+    // … and the temp file is provably ours and incomplete (magic, no COMPLETE, dead pid)
+    assert.equal(staleTempProblem(out, stale.find((f) => f.endsWith('.tmp'))!), undefined);
     const r = fixedram(['save', '-o', out, '-b', `a=${src}`, '--no-fsync']);
     assert.equal(r.status, 0, r.stderr);
     assert.equal((await verify({ snapshot: out, against: [{ name: 'a', path: src }] })).ok, true);
-    t.diagnostic(`left by the killed save: ${stale.join(', ') || 'nothing'}; after the next save: ${leftovers(dir).join(', ') || 'nothing'}`);
+    assert.deepEqual(leftovers(dir), [], 'the next save did not clean up the stale temp and lock files');
   });
 });

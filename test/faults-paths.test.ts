@@ -143,8 +143,71 @@ describe('faults: paths', () => {
     fs.symlinkSync(outside, path.join(out2, first));
     const r2 = fixedram(['load', snapLong, '--dir', out2]);
     assert.notEqual(r2.status, 0);
-    assert.match(r2.stderr, /is not a directory/);
+    assert.match(r2.stderr, /behind a symbolic link inside the --dir directory/);
     assert.deepEqual(fs.readdirSync(outside), ['victim']);
+  });
+
+  it('#12 load --dir against a concurrent swapper (an intermediate "+" directory keeps turning into a symlink): nothing is ever written outside DIR', async (t) => {
+    const dir = tempDir(t);
+    const a = path.join(dir, 'a.ram');
+    makeBlock(a, 1, 8);
+    const long = 'L'.repeat(250);
+    const snap = path.join(dir, 'long.fxr');
+    assert.equal(fixedram(['save', '-o', snap, '-b', `${long}=${a}`, '--no-fsync']).status, 0);
+    const outside = path.join(dir, 'outside');
+    fs.mkdirSync(outside);
+    const out = path.join(dir, 'out');
+    fs.mkdirSync(out);
+    const [first, last] = encodeBlockName(long).split('/') as [string, string];
+    const plus = path.join(out, first);
+    // the swapper: moves the real directory aside (inside DIR), puts a symlink to `outside` in its
+    // place, then puts it back, as fast as it can, until it is killed or 60 s have passed
+    const script = `
+      const fs = require('fs');
+      const [plus, aside, outside] = process.argv.slice(1);
+      let swaps = 0;
+      const end = Date.now() + 60000;
+      (function loop() {
+        for (let i = 0; i < 200; i++) {
+          try { fs.renameSync(plus, aside); } catch (e) {
+            // a load made a new directory while the old one was aside: drop the old one
+            if (e.code === 'ENOTEMPTY' || e.code === 'EEXIST') fs.rmSync(aside, { recursive: true, force: true });
+          }
+          try { fs.symlinkSync(outside, plus); swaps++; } catch {}
+          try { fs.unlinkSync(plus); } catch {}
+          try { fs.renameSync(aside, plus); } catch {}
+        }
+        fs.writeFileSync(outside + '.count', String(swaps));
+        if (Date.now() < end) setImmediate(loop); else process.exit(0);
+      })();`;
+    const { spawn } = await import('node:child_process');
+    const aside = path.join(out, 'aside');
+    const swapper = spawn(process.execPath, ['-e', script, plus, aside, outside], { stdio: 'ignore' });
+    t.after(() => swapper.kill('SIGKILL'));
+    let ok = 0;
+    let refused = 0;
+    for (let k = 0; k < 40; k++) {
+      for (const d of [plus, aside]) {
+        try {
+          fs.rmSync(path.join(d, last), { force: true });
+        } catch {
+          /* the swapper moved it */
+        }
+      }
+      const r = fixedram(['load', snap, '--dir', out]);
+      if (r.status === 0) ok++;
+      else {
+        refused++;
+        assert.notEqual(r.status, 1, r.stderr);
+        assert.doesNotMatch(r.stderr, /\n\s+at /, 'a stack trace');
+      }
+      assert.deepEqual(fs.readdirSync(outside), [], `round ${k}: something was written outside DIR (${r.stderr})`);
+    }
+    swapper.kill('SIGKILL');
+    const swaps = Number(fs.readFileSync(`${outside}.count`, 'utf8'));
+    t.diagnostic(`${ok} loads completed, ${refused} refused, ${swaps} swaps`);
+    assert.ok(swaps > 1000, `the swapper made only ${swaps} swaps: the race was not exercised`);
+    assert.ok(refused > 0, 'no load ever met the symlink: the race was not exercised');
   });
 
   it('#13 a target or source that is a symlink: refused (exit 2) unless --follow-symlinks', (t) => {

@@ -46,7 +46,8 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
     }
     const flags = job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
     const fd = b.liveFd !== undefined ? reopen(b.liveFd, flags)
-      : reopenChecked(b.livePath!, flags, { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false }, b.name);
+      : reopenChecked(b.livePath!, flags, { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false }, b.name,
+        b.liveDirFd !== undefined ? { dirFd: b.liveDirFd, rel: b.liveRel! } : undefined);
     live.set(i, fd);
     return fd;
   };

@@ -33,6 +33,12 @@ export interface ChannelBlock {
   liveDev?: bigint;
   liveIno?: bigint;
   liveFollow?: boolean;
+  /**
+   * load --dir: livePath is opened as liveRel below the directory descriptor liveDirFd (held by the
+   * main thread) with no symlink followed and no way out of it, never by walking livePath again.
+   */
+  liveDirFd?: number;
+  liveRel?: string;
   /** File offset of page 0 in the live file. */
   liveBase: number;
   /** Write the live file through a shared mapping (hugetlbfs). */

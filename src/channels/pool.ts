@@ -7,6 +7,7 @@
  * claims the next one with Atomics.add, so an idle channel never waits for the main thread, and a
  * slow channel (a page-cache stall, a hole-free region) simply claims fewer batches.
  */
+import { explainWorkerError } from '../limits';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { runChannel } from './channel';
@@ -141,11 +142,18 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
     new Promise<void>((resolve) => {
       const slot = opts.team?.take();
       if (slot && (slot.early || slot.exited)) {
-        failWith(slot.early ?? new Error(`channel ${index} exited before its job was handed over`));
+        failWith(slot.early ? (explainWorkerError(slot.early, index) as Error) : new Error(`channel ${index} exited before its job was handed over`));
         resolve();
         return;
       }
-      const w = slot?.worker ?? new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
+      let w: Worker;
+      try {
+        w = slot?.worker ?? new Worker(kWorkerFile, { workerData: job, name: `fixedram-channel-${index}` });
+      } catch (err) {
+        failWith(explainWorkerError(err, index) as Error); // a thread or descriptor limit says so in one line
+        resolve();
+        return;
+      }
       if (slot) w.postMessage(job);
       let finished = false;
       w.on('message', (m: ChannelMessage) => {
@@ -153,7 +161,7 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
       });
       w.on('error', (err) => {
         finished = true;
-        failWith(err);
+        failWith(explainWorkerError(err, index) as Error); // a thread or descriptor limit says so in one line
       });
       w.on('exit', (code) => {
         if (!finished) failWith(new Error(`channel ${index} exited with code ${code} before finishing`));

@@ -14,10 +14,10 @@ export function parseCount(what: string, min: number, max: number) {
   };
 }
 
-/** The most channels a run may use. */
-export const kMaxChannels = 256;
+/** The most channels a run may use (why 64: see kMaxChannels in save.ts, which checks it again). */
+export const kMaxChannels = 64;
 
-/** `-j N`: 1..256 worker threads; 0 means one per CPU (as zstd and xz read `-T0`). */
+/** `-j N`: 1..64 worker threads; 0 means one per CPU (as zstd and xz read `-T0`). */
 export function parseChannels(v: string): number {
   const n = parseCount('--channels', 0, kMaxChannels)(v);
   return n === 0 ? Math.min(kMaxChannels, Math.max(1, os.availableParallelism())) : n;
@@ -65,7 +65,7 @@ export interface GlobalFlags {
  */
 export function addGlobalOptions(cmd: Command, set: GlobalOptionSet): Command {
   if (set.channels) {
-    cmd.option('-j, --channels <n>', 'worker threads, 0 = one per CPU (default: one per CPU)', parseChannels)
+    cmd.option('-j, --channels <n>', 'worker threads, at most 64; 0 = one per CPU (default: one per CPU)', parseChannels)
       .addOption(new Option('--progress <mode>', 'progress on stderr: a bar (on a terminal), NDJSON events, or none')
         .choices(['auto', 'bar', 'json', 'none']).default('auto'));
   }

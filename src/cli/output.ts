@@ -7,6 +7,7 @@ import { CommanderError } from 'commander';
 import {
   describeLocation, ExitCode, exitCodeOf, FixedramError, isSystemError, toRecord, type ErrorRecord,
 } from '../errors';
+import { escapeControls } from '../escape';
 import type { ProgressReporter } from '../progress';
 
 /** The version of the JSON shape documented in docs/json.md. Bump it when a field changes meaning or goes away. */
@@ -88,10 +89,9 @@ function errorLineOf(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
 
-/** Errors are one line: newlines and other control characters become visible escapes. */
+/** Errors are one line: newlines and other control characters (C0, DEL, C1) become visible escapes. */
 function oneLine(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  return s.replace(/[\x00-\x1f\x7f]/g, (c) => (c === '\n' ? '\\n' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+  return escapeControls(s);
 }
 
 /**
@@ -105,7 +105,8 @@ export class StderrLines {
 
   line(text: string): void {
     this.progress?.clear();
-    this.stream.write(`${text}\n`);
+    // human lines are escaped (a name inside cannot reach the terminal raw); JSON log lines are exact
+    this.stream.write(`${text.startsWith('{') ? text : escapeControls(text)}\n`);
   }
 
   warning(text: string): void {

@@ -5,6 +5,8 @@
  * logs, progress, warnings and errors go to stderr.
  */
 import { Command, CommanderError } from 'commander';
+import { escapingWriter } from '../escape';
+import { guardStderr } from '../streams';
 import { removeTempsSync } from '../cleanup';
 import { ExitCode, FixedramError, isSystemError } from '../errors';
 import { makeCliLogger } from '../log';
@@ -118,7 +120,7 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
       reporter?.stop();
       const status = spec.status?.(r) ?? ExitCode.ok;
       if (flags.json) io.stdout.write(`${JSON.stringify(resultEnvelope(spec.name, status, spec.json(r)))}\n`);
-      else if (!quiet) spec.print(r, io.stdout);
+      else if (!quiet) spec.print(r, escapingWriter(io.stdout)); // names never reach the terminal raw
       io.setExitCode(status);
     } catch (err) {
       reporter?.stop();
@@ -179,6 +181,7 @@ export async function runCli(argv: readonly string[], io: ProgramIo): Promise<vo
 /** Entry point of bin/fixedram.js: signals, stdout failures, exit status. */
 export async function main(argv = process.argv.slice(2)): Promise<void> {
   const controller = new AbortController();
+  guardStderr(process.stderr); // a closed stderr never kills the work (src/streams.ts)
   const lines = new StderrLines(process.stderr);
   let interrupts = 0;
   const onSignal = (sig: NodeJS.Signals): void => {
