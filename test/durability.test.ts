@@ -42,10 +42,10 @@ function traced(t: TestContext, so: string, dir: string, args: string[]): Traced
   return { events: parseTrace(trace), data: fs.readFileSync(data) };
 }
 
-/** The lowest pages offset of a snapshot (writes between the header and it are tables). */
-function pagesStart(snap: string): number {
-  const j = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { blocks: { pagesOffset: number }[] };
-  return Math.min(...j.blocks.map((b) => b.pagesOffset));
+/** Where a snapshot's page data lies (other writes past the header are metadata). */
+function pagesStart(snap: string): { start: number; end: number } {
+  const j = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { blocks: { pagesOffset: number; length: number }[] };
+  return { start: Math.min(...j.blocks.map((b) => b.pagesOffset)), end: Math.max(...j.blocks.map((b) => b.pagesOffset + b.length)) };
 }
 
 /** What a crash state reads as: 'old', 'new', 'updating', or a description of what is wrong. */

@@ -54,10 +54,11 @@ function fail(what: string, events: TraceEvent[]): never {
 
 /**
  * A new snapshot (save, convert): pages → tables → header without COMPLETE → fdatasync → header
- * with COMPLETE → fdatasync → rename over `output` → fsync of its directory. `pagesStart` is the
- * first pages offset (writes below it, past the header, are the tables). Returns the temp path.
+ * with COMPLETE → fdatasync → rename over `output` → fsync of its directory. `pages` is the range
+ * holding page data; other writes past the header are metadata (tables, a device-state record).
+ * Returns the temp path.
  */
-export function checkNewSnapshotProtocol(events: TraceEvent[], output: string, pagesStart: number): string {
+export function checkNewSnapshotProtocol(events: TraceEvent[], output: string, pages: { start: number; end: number }): string {
   const renames = events.flatMap((e, i) => (e.kind === 'N' && e.to === output ? [i] : []));
   if (renames.length !== 1) fail(`expected one rename onto ${output}, saw ${renames.length}`, events);
   const iN = renames[0]!;
@@ -72,10 +73,11 @@ export function checkNewSnapshotProtocol(events: TraceEvent[], output: string, p
   const headers = writes.filter((i) => { const e = on(i); return e.kind === 'W' && e.off === 0 && e.flags !== undefined && (e.flags & kComplete) === 0; });
   const iH = headers.filter((i) => i < iC).at(-1);
   if (iH === undefined) fail('no header write without COMPLETE before the COMPLETE one', events);
-  const pages = writes.filter((i) => { const e = on(i); return e.kind === 'W' && e.off >= pagesStart; });
-  const tables = writes.filter((i) => { const e = on(i); return e.kind === 'W' && e.off > 0 && e.off < pagesStart; });
-  if (pages.length === 0 || tables.length === 0) fail('no page or no table writes recorded', events);
-  if (Math.max(...pages) > Math.min(...tables)) fail('a page was written after the tables', events);
+  const inPages = (e: TraceEvent): boolean => e.kind === 'W' && e.off >= pages.start && e.off < pages.end;
+  const pageWrites = writes.filter((i) => inPages(on(i)));
+  const tables = writes.filter((i) => { const e = on(i); return e.kind === 'W' && e.off > 0 && !inPages(e); });
+  if (pageWrites.length === 0 || tables.length === 0) fail('no page or no table writes recorded', events);
+  if (Math.max(...pageWrites) > Math.min(...tables)) fail('a page was written after the tables', events);
   if (Math.max(...tables) > iH) fail('a table was written after the final header', events);
   if (!syncs.some((i) => i > iH && i < iC)) fail('no fdatasync between the header and its COMPLETE flag', events);
   if (!syncs.some((i) => i > iC && i < iN)) fail('no fdatasync between the COMPLETE flag and the rename', events);
