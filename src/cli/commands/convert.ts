@@ -12,7 +12,7 @@ export default defineCommand<Flags, ConvertOptions, ConvertResult>({
   globals: { channels: true },
   define: (cmd) => {
     cmd.argument('<qemufile>', 'QEMU mapped-ram migration file (or libvirt sparse save image)')
-      .requiredOption('-o, --output <file>', 'snapshot file to write')
+      .requiredOption('-o, --output <file>', 'snapshot file to write (a regular file or nothing; created 0600)')
       .option('--no-fsync', 'do not fsync the snapshot and its directory')
       .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)');
   },

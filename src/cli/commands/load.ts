@@ -16,7 +16,7 @@ export default defineCommand<Flags, LoadOptions & S3CommandOptions, LoadResult>(
   define: (cmd) => {
     cmd.argument('<file>', 'snapshot to load')
       .option('-b, --block <name=path>', 'load block NAME into PATH (repeat for more)', collectBlock)
-      .option('--dir <dir>', 'load every block into DIR/<encoded name>')
+      .option('--dir <dir>', 'load every block into DIR/<encoded name> (files 0600, directories 0700, never outside DIR)')
       .option('--no-verify', 'do not check page checksums while loading')
       .option('--direct-io', 'read the snapshot with O_DIRECT (falls back to buffered I/O with a warning)')
       .option('--allow-device', 'accept block devices as targets')

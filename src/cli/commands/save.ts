@@ -23,7 +23,7 @@ export default defineCommand<Flags, Options, Result>({
   description: 'snapshot RAM block files into one file (written atomically)',
   globals: { channels: true, followSymlinks: true },
   define: (cmd) => {
-    cmd.requiredOption('-o, --output <file>', 'snapshot file to write')
+    cmd.requiredOption('-o, --output <file>', 'snapshot file to write (a regular file or nothing; created 0600, a re-save keeps its mode and owner)')
       .option('-b, --block <name=path>', 'a block: its name and file (repeat for more)', collectBlock)
       .option('--page-size <bytes>', 'page size (default 4096, the huge page size on hugetlbfs)', parseSize)
       .option('--no-fsync', 'do not fsync the snapshot and its directory')
