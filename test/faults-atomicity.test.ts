@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { exitCodeOf, inspect, load, verify } from '../src/index';
 import { fixedram } from './support/cli';
-import { denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
+import { denseBlock, leftovers, reap, sha1, shimPath, slowEnv, Watched } from './support/faults';
 import { fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 import { requireSetup } from './support/prereq';
@@ -112,7 +112,7 @@ describe('faults: atomicity', () => {
     assert.notEqual(oldHash, newHash);
 
     if (!requireSetup(t, so)) return;
-    const env = shimEnv(so, { delayUs: 50_000, path: dir });
+    const env = slowEnv(t, so, { delayUs: 50_000, path: dir });
     const seen = { old: 0, new: 0 };
     for (let k = 0; k < 20; k++) {
       // a random point: a progress fraction in [0, 1.2) plus up to 60 ms after the event; a fraction
@@ -150,7 +150,7 @@ describe('faults: atomicity', () => {
     const out = path.join(dir, 'snap.fxr');
     const so = shimPath();
     if (!requireSetup(t, so)) return;
-    const env = shimEnv(so, { delayUs: 50_000 });
+    const env = slowEnv(t, so, { delayUs: 50_000 });
     const w = new Watched(['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1'], env);
     reap(t, w);
     await w.midway();

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { verify } from '../src/index';
 import { fixedram } from './support/cli';
-import { assertNoStack, denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
+import { assertNoStack, denseBlock, leftovers, reap, sha1, shimPath, slowEnv, Watched } from './support/faults';
 import { makeBlock, stampPage } from './support/stamp';
 import { tempDir } from './support/tmp';
 import { requireSetup } from './support/prereq';
@@ -27,7 +27,7 @@ function setup(t: TestContext) {
 
 /** A slow save of src into out (every transfer of a file in dir sleeps `delayUs`). */
 function slowSave(t: TestContext, so: string, dir: string, args: string[], delayUs = 150_000): Watched {
-  const w = new Watched([...args, '--progress', 'json', '-j', '1'], shimEnv(so, { delayUs, path: dir }));
+  const w = new Watched([...args, '--progress', 'json', '-j', '1'], slowEnv(t, so, { delayUs, path: dir }));
   reap(t, w);
   return w;
 }
@@ -53,7 +53,8 @@ describe('faults: concurrency', () => {
       assert.equal(fixedram(['save', '-o', out, '-b', `mem=${old}`, '--no-fsync']).status, 0);
       const oldHash = sha1(out);
       const w = slowSave(t, so, dir, ['save', '-o', out, '-b', `mem=${src}`]);
-      assert.ok(await w.waitFor(() => true), w.stderr);
+      // midway: the channels already read from the source (the slow-down is in force), not before
+      assert.ok(await w.midway(), w.stderr);
       change(src, dir);
       const e = await w.exited;
       assert.equal(e.signal, null, `killed by ${e.signal}`);

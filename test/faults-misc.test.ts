@@ -14,7 +14,7 @@ import { runCli } from '../src/cli';
 import { kEntryBytes, kHeaderBytes } from '../src/format';
 import { native } from '../src/native';
 import { fixedram, kBin } from './support/cli';
-import { assertNoStack, denseBlock, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
+import { assertNoStack, denseBlock, reap, sha1, readShimReport, shimEnv, shimPath, Watched } from './support/faults';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { openFds, tempDir } from './support/tmp';
 import { requirePrereq, requireSetup } from './support/prereq';
@@ -87,8 +87,10 @@ describe('faults: misc', () => {
     const so = shimPath();
     if (!requireSetup(t, so)) return;
     fillFile(target, 1300 * 4096, 0xaa);
-    const l2 = fixedram(['load', snap, '-b', `mem0=${target}`, '-j', '2'], { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: dir }) });
+    const report = path.join(dir, 'shim.txt');
+    const l2 = fixedram(['load', snap, '-b', `mem0=${target}`, '-j', '2'], { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: dir, report }) });
     assert.equal(l2.status, 0, l2.stderr);
+    assert.ok(readShimReport(report).fallocate > 0, `hole punching was never refused: ${JSON.stringify(readShimReport(report))}`);
     assert.equal(firstDifferentPage(a, target), -1, 'explicit zero writes (no hole punching) left stale data');
   });
 

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import { fixedram, kBin } from './support/cli';
-import { denseBlock, isRoot, reap, shimPath, shimEnv, Watched } from './support/faults';
+import { denseBlock, isRoot, reap, shimPath, slowEnv, Watched } from './support/faults';
 import { requirePrereq, requireSetup } from './support/prereq';
 import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
 import { makeBlock } from './support/stamp';
@@ -57,7 +57,7 @@ describe('faults: privacy of what we create', () => {
     denseBlock(src, 1, 2048);
     const out = path.join(dir, 's.fxr');
     const w = new Watched(['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      shimEnv(so, { delayUs: 20_000, path: dir }), { argv0: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] });
+      slowEnv(t, so, { delayUs: 20_000, path: dir }), { argv0: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] });
     reap(t, w);
     const e = await w.midway();
     assert.ok(e, `the save never reported progress midway: ${w.stderr}`);

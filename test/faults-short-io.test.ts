@@ -87,8 +87,11 @@ describe('faults: short I/O', () => {
     const clean = path.join(dir, 'clean.fxr');
     assert.equal(fixedram(['save', '-o', clean, '-b', `a=${a}`, '--no-fsync']).status, 0);
     const out = path.join(dir, 'shim.fxr');
-    const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '2'], { env: shimEnv(so, { funcs: 'pwritev', mode: 'onebyte,short' }) });
+    const report = path.join(dir, 'shim.txt');
+    const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '2'], { env: shimEnv(so, { funcs: 'pwritev', mode: 'onebyte,short', report, path: dir }) });
     assert.equal(s.status, 0, s.stderr);
     assert.ok(fs.readFileSync(out).equals(fs.readFileSync(clean)));
+    // the premise: the short writes were really injected
+    assert.ok(readShimReport(report).short > 100, JSON.stringify(readShimReport(report)));
   });
 });

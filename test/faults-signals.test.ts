@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { verify } from '../src/index';
 import { fixedram } from './support/cli';
-import { assertNoStack, denseBlock, leftovers, reap, sha1, shimEnv, shimPath, Watched } from './support/faults';
+import { assertNoStack, denseBlock, leftovers, reap, sha1, shimPath, slowEnv, Watched } from './support/faults';
 import { tempDir } from './support/tmp';
 import { requireSetup } from './support/prereq';
 
@@ -31,7 +31,7 @@ describe('faults: signals', () => {
       const so = shimPath();
       if (!requireSetup(t, so)) return;
       const { dir, src, out, oldHash, srcHash } = setup(t);
-      const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 100_000 }));
+      const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '2'], slowEnv(t, so, { delayUs: 100_000 }));
       reap(t, w);
       assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
       w.kill(sig);
@@ -53,7 +53,7 @@ describe('faults: signals', () => {
     const { dir, src, out, oldHash } = setup(t);
     // every transfer sleeps 3 s: the first SIGINT cannot finish the run quickly (channels only look at
     // the cancel flag between batches), so a quick exit proves the second one acted
-    const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1'], shimEnv(so, { delayUs: 3_000_000 }));
+    const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1'], slowEnv(t, so, { delayUs: 3_000_000 }));
     reap(t, w);
     assert.ok(await w.waitFor(() => true));
     await new Promise((r) => setTimeout(r, 300)); // the channel is now inside a slow call
@@ -78,7 +78,7 @@ describe('faults: signals', () => {
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);
     const target = path.join(dir, 'target.ram');
-    const w = new Watched(['load', snap, '-b', `mem=${target}`, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 100_000 }));
+    const w = new Watched(['load', snap, '-b', `mem=${target}`, '--progress', 'json', '-j', '2'], slowEnv(t, so, { delayUs: 100_000 }));
     reap(t, w);
     assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
     w.kill('SIGINT');
@@ -97,7 +97,7 @@ describe('faults: signals', () => {
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);
     const w = new Watched(['load', snap, '--dir', path.join(dir, 'out'), '--progress', 'json', '--json', '-j', '1'],
-      shimEnv(so, { delayUs: 100_000 }));
+      slowEnv(t, so, { delayUs: 100_000 }));
     reap(t, w);
     assert.ok(await w.midway());
     w.kill('SIGTERM');

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fixedram, fixedramChild } from './support/cli';
-import { denseBlock, reap, shimEnv, shimPath, Watched } from './support/faults';
+import { denseBlock, reap, shimPath, slowEnv, Watched } from './support/faults';
 import { requireSetup } from './support/prereq';
 import { tempDir } from './support/tmp';
 
@@ -30,7 +30,7 @@ describe('faults: verify and save --update', () => {
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      shimEnv(so, { delayUs: 300_000, path: dir })); // slow enough that the verify below starts while it runs
+      slowEnv(t, so, { delayUs: 300_000, path: dir })); // slow enough that the verify below starts while it runs
     reap(t, up);
     assert.ok(await up.midway(), `the update never got midway: ${up.stderr}`);
     const v = fixedram(['verify', out]);
@@ -48,7 +48,7 @@ describe('faults: verify and save --update', () => {
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      shimEnv(so, { delayUs: 100_000, path: dir }));
+      slowEnv(t, so, { delayUs: 100_000, path: dir }));
     reap(t, up);
     assert.ok(await up.midway(), up.stderr);
     up.kill('SIGKILL');

@@ -66,11 +66,15 @@ export interface ShimReport {
   eagain: number;
   direct: number;
   fallocate: number;
+  /** Opens with O_DIRECT that succeeded (direct I/O really used). */
+  dopen: number;
+  /** 1 per process that slept in a delayed call (written at once, so SIGKILLed runs count). */
+  delayed: number;
 }
 
 /** Sums the lines the shim appended to a report file (one per process that exited normally). */
 export function readShimReport(file: string): ShimReport {
-  const sum: ShimReport = { calls: 0, short: 0, eintr: 0, eagain: 0, direct: 0, fallocate: 0 };
+  const sum: ShimReport = { calls: 0, short: 0, eintr: 0, eagain: 0, direct: 0, fallocate: 0, dopen: 0, delayed: 0 };
   if (!fs.existsSync(file)) return sum;
   for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
     for (const kv of line.split(' ')) {
@@ -79,6 +83,21 @@ export function readShimReport(file: string): ShimReport {
     }
   }
   return sum;
+}
+
+/**
+ * The environment of a run slowed by the shim (every transfer sleeps `delayUs`), with a report file;
+ * when the test ends it asserts that the slow-down was really injected (a slow-down that never
+ * happened makes a race test pass for the wrong reason).
+ */
+export function slowEnv(t: After, so: string, o: ShimOptions & { delayUs: number }): NodeJS.ProcessEnv {
+  const report = path.join(os.tmpdir(), `fixedram-slow-${process.pid}-${crypto.randomBytes(4).toString('hex')}.txt`);
+  t.after(() => {
+    const r = readShimReport(report);
+    fs.rmSync(report, { force: true });
+    if (r.delayed < 1) throw new Error(`the shim's slow-down was never injected: ${JSON.stringify(r)}`);
+  });
+  return shimEnv(so, { ...o, report });
 }
 
 // ---- mounts ----

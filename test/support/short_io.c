@@ -25,7 +25,10 @@
  *                      prefix, e.g. the test's temp dir (Node's own module loading reads package.json
  *                      with pread and does not retry short reads, so it must stay undisturbed).
  *   FXR_SHIM_REPORT    a file; at exit one line "calls=N short=N eintr=N eagain=N direct=N
- *                      fallocate=N" is appended, so a test can prove the faults were injected.
+ *                      fallocate=N dopen=N" is appended, so a test can prove the faults were
+ *                      injected (dopen: opens with O_DIRECT that succeeded, i.e. direct I/O was
+ *                      really used). The first delayed call appends "delayed=1" at once (a run
+ *                      killed by SIGKILL never reaches the exit line).
  *
  * Build: cc -shared -fPIC -O2 -o short_io.so short_io.c -ldl
  * Use:   LD_PRELOAD=$PWD/short_io.so FXR_SHIM_MODE=eintr,short node bin/fixedram.js save ...
@@ -54,7 +57,8 @@ static int g_direct;    /* 0 off, 1 refuse-open, 2 einval-io */
 static int g_fallocate; /* 0 off, 1 eopnotsupp */
 static const char *g_path;
 static size_t g_path_len;
-static unsigned long g_next, g_calls, g_short, g_eintr, g_eagain, g_directs, g_fallocs;
+static unsigned long g_next, g_calls, g_short, g_eintr, g_eagain, g_directs, g_fallocs, g_dopens;
+static int g_delay_noted;
 
 static void Setup(void) {
   const char *f = getenv("FXR_SHIM_FUNCS");
@@ -100,8 +104,8 @@ __attribute__((destructor)) static void Report(void) {
   if (!r) return;
   FILE *f = fopen(r, "a");
   if (!f) return;
-  fprintf(f, "calls=%lu short=%lu eintr=%lu eagain=%lu direct=%lu fallocate=%lu\n", g_calls, g_short, g_eintr, g_eagain,
-          g_directs, g_fallocs);
+  fprintf(f, "calls=%lu short=%lu eintr=%lu eagain=%lu direct=%lu fallocate=%lu dopen=%lu\n", g_calls, g_short, g_eintr,
+          g_eagain, g_directs, g_fallocs, g_dopens);
   fclose(f);
 }
 
@@ -145,7 +149,17 @@ static int Decide(int fam, int fd, int *err) {
   if (!(__atomic_load_n(&g_funcs, __ATOMIC_ACQUIRE) & fam)) return kFull;
   if (!FdOk(fd)) return kFull;
   __atomic_fetch_add(&g_calls, 1, __ATOMIC_RELAXED);
-  if (g_delay_us > 0) usleep((useconds_t)g_delay_us);
+  if (g_delay_us > 0) {
+    if (!__atomic_exchange_n(&g_delay_noted, 1, __ATOMIC_RELAXED)) {
+      const char *r = getenv("FXR_SHIM_REPORT");
+      FILE *f = r ? fopen(r, "a") : NULL;
+      if (f) {
+        fputs("delayed=1\n", f);
+        fclose(f);
+      }
+    }
+    usleep((useconds_t)g_delay_us);
+  }
   if (g_direct == 2 && IsDirect(fd)) {
     __atomic_fetch_add(&g_directs, 1, __ATOMIC_RELAXED);
     *err = EINVAL;
@@ -261,25 +275,31 @@ static int RefuseDirect(const char *p, int flags) {
     va_end(ap);                                                          \
   }
 
+/* counts a successful open with O_DIRECT of a file the shim watches */
+static int NoteDirect(int fd, const char *p, int flags) {
+  if (fd >= 0 && (flags & O_DIRECT) && PathOk(p)) __atomic_fetch_add(&g_dopens, 1, __ATOMIC_RELAXED);
+  return fd;
+}
+
 int open(const char *p, int flags, ...) {
   OPEN_MODE(flags, mode);
   if (RefuseDirect(p, flags)) return -1;
-  return ((OpenFn)Real("open"))(p, flags, mode);
+  return NoteDirect(((OpenFn)Real("open"))(p, flags, mode), p, flags);
 }
 int open64(const char *p, int flags, ...) {
   OPEN_MODE(flags, mode);
   if (RefuseDirect(p, flags)) return -1;
-  return ((OpenFn)Real("open64"))(p, flags, mode);
+  return NoteDirect(((OpenFn)Real("open64"))(p, flags, mode), p, flags);
 }
 int openat(int dfd, const char *p, int flags, ...) {
   OPEN_MODE(flags, mode);
   if (RefuseDirect(p, flags)) return -1;
-  return ((OpenatFn)Real("openat"))(dfd, p, flags, mode);
+  return NoteDirect(((OpenatFn)Real("openat"))(dfd, p, flags, mode), p, flags);
 }
 int openat64(int dfd, const char *p, int flags, ...) {
   OPEN_MODE(flags, mode);
   if (RefuseDirect(p, flags)) return -1;
-  return ((OpenatFn)Real("openat64"))(dfd, p, flags, mode);
+  return NoteDirect(((OpenatFn)Real("openat64"))(dfd, p, flags, mode), p, flags);
 }
 
 /* no hole punching */
