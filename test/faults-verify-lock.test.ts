@@ -30,7 +30,7 @@ describe('faults: verify and save --update', () => {
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      slowEnv(t, so, { delayUs: 300_000, path: dir })); // slow enough that the verify below starts while it runs
+      slowEnv(t, so, { delayUs: 1_000_000, path: dir })); // slow enough (1 s per write) that the verify below starts while it runs
     reap(t, up);
     assert.ok(await up.midway(), `the update never got midway: ${up.stderr}`);
     const v = fixedram(['verify', out]);
