@@ -59,8 +59,9 @@ describe('faults: privacy of what we create', () => {
     const w = new Watched(['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
       slowEnv(t, so, { delayUs: 20_000, path: dir }), { argv0: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] });
     reap(t, w);
-    const e = await w.midway();
-    assert.ok(e, `the save never reported progress midway: ${w.stderr}`);
+    // the first progress event comes after the temp file and the lock exist, before any page moves
+    const e = await w.waitFor(() => true);
+    assert.ok(e, `the save never reported progress: ${w.stderr}`);
     const live = fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock'));
     assert.equal(live.filter((f) => f.endsWith('.tmp')).length, 1, `no temp file seen while the save ran: ${live}`);
     assert.equal(live.filter((f) => f.endsWith('.lock')).length, 1, `no lock file seen while the save ran: ${live}`);
