@@ -6,10 +6,11 @@
 import { ExitCode, FixedramError } from './errors';
 
 /** Turns a worker thread that could not start or ran out of memory into a one-line error. */
-export function explainWorkerError(err: unknown, index: number): unknown {
+export function explainWorkerError(err: unknown, index: number, fromConstructor = false): unknown {
   const e = err as { code?: unknown; message?: unknown };
   const msg = typeof e.message === 'string' ? e.message : '';
-  if (e.code === 'ERR_WORKER_INIT_FAILED' || /Worker initialization failure/.test(msg)) {
+  // new Worker() itself throws a bare errno name (EAGAIN) when the thread cannot be created
+  if (e.code === 'ERR_WORKER_INIT_FAILED' || /Worker initialization failure/.test(msg) || (fromConstructor && /^E[A-Z]+$/.test(msg))) {
     const why = /EMFILE|ENFILE/.test(msg)
       ? 'no file descriptor is left (EMFILE: raise `ulimit -n` or use fewer channels with -j)'
       : /EAGAIN/.test(msg)

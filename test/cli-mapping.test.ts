@@ -142,7 +142,7 @@ describe('flag → core option mapping (in process)', () => {
   }
 
   it('bad values and unknown flags are usage errors before the core (exit 2, one line)', async () => {
-    assert.match(await usage(['save', '-o', 's', '-b', 'a=/x', '-j', '257']), /--channels must be an integer from 0 to 256/);
+    assert.match(await usage(['save', '-o', 's', '-b', 'a=/x', '-j', '257']), /--channels must be an integer from 0 to 64/);
     assert.match(await usage(['save', '-o', 's', '-b', 'a=/x', '-j', 'many']), /--channels/);
     assert.match(await usage(['save', '-b', 'a=/x']), /required option '-o, --output <file>'/);
     assert.match(await usage(['save', '-o', 's', '-b', 'noequals']), /NAME=PATH|name/i);

@@ -255,7 +255,11 @@ export class ChannelPool {
       runChannel(job, (m) => void onMessage(m));
     } else {
       while (this.workers.length < n) {
-        this.workers.push(new Worker(kWorkerFile, { workerData: { persistent: true }, name: `fixedram-channel-${this.workers.length}` }));
+        try {
+          this.workers.push(new Worker(kWorkerFile, { workerData: { persistent: true }, name: `fixedram-channel-${this.workers.length}` }));
+        } catch (err) {
+          throw explainWorkerError(err, this.workers.length, true); // e.g. EAGAIN at the thread limit
+        }
       }
       await Promise.all(this.workers.slice(0, n).map((w, index) => new Promise<void>((resolve) => {
         const off = (): void => {
@@ -268,7 +272,7 @@ export class ChannelPool {
           if (onMessage(m)) off();
         };
         const error = (err: Error): void => {
-          this.fail(err);
+          this.fail(explainWorkerError(err, index) as Error); // a thread or descriptor limit says so in one line
           off();
         };
         const exit = (code: number): void => {
