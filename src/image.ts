@@ -177,7 +177,7 @@ export function openImageShared(file: string): RamImage {
       image.close();
       throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced while it was opened; try again`, { path: file });
     }
-    const close = image.close;
+    const close = image.close.bind(image);
     image.close = (): void => {
       try {
         close();

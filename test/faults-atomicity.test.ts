@@ -159,8 +159,8 @@ describe('faults: atomicity', () => {
     assert.ok(!fs.existsSync(out), 'the killed save left a file under the final name');
     const stale = leftovers(dir);
     // the premise: the killed save really left its temp file and its lock file behind
-    assert.equal(stale.filter((f) => f.endsWith('.tmp')).length, 1, `no stale temp file: ${stale}`);
-    assert.deepEqual(stale.filter((f) => f.endsWith('.lock')), ['.snap.fxr.lock'], `no stale lock file: ${stale}`);
+    assert.equal(stale.filter((f) => f.endsWith('.tmp')).length, 1, `no stale temp file: ${stale.join(", ")}`);
+    assert.deepEqual(stale.filter((f) => f.endsWith('.lock')), ['.snap.fxr.lock'], `no stale lock file: ${stale.join(", ")}`);
     // … and the temp file is provably ours and incomplete (magic, no COMPLETE, dead pid)
     assert.equal(staleTempProblem(out, stale.find((f) => f.endsWith('.tmp'))!), undefined);
     const r = fixedram(['save', '-o', out, '-b', `a=${src}`, '--no-fsync']);

@@ -63,8 +63,8 @@ describe('faults: privacy of what we create', () => {
     const e = await w.waitFor(() => true);
     assert.ok(e, `the save never reported progress: ${w.stderr}`);
     const live = fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock'));
-    assert.equal(live.filter((f) => f.endsWith('.tmp')).length, 1, `no temp file seen while the save ran: ${live}`);
-    assert.equal(live.filter((f) => f.endsWith('.lock')).length, 1, `no lock file seen while the save ran: ${live}`);
+    assert.equal(live.filter((f) => f.endsWith('.tmp')).length, 1, `no temp file seen while the save ran: ${live.join(", ")}`);
+    assert.equal(live.filter((f) => f.endsWith('.lock')).length, 1, `no lock file seen while the save ran: ${live.join(", ")}`);
     for (const f of live) assert.equal(mode(path.join(dir, f)), '600', f);
     const x = await w.exited;
     assert.equal(x.status, 0, x.stderr);
