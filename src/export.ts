@@ -5,13 +5,15 @@
  * `migrate-incoming file:FILE`, and `virsh restore` accepts when it is a libvirt image.
  *
  * Order of events (atomic like save):
+ *  0. check the output path before any work: absent or a regular file (never replaced otherwise);
  *  1. open the snapshot and check it whole: complete, device state present and intact (checksum),
  *     every block's bitmap and checksum table; plan the stream (qemu-writer.ts);
  *  2. lock the output, create a private temp file beside it and size it (sparse) to the stream;
  *  3. write the records, bitmaps and the device state; N channels copy every present page from the
  *     snapshot to its block's pages_offset + index × page size, checking its XXH3 on the way
  *     (absent pages stay holes, which QEMU reads as zero pages it never loads);
- *  4. fdatasync, rename over the output, fsync the directory.
+ *  4. fdatasync; the output path checked again and its mode and owner given to the temp file (as
+ *     save does); rename over the output, fsync the directory.
  * A failure or an interrupt removes the temp file; the output name keeps what it held.
  */
 import * as crypto from 'node:crypto';
@@ -22,10 +24,11 @@ import { closeQuietly, identityOf, sameFile } from './blocks';
 import { registerTemp, unregisterTemp } from './cleanup';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
-import { explainInterrupt, integrityError, ioError, isSystemError, snapshotError, usageError } from './errors';
+import { explainInterrupt, integrityError, isSystemError, snapshotError, usageError } from './errors';
 import { packBitmap } from './format';
 import { openImage } from './image';
 import { lockOutput } from './lock';
+import { adoptExisting, checkOutputPath } from './outputs';
 import { kLoadVerify } from './native';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
@@ -90,6 +93,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
     throw usageError(`the export format must be qemu or libvirt (got '${String(opts.format)}')`);
   }
   const output = path.resolve(opts.output);
+  checkOutputPath(output); // a regular file or nothing, before any work
   const image = openImage(path.resolve(opts.snapshot));
   try {
     if (image.format !== 'fixedram') {
@@ -131,17 +135,6 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
     opts.logger?.debug({ output, format, fileSize: plan.fileSize, blocks: plan.blocks.length }, 'stream planned');
 
     const dir = path.dirname(output);
-    try {
-      if (!fs.statSync(dir).isDirectory()) throw ioError('ERR_NOT_DIRECTORY', `'${dir}' is not a directory`, { path: dir });
-    } catch (err) {
-      throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
-    }
-    try {
-      const st = fs.lstatSync(output);
-      if (!st.isFile()) throw usageError(`output '${opts.output}' exists and is not a regular file`, { path: output });
-    } catch (err) {
-      if (!isSystemError(err) || err.code !== 'ENOENT') throw err;
-    }
     const lock = lockOutput(output);
     let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
     let fd: number | undefined;
@@ -175,6 +168,8 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
         throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
       });
       if (opts.fsync ?? true) fs.fdatasyncSync(fd);
+      // checked again right before the rename; it takes the mode and owner of the file it replaces
+      adoptExisting(fd, checkOutputPath(output));
       fs.closeSync(fd);
       fd = undefined;
       fs.renameSync(tmp, output);
