@@ -13,7 +13,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { kDefaultMix, kDenseMix, kSparseMix, makeImage, mutateImage, type ImageStats } from './image';
 import { evict, killCurrent, measure, quiesce, run, type RunResult, type Usage } from './measure';
-import { QemuPeer, qemuVersion, stopAllQemu } from './qemu';
+import { QemuPeer, qemuVersion, reportedAccelerator, stopAllQemu } from './qemu';
 import {
   extraMedian, fmt, GiB, MiB, plainTable, summarize, table, type Measured, type Row, type Target,
 } from './report';
@@ -782,20 +782,12 @@ function phaseTable(title: string, cases: Measured[]): string {
 }
 
 /**
- * The accelerator the QEMU peer runs with (bench/qemu.ts asks for kvm:tcg, or $ACCEL): KVM when
- * /dev/kvm is usable, else TCG, whose file migration is several times slower than KVM's, so every
- * QEMU figure names it.
+ * The accelerator the QEMU peers ran with, as QEMU reported it over QMP (`query-kvm`, asked by
+ * every QEMU the bench starts): under TCG QEMU's file migration is several times slower than under
+ * KVM, so every QEMU figure names it.
  */
 function qemuAccel(): string {
-  const asked = (process.env.ACCEL ?? 'kvm:tcg').toLowerCase();
-  let kvm: boolean;
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    kvm = true;
-  } catch {
-    kvm = false;
-  }
-  return asked.startsWith('kvm') && kvm ? 'KVM' : 'TCG, no KVM';
+  return reportedAccelerator() ?? 'not reported: no QEMU ran';
 }
 
 /** 2 GiB, 512 MiB, 1.5 GiB */

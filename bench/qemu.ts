@@ -27,6 +27,28 @@ export function qemuVersion(): [number, number, number] | undefined {
 
 type Json = Record<string, unknown>;
 
+/**
+ * The accelerator as QEMU itself reports it (QMP `query-kvm`), never guessed from /dev/kvm: a
+ * /dev/kvm that exists may still be unusable, and `accel=kvm:tcg` falls back silently.
+ */
+export function acceleratorOf(kvm: unknown): string {
+  const k = (kvm ?? {}) as { enabled?: boolean; present?: boolean };
+  if (k.enabled) return 'KVM';
+  return k.present ? 'TCG (KVM present, not enabled)' : 'TCG, no KVM';
+}
+
+let reportedAccel: string | undefined;
+
+/** Remembers what the last QEMU started by the bench said (see acceleratorOf). */
+export function noteAccelerator(accel: string): void {
+  reportedAccel = accel;
+}
+
+/** What the QEMUs of this run said of their accelerator; undefined when no QEMU was asked. */
+export function reportedAccelerator(): string | undefined {
+  return reportedAccel;
+}
+
 /** A QMP connection: commands with ids, events collected. */
 class Qmp {
   private buf = '';
@@ -204,6 +226,7 @@ export class QemuPeer {
     live.add(pidfile);
     try {
       const qmp = await Qmp.connect(sock);
+      noteAccelerator(acceleratorOf(await qmp.cmd('query-kvm')));
       return { tag, pidfile, pid, qmp };
     } catch (err) {
       stopByPidfile(pidfile, this.work);

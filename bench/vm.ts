@@ -6,9 +6,10 @@
  *   - by QEMU's own mapped-ram + multifd (2 channels) migration to a file (+ fsync) and back,
  * side by side in the same run, on the same VM. Downtime is VM stopped → running again; for QEMU's
  * save it is `stop` → `cont` after the migration completed (its fsync comes after `cont`); fixedram
- * resumes the VM once the RAM is copied (its metadata and fsync follow while the VM runs). Every QEMU runs daemonized with a pidfile in the
- * bench's work directory and is only ever killed by that pid while its command line names the
- * directory. The accelerator is named in the table (TCG here: no /dev/kvm).
+ * resumes the VM once the RAM is copied (its metadata and fsync follow while the VM runs). Every
+ * QEMU runs daemonized with a pidfile in the bench's work directory and is only ever killed by that
+ * pid while its command line names the directory. The accelerator is named in the table as QEMU
+ * reports it over QMP (query-kvm; TCG here: no /dev/kvm).
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -18,7 +19,7 @@ import { QmpClient } from '../src/qmp';
 import { buildGuest, type GuestKernel } from '../test/support/guest';
 import { kDefaultMix, makeImage } from './image';
 import { evict, measure, median, quiesce, run, type RunResult } from './measure';
-import { qemuBinary } from './qemu';
+import { acceleratorOf, noteAccelerator, qemuBinary, reportedAccelerator } from './qemu';
 import { fmt, GiB, MiB, plainTable, type Target } from './report';
 
 export interface VmBenchOptions {
@@ -37,7 +38,10 @@ export interface VmBenchResult {
   notes: string[];
 }
 
-/** TCG, always: /dev/kvm may exist here without a usable KVM. QEMU_ACCEL=kvm to try KVM elsewhere. */
+/**
+ * The accelerator asked for: TCG unless QEMU_ACCEL says otherwise (/dev/kvm may exist without a
+ * usable KVM). What QEMU really runs with is asked over QMP (query-kvm) and named in the table.
+ */
 const accel = (): string => process.env.QEMU_ACCEL ?? 'tcg';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -69,7 +73,10 @@ async function startVm(dir: string, tag: string, kernel: GuestKernel, memPath: s
   if (r.error || r.status !== 0) throw new Error(`QEMU ${tag} did not start: ${r.error?.message ?? ''}${r.stderr}`);
   const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
   try {
-    return { pid, qmp: await QmpClient.connect(sock), fxQmp };
+    const qmp = await QmpClient.connect(sock);
+    // the accelerator as QEMU reports it, named next to every ratio
+    noteAccelerator(acceleratorOf(await qmp.execute('query-kvm')));
+    return { pid, qmp, fxQmp };
   } catch (err) {
     killOurs(pid, dir);
     throw err;
@@ -223,10 +230,10 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
   const fr1 = med(rows.fxRestore.map((x) => x.wall));
   const frD = med(rows.fxRestore.map((x) => x.downtime));
   const qr1 = med(rows.qRestore.map((x) => x.wall));
-  const ac = accel().toUpperCase();
+  const ac = reportedAccelerator() ?? `not reported (asked for ${accel()})`;
   const title = `vm: ${mib} MiB guest (memory-backend-file in /dev/shm, running, ${ac}) to disk and back: ` +
     `fixedram -j 2 vs QEMU mapped-ram + multifd 2 ch`;
-  const text = plainTable(title, ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', 'time ÷ QEMU', 'downtime ÷ QEMU'], 1, [
+  const text = plainTable(title, ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', `time ÷ QEMU (${ac})`, `downtime ÷ QEMU (${ac})`], 1, [
     ['vm save (+ fsync)', fmt(fs1, 3), fmt(fsD, 3), fmt(qs1, 3), fmt(qsD, 3), `${fmt(fs1 / qs1)}×`, `${fmt(fsD / qsD)}×`],
     ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
   ]) + `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram's at cont once the RAM is copied, before its metadata and fsync. Accelerator: ${ac}.\n`;
