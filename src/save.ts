@@ -36,6 +36,9 @@ import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
 import { ExtentCursor, tableSummary, writeTableWindow } from './tables';
 import { walk } from './walk';
+import { writebackPump } from './writeback';
+
+export type Writeback = 'channels' | 'pump' | 'commit';
 
 export interface SaveOptions {
   output: string;
@@ -55,10 +58,25 @@ export interface SaveOptions {
   /** A VM's device state to store with the RAM (see devstate.ts), e.g. from `vm save`. */
   deviceState?: DeviceState;
   /**
-   * Called once every page has been copied and checked unchanged, before the metadata and the
-   * fsync (vm save resumes the VM here: its RAM is no longer needed).
+   * Called once the sources are checked, the temp file exists and the channels are started and
+   * ready, just before the first page is read; the device state it returns is stored with the
+   * RAM (instead of `deviceState`). vm save stops the VM and captures its device state here, so
+   * none of the preparation falls into the VM's downtime.
    */
-  onPagesCopied?: () => void;
+  beforePages?: () => Promise<DeviceState | undefined>;
+  /**
+   * When the device starts writing the pages (with fsync): 'channels' (default) each channel
+   * starts write-back of what it wrote (sync_file_range) and may wait for a busy device; 'pump' a
+   * libuv pool thread starts it again and again while the channels copy, and no channel ever
+   * waits for the device (vm save: the VM is stopped while they copy); 'commit' nothing before the
+   * fdatasync of the commit. Durability comes from that fdatasync in every case.
+   */
+  writeback?: Writeback;
+  /**
+   * Called once every page has been copied and checked unchanged, before the metadata and the
+   * fsync, and awaited (vm save resumes the VM here: its RAM is no longer needed).
+   */
+  onPagesCopied?: () => void | Promise<void>;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -236,9 +254,13 @@ export interface WriteOptions {
   onProgress?: ProgressSink;
   logger?: Logger;
   /** Called after the pages are written and before the commit: throw to abort (e.g. a source changed). */
-  beforeCommit?: () => void;
+  beforeCommit?: () => void | Promise<void>;
   /** Stored after the last page region (flag DEVICE_STATE). */
   deviceState?: DeviceState;
+  /** See SaveOptions.beforePages. */
+  beforePages?: () => Promise<DeviceState | undefined>;
+  /** See SaveOptions.writeback (default 'channels'). */
+  writeback?: Writeback;
 }
 
 export interface WriteResult {
@@ -274,7 +296,8 @@ export function dataMask(src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'p
  * channels' bounded scratch, whatever the block lengths.
  */
 async function writePages(
-  fd: number, file: string, layout: SnapshotLayout, sources: readonly SnapshotSource[], opts: WriteOptions,
+  fd: number, file: string, layout: SnapshotLayout, sources: readonly SnapshotSource[],
+  opts: WriteOptions & { beforeFirstWindow?: () => Promise<void> },
 ): Promise<{ summary: MetadataSummary; bytesRead: number; bytesWritten: number; channels: number }> {
   const cursors = layout.blocks.map((b, i) => {
     const src = sources[i]!;
@@ -289,6 +312,7 @@ async function writePages(
       onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
       blocks: layout.blocks, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+      ...(opts.beforeFirstWindow ? { beforeFirstWindow: opts.beforeFirstWindow } : {}),
       prepare: (seg) => {
         const b = layout.blocks[seg.block]!;
         const src = sources[seg.block]!;
@@ -321,7 +345,7 @@ async function writePages(
           ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
           livePath: src.path, liveBase: src.base + seg.first * b.pageSize,
           present: seg.tables.present, csums: seg.tables.csums, mask: seg.tables.mask,
-          flags: kSaveMask | (opts.fsync ? kSaveWriteback : 0),
+          flags: kSaveMask | (opts.fsync && (opts.writeback ?? 'channels') === 'channels' ? kSaveWriteback : 0),
         };
       },
       finish: (seg, worked) => {
@@ -344,8 +368,9 @@ async function writePages(
  */
 export async function writeSnapshot(output: string, sources: readonly SnapshotSource[], opts: WriteOptions): Promise<WriteResult> {
   const dir = path.dirname(output);
-  const record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
-  const layout = planLayout(sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize })), record?.length);
+  let record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
+  const specs = sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize }));
+  let layout = planLayout(specs, record?.length);
   checkOutputPath(output);
   const lock = lockOutput(output);
   removeStaleTemps(output, opts.logger);
@@ -376,9 +401,34 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     const total = layout.blocks.reduce((s, b) => s + b.length, 0);
     const command = opts.command;
     opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
-    const pages = await writePages(fd, tmp, layout, sources, { ...opts, directIo });
+    const beforePages = opts.beforePages;
+    let pump: ReturnType<typeof writebackPump> | undefined;
+    const startPump = (): void => {
+      if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd!, layout.fileSize);
+    };
+    let pages: Awaited<ReturnType<typeof writePages>>;
+    try {
+      if (!beforePages) startPump();
+      pages = await writePages(fd, tmp, layout, sources, {
+        ...opts, directIo,
+        ...(beforePages ? {
+          beforeFirstWindow: async (): Promise<void> => {
+            const ds = await beforePages();
+            if (ds) {
+              // the device state goes after the last page region: the pages stay where they were planned
+              record = encodeDeviceState(ds, native().hash64);
+              layout = planLayout(specs, record.length);
+              fs.ftruncateSync(fd!, layout.fileSize);
+            }
+            startPump();
+          },
+        } : {}),
+      });
+    } finally {
+      await pump?.stop();
+    }
     opts.logger?.debug({ bytesWritten: pages.bytesWritten }, 'pages written');
-    opts.beforeCommit?.();
+    await opts.beforeCommit?.();
 
     // commit
     const summary = pages.summary;
@@ -434,9 +484,11 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
       ...(opts.deviceState ? { deviceState: opts.deviceState } : {}),
-      beforeCommit: () => {
+      ...(opts.beforePages ? { beforePages: opts.beforePages } : {}),
+      ...(opts.writeback !== undefined ? { writeback: opts.writeback } : {}),
+      beforeCommit: async () => {
         files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name));
-        opts.onPagesCopied?.();
+        await opts.onPagesCopied?.();
       },
     }).catch((err: unknown) => {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);

@@ -21,7 +21,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { checkUnchanged, closeQuietly, pageSizeFor, reopenChecked, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
 import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
@@ -37,6 +36,7 @@ import { checkWriteOptions, fsyncDir, openSources, refuseAliasing, writeHeader, 
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { walk, type WalkResult } from './walk';
+import { writebackPump } from './writeback';
 import type { SnapshotHeader } from './format';
 
 export interface UpdateOptions {
@@ -284,31 +284,6 @@ function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
     },
   };
 }
-
-/**
- * Starts write-back of the snapshot's dirty pages (sync_file_range WRITE on a libuv pool thread)
- * again and again while the channels run, so the device works while the channels read and hash,
- * and no channel ever waits in sync_file_range. Durability still comes from the fdatasync after
- * the pages; this only moves the device's work earlier.
- */
-function writebackPump(fd: number, length: number): { calls: number; stop(): Promise<void> } {
-  let running = true;
-  const state = { calls: 0, stop: async (): Promise<void> => {} };
-  const loop = (async (): Promise<void> => {
-    while (running) {
-      await native().syncRangeAsync(fd, 0, length);
-      state.calls++;
-      if (running) await sleep(kWritebackPeriodMs);
-    }
-  })();
-  state.stop = async (): Promise<void> => {
-    running = false;
-    await loop.catch(() => undefined);  // best effort, as syncRange is
-  };
-  return state;
-}
-
-const kWritebackPeriodMs = 5;
 
 /**
  * Walks the sources' data extents (SEEK_DATA/SEEK_HOLE, as save's dataMask does) on the libuv pool,

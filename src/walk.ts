@@ -33,6 +33,11 @@ export interface WalkOptions extends PoolOptions {
   finish?(seg: WalkSegment, worked: boolean): void;
   /** Logical bytes walked so far. */
   onProgress?(bytesDone: number): void;
+  /**
+   * Called once the channels are started and ready, before the first window is prepared (vm save
+   * stops the VM here: from then on every step is page work).
+   */
+  beforeFirstWindow?(): Promise<void>;
 }
 
 export interface WalkResult extends ChannelStats {
@@ -53,6 +58,10 @@ export async function walk(opts: WalkOptions): Promise<WalkResult> {
   const pool = new ChannelPool(opts);
   let done = 0;
   try {
+    if (opts.beforeFirstWindow) {
+      if (pages > 0) await pool.prestart(opts.channels);
+      await opts.beforeFirstWindow();
+    }
     for (const window of planWindows(opts.blocks, select)) {
       if (opts.signal?.aborted) throw interruptedError('interrupted');
       let at = 0;

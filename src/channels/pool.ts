@@ -254,13 +254,7 @@ export class ChannelPool {
       // One batch: run it here. A worker thread would cost more to start than the batch takes.
       runChannel(job, (m) => void onMessage(m));
     } else {
-      while (this.workers.length < n) {
-        try {
-          this.workers.push(new Worker(kWorkerFile, { workerData: { persistent: true }, name: `fixedram-channel-${this.workers.length}` }));
-        } catch (err) {
-          throw explainWorkerError(err, this.workers.length, true); // e.g. EAGAIN at the thread limit
-        }
-      }
+      this.start(n, false);
       await Promise.all(this.workers.slice(0, n).map((w, index) => new Promise<void>((resolve) => {
         const off = (): void => {
           w.off('message', message);
@@ -290,6 +284,46 @@ export class ChannelPool {
     if (Atomics.load(this.ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
     total.bad.sort((a, b) => a.block - b.block || a.page - b.page);
     return total;
+  }
+
+  /**
+   * Starts `count` channels ahead of the first window and resolves once each has loaded its
+   * modules and the addon (vm save does this before it stops the VM, so no thread start-up falls
+   * into the VM's downtime). Bounded: a channel that neither says it is ready nor fails within
+   * `timeoutMs` is an error.
+   */
+  async prestart(count: number, timeoutMs = 30_000): Promise<void> {
+    const fresh = this.start(Math.min(this.opts.channels, count), true);
+    await Promise.all(fresh.map((w, i) => new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => done(new Error(`channel ${i} did not start within ${timeoutMs / 1000} s`)), timeoutMs);
+      const done = (err?: Error): void => {
+        clearTimeout(timer);
+        w.off('message', message).off('error', error).off('exit', exit);
+        if (err) reject(err);
+        else resolve();
+      };
+      const message = (m: { type?: string }): void => {
+        if (m.type === 'ready') done();
+      };
+      const error = (err: Error): void => done(explainWorkerError(err, i) as Error);
+      const exit = (code: number): void => done(new Error(`channel ${i} exited with code ${code} before its first window`));
+      w.on('message', message).on('error', error).on('exit', exit);
+    })));
+  }
+
+  /** Starts channels until `n` run; returns the new ones. */
+  private start(n: number, announce: boolean): Worker[] {
+    const fresh: Worker[] = [];
+    while (this.workers.length < n) {
+      try {
+        const w = new Worker(kWorkerFile, { workerData: { persistent: true, announce }, name: `fixedram-channel-${this.workers.length}` });
+        this.workers.push(w);
+        fresh.push(w);
+      } catch (err) {
+        throw explainWorkerError(err, this.workers.length, true); // e.g. EAGAIN at the thread limit
+      }
+    }
+    return fresh;
   }
 
   /** Stops the workers (idle between windows). */

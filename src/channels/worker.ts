@@ -1,14 +1,19 @@
 /**
  * Entry point of a channel's worker thread. The job comes as workerData; or, for a channel started
  * ahead of its job (see prestartChannels), as the first message; or, for a channel of a walk's pool
- * (see ChannelPool), as one message per window, for as long as the pool lives.
+ * (see ChannelPool), as one message per window, for as long as the pool lives (a channel the pool
+ * starts ahead of its first window first posts `{ type: 'ready' }`, once its modules are loaded).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { runChannel } from './channel';
 import type { ChannelJob, ChannelMessage } from './messages';
 
 const post = (m: ChannelMessage): void => parentPort!.postMessage(m);
-const data = workerData as ChannelJob | { persistent: true } | undefined;
+const data = workerData as ChannelJob | { persistent: true; announce?: boolean } | undefined;
 if (data && 'kind' in data) runChannel(data, post);
-else if (data?.persistent) parentPort!.on('message', (job: ChannelJob) => runChannel(job, post));
+else if (data?.persistent) {
+  parentPort!.on('message', (job: ChannelJob) => runChannel(job, post));
+  // started ahead (ChannelPool.prestart): say that the modules and the addon are loaded
+  if (data.announce) parentPort!.postMessage({ type: 'ready' });
+}
 else parentPort!.once('message', (job: ChannelJob) => runChannel(job, post));

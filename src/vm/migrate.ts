@@ -34,8 +34,11 @@ export async function setCapabilities(q: QmpClient, on: readonly (typeof kOurs)[
   };
 }
 
-/** Polls query-migrate until the migration completes; throws with QEMU's error-desc when it fails. */
-export async function waitMigration(q: QmpClient, what: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Polls query-migrate until the migration completes (every 1, 2, 4, … ms, at most `maxDelayMs`:
+ * a short bound while the VM is stopped); throws with QEMU's error-desc when it fails.
+ */
+export async function waitMigration(q: QmpClient, what: string, timeoutMs: number, signal?: AbortSignal, maxDelayMs = 20): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 1;
   for (;;) {
@@ -55,7 +58,7 @@ export async function waitMigration(q: QmpClient, what: string, timeoutMs: numbe
       throw new QmpError('ERR_QMP_TIMEOUT', `QEMU's ${what} did not finish within ${timeoutMs / 1000} s (status '${escapeText(st.status)}'); cancelled`, { path: q.path });
     }
     await sleep(delay);
-    delay = Math.min(delay * 2, 20);
+    delay = Math.min(delay * 2, maxDelayMs);
   }
 }
 

@@ -1,10 +1,15 @@
 /**
  * `fixedram vm save`: snapshots a running QEMU over QMP.
  *
- * Shared-file RAM (every memory-backend block a memory-backend-file with share=on): stop the VM,
- * migrate with `x-ignore-shared` to a temp file (the device state: everything but the shared RAM,
- * a few hundred KB), save the RAM files with N channels (block names = QEMU's RAM block idstrs),
- * store the device state with the snapshot, then resume / stay paused / quit.
+ * Shared-file RAM (every memory-backend block a memory-backend-file with share=on): with the VM
+ * still running, ask QEMU for its RAM, set the capabilities, check the RAM files, lock the output,
+ * create the temp file and start the channels (save's beforePages); then stop the VM, migrate
+ * with `x-ignore-shared` to a temp file (the device state: everything but the shared RAM, a few
+ * hundred KB), copy the RAM files with N channels into the page cache (block names = QEMU's RAM
+ * block idstrs), resume / stay paused / quit, and only then write the metadata, fdatasync and
+ * rename (save's commit). Downtime = device state + page copy. The snapshot is of one instant
+ * (stopped from before the device state until the RAM files were checked unchanged after the
+ * copy) and replaces the output atomically once on disk; success is reported after the commit.
  * Other RAM: QEMU's own mapped-ram (+ multifd) migration into a temp file beside the output, then
  * `convert` (which keeps the device state).
  * A failed save resumes a VM that it stopped, unless `then` is 'pause'.
@@ -18,6 +23,7 @@ import { FixedramError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
 import { escapeText, QmpClient, QmpError } from '../qmp';
 import { checkChannels } from '../save';
+import type { DeviceState } from '../devstate';
 import { kMaxDeviceStateBytes, sharedFileDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam } from './ram';
@@ -131,6 +137,9 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   let tmp: string | undefined;
   let resuming: Promise<unknown> | undefined;
   let resumed: bigint | undefined;
+  let restoreCaps: (() => Promise<void>) | undefined;
+  let migrated: bigint | undefined;
+  let copied: bigint | undefined;
   try {
     const ram = await vmRam(q);
     const state = await runState(q);
@@ -143,56 +152,75 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     const mType = await machineType(q);
     log?.info({ blocks: ram.blocks, shared: ram.sharedFiles !== undefined, reason: ram.reason }, 'vm save: RAM blocks');
     tmp = tempBeside(output, ram.sharedFiles ? 'vmstate' : 'mapped-ram');
+    // the capabilities only matter to a migration: set before the VM stops, put back after it runs
+    restoreCaps = await setCapabilities(q, ram.sharedFiles ? ['x-ignore-shared'] : ['mapped-ram', 'multifd']);
+    if (!ram.sharedFiles) await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
+    const prepared = now();
 
-    if (state.running) {
-      await q.execute('stop');
-      stoppedAt = now();
-    }
-    const restoreCaps = await setCapabilities(q, ram.sharedFiles ? ['x-ignore-shared'] : ['mapped-ram', 'multifd']);
-    try {
-      if (!ram.sharedFiles) await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
+    const stop = async (): Promise<void> => {
+      if (state.running) {
+        await q.execute('stop');
+        stoppedAt = now();
+      }
+    };
+    /** QEMU's migration into tmp (the VM is stopped); short polls: this is downtime. */
+    const migrate = async (): Promise<void> => {
       await q.execute('migrate', { uri: `file:${tmp}` });
-      await waitMigration(q, 'migration to a file', opts.migrationTimeoutMs ?? 600_000, opts.signal);
-    } finally {
-      await restoreCaps();
-    }
+      await waitMigration(q, 'migration to a file', opts.migrationTimeoutMs ?? 600_000, opts.signal, ram.sharedFiles ? 2 : 20);
+      migrated = now();
+    };
 
     let result: Omit<VmSaveResult, 'command' | 'output' | 'mode' | 'qemuVersion' | 'channels' | 'then' | 'seconds' | 'stoppedSeconds' | 'downtimeSeconds' | 'machineType'>;
     // the VM resumes as soon as its RAM is copied (the metadata and the fsync happen while it runs)
-    const onPagesCopied = (): void => {
+    // (awaited by save: its fdatasync blocks this thread, and QEMU's answer is read before it)
+    const onPagesCopied = async (): Promise<void> => {
+      copied = now();
       if (then !== 'resume') return;
       resuming = q.execute('cont').then(() => {
         resumed = now();
       });
-      resuming.catch(() => undefined);
+      await resuming.catch(() => undefined);
     };
     const common = {
       output, channels, fsync, onPagesCopied, ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(log ? { logger: log } : {}),
     };
     if (ram.sharedFiles) {
-      const stream = readBounded(tmp, kMaxDeviceStateBytes - 65536);
-      const deviceState = sharedFileDeviceState(stream, { qemuVersion: q.version, ...(mType ? { machineType: mType } : {}) });
-      dropTemp(tmp);
-      tmp = undefined;
       const blocks = ram.sharedFiles.map((b) => ({ name: b.name, path: b.backend.memPath }));
+      let streamBytes = 0;
+      /** Stops the VM and captures its device state (everything but the shared RAM). */
+      const capture = async (): Promise<DeviceState> => {
+        await stop();
+        await migrate();
+        const stream = readBounded(tmp!, kMaxDeviceStateBytes - 65536);
+        streamBytes = stream.length;
+        dropTemp(tmp);
+        tmp = undefined;
+        return sharedFileDeviceState(stream, { qemuVersion: q.version, ...(mType ? { machineType: mType } : {}) });
+      };
       if (opts.update) {
+        const deviceState = await capture();
         const r = await (await import('../update')).update({ ...common, blocks, deviceState });
         result = {
           blocks: r.blocks.map((b, i) => ({ name: b.name, path: blocks[i]!.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
           presentPages: r.presentPages, zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
           pagesWritten: r.pagesWritten, pagesPunched: r.pagesPunched, pagesUnchanged: r.pagesUnchanged,
-          deviceStateBytes: stream.length,
+          deviceStateBytes: streamBytes,
         };
       } else {
-        const r = await (await import('../save')).save({ ...common, blocks, deviceState });
+        // everything that can be done with the VM running is done first (sources checked, temp
+        // file made, channels started): the VM stops just before the first page is read. The
+        // channels only fill the page cache while it is stopped; the device works after it resumed.
+        const r = await (await import('../save')).save({ ...common, blocks, beforePages: capture, writeback: 'commit' });
         result = {
           blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: stream.length,
+          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: streamBytes,
         };
       }
     } else {
-      onPagesCopied(); // QEMU has written the RAM: the VM may run while it is converted
+      await stop();
+      await migrate();
+      await onPagesCopied(); // QEMU has written the RAM: the VM may run while it is converted
       const r = await (await import('../convert')).convert({ ...common, input: tmp });
       dropTemp(tmp);
       tmp = undefined;
@@ -216,6 +244,14 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         if (!(err instanceof QmpError) || err.code !== 'ERR_QMP_DISCONNECTED') throw err;
       });
     }
+    await restoreCaps();
+    restoreCaps = undefined;
+    const ms = (a: bigint | undefined, b: bigint | undefined): number | undefined =>
+      (a !== undefined && b !== undefined ? Math.round(Number(b - a) / 1e5) / 10 : undefined);
+    log?.debug({
+      prepare: ms(started, prepared), beforeStop: ms(prepared, stoppedAt), deviceState: ms(stoppedAt, migrated),
+      pages: ms(migrated, copied), cont: ms(copied, resumed), commit: ms(copied, saved), total: ms(started, now()),
+    }, 'vm save: phases (ms)');
     return {
       command: 'vm save', output, mode: ram.sharedFiles ? 'shared-file' : 'mapped-ram', qemuVersion: q.version,
       ...(mType ? { machineType: mType } : {}), ...result, channels, then,
@@ -243,6 +279,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     }
     throw err;
   } finally {
+    await restoreCaps?.();
     dropTemp(tmp);
     q.close();
   }

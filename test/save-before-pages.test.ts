@@ -1,0 +1,109 @@
+/**
+ * save's beforePages hook (what `vm save` stops the VM in): it runs once the private temp file
+ * exists and the channels are started, before any page is read, so every page the snapshot holds
+ * is read after it returned, and the device state it returns is stored with the RAM. A hook that
+ * fails leaves nothing behind. Real files, real worker threads; pages stamped with block and index.
+ */
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import type { DeviceState } from '../src/devstate';
+import { load, save, snapshotDeviceState, verify } from '../src/index';
+import { makeBlock, stampPage } from './support/stamp';
+import { tempDir } from './support/tmp';
+
+const kPages = 512;
+
+/** Threads of this process now (/proc/self/status). */
+function threads(): number {
+  const m = /^Threads:\s+(\d+)$/m.exec(fs.readFileSync('/proc/self/status', 'latin1'));
+  return Number(m![1]);
+}
+
+/** Rewrites every non-hole page of a block file in place with generation `gen` stamps (same inode, same size). */
+function restamp(file: string, gen: number, holes: ReadonlySet<number>): void {
+  const fd = fs.openSync(file, 'r+');
+  const page = Buffer.alloc(4096);
+  try {
+    for (let i = 0; i < kPages; i++) {
+      if (holes.has(i)) continue;
+      stampPage(page, 1, i, gen);
+      fs.writeSync(fd, page, 0, page.length, i * 4096);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const deviceState = (): DeviceState => ({
+  kind: 'qemu-stream',
+  origin: { source: 'test (beforePages)', capabilities: ['x-ignore-shared'] },
+  stream: Buffer.concat([Buffer.from('QEVM\0\0\0\x03', 'latin1'), Buffer.alloc(3000, 0x5a)]),
+});
+
+describe('save: beforePages (the hook vm save stops the VM in)', () => {
+  it('runs once, with the 0600 temp file present, the output absent and the channels started; the snapshot holds the pages as they were after it, and its device state', async (t) => {
+    const dir = tempDir(t);
+    const src = path.join(dir, 'mem0.ram');
+    const kinds = makeBlock(src, 1, kPages, { generation: 1 });
+    const holes = new Set(kinds.flatMap((k, i) => (k === 'hole' ? [i] : [])));
+    const out = path.join(dir, 'vm.fxr');
+    const threadsBefore = threads();
+    const seen: { temps: string[]; mode: number; outputExists: boolean; threads: number }[] = [];
+    const r = await save({
+      output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: true, writeback: 'commit',
+      batchBytes: 64 << 10, // 32 batches: the walk needs its worker threads
+      beforePages: () => {
+        const temps = fs.readdirSync(dir).filter((f) => /^\.vm\.fxr\.\d+\.[0-9a-f]{8}\.tmp$/.test(f));
+        seen.push({
+          temps, mode: temps.length ? fs.statSync(path.join(dir, temps[0]!)).mode & 0o777 : -1,
+          outputExists: fs.existsSync(out), threads: threads(),
+        });
+        // the "guest" writes until it is stopped: every data page changes to generation 2
+        restamp(src, 2, holes);
+        return Promise.resolve(deviceState());
+      },
+    });
+    assert.equal(seen.length, 1, 'the hook ran once');
+    assert.equal(seen[0]!.temps.length, 1, `one temp file beside the output: ${seen[0]!.temps.join(', ')}`);
+    assert.equal(seen[0]!.mode, 0o600);
+    assert.equal(seen[0]!.outputExists, false);
+    assert.ok(seen[0]!.threads >= threadsBefore + 2, `the 2 channels were started before the hook (threads ${threadsBefore} → ${seen[0]!.threads})`);
+    assert.equal(r.channels, 2);
+
+    // the premise: generation 1 and 2 differ, so a page read before the hook would show
+    const back = path.join(dir, 'back.ram');
+    await load({ snapshot: out, blocks: [{ name: 'mem0', path: back }], channels: 2 });
+    assert.ok(fs.readFileSync(back).equals(fs.readFileSync(src)), 'the snapshot holds generation 2 (read after the hook)');
+    assert.equal(fs.readFileSync(back).readUInt32LE(4), 2, 'page 0 is a generation 2 stamp');
+
+    const ds = snapshotDeviceState(out);
+    assert.ok(ds, 'the device state returned by the hook is stored');
+    assert.equal(ds.checksumOk, true);
+    assert.ok(Buffer.from(ds.stream!).equals(Buffer.from(deviceState().stream!)));
+    const v = await verify({ snapshot: out, channels: 2 });
+    assert.equal(v.ok, true);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['back.ram', 'mem0.ram', 'vm.fxr']);
+  });
+
+  it('a hook that fails: its error comes back, the previous output is unchanged, no temp file or lock left', async (t) => {
+    const dir = tempDir(t);
+    const src = path.join(dir, 'mem0.ram');
+    makeBlock(src, 1, kPages);
+    const out = path.join(dir, 'vm.fxr');
+    await save({ output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false });
+    const before = fs.readFileSync(out);
+    let ran = false;
+    await assert.rejects(save({
+      output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false, batchBytes: 64 << 10,
+      beforePages: () => {
+        ran = true;
+        return Promise.reject(new Error('QEMU said no'));
+      },
+    }), /QEMU said no/);
+    assert.ok(ran, 'the fault was injected (the hook ran)');
+    assert.ok(fs.readFileSync(out).equals(before));
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['mem0.ram', 'vm.fxr']);
+  });
+});
