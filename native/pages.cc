@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "sys.h"
@@ -673,20 +674,30 @@ int64_t MonotonicNs() { return ClockNs(CLOCK_MONOTONIC); }
 // guarded region only reads the mapping, zero-scans, hashes and copies: no allocation, no object
 // with a destructor, nothing a jump could leave half done. SA_NODEFER keeps SIGBUS unblocked after
 // the jump, so sigsetjmp need not save the signal mask (a system call per region).
-thread_local sigjmp_buf* tl_jump = nullptr;
-thread_local const unsigned char* tl_lo = nullptr;
-thread_local const unsigned char* tl_hi = nullptr;
-thread_local const unsigned char* tl_fault = nullptr;
+//
+// The guard state is volatile and fenced against the handler (std::atomic_signal_fence): the
+// compiler sees no reader of it between "set" and "clear" (only the handler reads it), so without
+// both it may drop the store of the jump buffer as dead, as GCC 12 -O3 did for the region that
+// copies pages out with memcpy. The region was then unguarded, and the handler, installed once per
+// template instance and so chained to itself, spun forever on the fault: a hung update.
+thread_local sigjmp_buf* volatile tl_jump = nullptr;
+thread_local const unsigned char* volatile tl_lo = nullptr;
+thread_local const unsigned char* volatile tl_hi = nullptr;
+thread_local const unsigned char* volatile tl_fault = nullptr;
 struct sigaction g_previous_bus;
 
 void OnSigbus(int sig, siginfo_t* info, void* context) {
   const unsigned char* at = static_cast<const unsigned char*>(info->si_addr);
-  if (tl_jump != nullptr && at >= tl_lo && at < tl_hi) {
+  sigjmp_buf* jump = tl_jump;
+  if (jump != nullptr && at >= tl_lo && at < tl_hi) {
     tl_fault = at;
-    siglongjmp(*tl_jump, 1);
+    siglongjmp(*jump, 1);
   }
+  // never hand the signal to ourselves: that would retry the fault forever
   if (g_previous_bus.sa_flags & SA_SIGINFO) {
-    if (g_previous_bus.sa_sigaction != nullptr) return g_previous_bus.sa_sigaction(sig, info, context);
+    if (g_previous_bus.sa_sigaction != nullptr && g_previous_bus.sa_sigaction != OnSigbus) {
+      return g_previous_bus.sa_sigaction(sig, info, context);
+    }
   } else if (g_previous_bus.sa_handler != SIG_DFL && g_previous_bus.sa_handler != SIG_IGN) {
     return g_previous_bus.sa_handler(sig);
   }
@@ -697,31 +708,38 @@ void OnSigbus(int sig, siginfo_t* info, void* context) {
   sigaction(SIGBUS, &dfl, nullptr);
 }
 
-bool InstallSigbusHandler() {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_sigaction = OnSigbus;
-  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-  sigemptyset(&sa.sa_mask);
-  return sigaction(SIGBUS, &sa, &g_previous_bus) == 0;
+// Installs the handler once per process (a static in a function template would be one per
+// instance, each install chaining to the one before it).
+bool SigbusHandlerInstalled() {
+  static const bool installed = [] {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGBUS, &sa, &g_previous_bus) == 0;
+  }();
+  return installed;
 }
 
 // Runs fn over [lo, lo + len); false (with *fault set) when an access raised SIGBUS.
 template <typename Fn>
 bool Guarded(const unsigned char* lo, size_t len, const unsigned char** fault, Fn fn) {
-  static const bool installed = InstallSigbusHandler();
-  if (!installed) return false;
+  if (!SigbusHandlerInstalled()) return false;
   sigjmp_buf jump;
   tl_lo = lo;
   tl_hi = lo + len;
   tl_fault = nullptr;
   if (sigsetjmp(jump, 0) != 0) {
     tl_jump = nullptr;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     *fault = tl_fault;
     return false;
   }
   tl_jump = &jump;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   fn();
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   tl_jump = nullptr;
   return true;
 }

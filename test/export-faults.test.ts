@@ -38,7 +38,7 @@ describe('export: interrupts and modes', () => {
     assert.equal(first.status, 0, first.stderr);
     assert.equal(fs.statSync(out).mode & 0o777, 0o600);
     const before = sha1(out);
-    const w = new Watched(['export', snap, '-o', out, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 100_000 }));
+    const w = new Watched(['export', snap, '-o', out, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 10_000 }));
     reap(t, w);
     assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
     w.kill('SIGINT');

@@ -197,6 +197,57 @@ describe('save --update', () => {
     assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true);
   });
 
+  it('a source truncated and restored again and again during updates: every run ends, none hangs or dies of SIGBUS', async (t) => {
+    // The flapping lands the fault anywhere in a batch: in the zero-scan and hash, or in the copy of
+    // changed pages out of the mapping (the region a compiler once left unguarded: the update hung).
+    const so = shimPath();
+    if (!requireSetup(t, so)) return;
+    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
+    const src = path.join(dir, 'src.ram');
+    const kPages = 16384; // 64 MiB, 16 batches of 4 MiB
+    const full = kPages * kPage;
+    denseBlock(src, 1, kPages);
+    const out = path.join(dir, 'snap.fxr');
+    await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
+    let faults = 0;
+    const outcomes: string[] = [];
+    for (let run = 0; run < 10; ++run) {
+      fs.truncateSync(src, full);
+      denseBlock(src, 1, kPages, { generation: run + 2 }); // every page changed: every batch copies out
+      // each write of the snapshot waits 20 ms, so the batches after the first meet the flapping
+      const w = new Watched(['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '2', '--no-fsync', '--progress', 'json'],
+        shimEnv(so, { funcs: 'pwritev', delayUs: 20_000, path: out }), { timeoutMs: 60_000 });
+      reap(t, w);
+      let ended = false;
+      void w.exited.then(() => {
+        ended = true;
+      });
+      await w.midway();
+      // flap the source between 100 pages and its full size until the update ends
+      while (!ended) {
+        fs.truncateSync(src, 100 * kPage);
+        await new Promise((r) => setTimeout(r, 1));
+        fs.truncateSync(src, full);
+        await new Promise((r) => setImmediate(r));
+      }
+      const e = await w.exited;
+      assert.equal(e.signal, null, `run ${run}: killed by ${e.signal}: ${e.stderr}`);
+      assert.ok(e.status === 0 || e.status === 4, `run ${run}: exit ${e.status}: ${e.stderr}`);
+      if (e.status === 4) {
+        assert.match(e.stderr, /unexpected end of file at offset 0x[0-9a-f]+/, `run ${run}`);
+        if (/mmap read/.test(e.stderr)) ++faults;
+      }
+      outcomes.push(String(e.status));
+      if (faults >= 4) break;
+    }
+    // the premise: the truncations did reach the mapping
+    assert.ok(faults > 0, `no run met a truncated mapping: ${outcomes.join(' ')}`);
+    fs.truncateSync(src, full);
+    denseBlock(src, 1, kPages, { generation: 99 });
+    const r = await update({ output: out, blocks: [{ name: 'b0', path: src }], channels: 2, fsync: false });
+    assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true, JSON.stringify(r));
+  });
+
   it('pages larger than the host page are read, not mapped, and give the same file as a fresh save', async (t) => {
     const dir = tempDir(t);
     const src = path.join(dir, 'big.ram');

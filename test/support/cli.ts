@@ -11,10 +11,22 @@ export interface CliResult {
   stderr: string;
 }
 
-export function fixedram(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}): CliResult {
+/**
+ * How long one CLI run in a test may take before it counts as hung: far above any run here (the
+ * slowest take seconds), so it only ends a hang, as a failure that names the command, instead of
+ * a test run that never finishes. FIXEDRAM_TEST_CHILD_TIMEOUT_MS overrides it.
+ */
+export const kChildTimeoutMs = Number(process.env.FIXEDRAM_TEST_CHILD_TIMEOUT_MS ?? 180_000);
+
+export function fixedram(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): CliResult {
+  const timeout = opts.timeoutMs ?? kChildTimeoutMs;
   const r = spawnSync(process.execPath, [kBin, ...args], {
     encoding: 'utf8', env: { ...process.env, ...opts.env }, input: opts.input ?? '', maxBuffer: 64 << 20,
+    timeout, killSignal: 'SIGKILL',
   });
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT') {
+    throw new Error(`hung: \`fixedram ${args.join(' ')}\` did not end within ${timeout / 1000} s (killed); stderr:\n${r.stderr}`);
+  }
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
 

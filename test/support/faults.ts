@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { TestContext } from 'node:test';
-import { kBin } from './cli';
+import { kBin, kChildTimeoutMs } from './cli';
 import { stampPage } from './stamp';
 
 type After = Pick<TestContext, 'after'>;
@@ -209,6 +209,26 @@ export interface Exit {
  * the first event (already seen or future) for which pred holds, or undefined once the child has
  * exited without one.
  */
+/** What each thread of a process is doing (for a hung child): name, state, kernel wait, syscall. */
+export function threadStates(pid: number): string {
+  try {
+    return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+      const read = (f: string): string => {
+        try {
+          return fs.readFileSync(`/proc/${pid}/task/${tid}/${f}`, 'utf8').trim();
+        } catch {
+          return '?';
+        }
+      };
+      const stat = read('stat');
+      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+      return `${tid} ${state} wchan=${read('wchan')} syscall=${read('syscall').split(' ')[0]}`;
+    }).join('; ');
+  } catch {
+    return 'gone';
+  }
+}
+
 export class Watched {
   readonly child: ChildProcess;
   readonly events: ProgressEvent[] = [];
@@ -219,8 +239,14 @@ export class Watched {
   private done = false;
   private buffered = '';
 
-  constructor(args: string[], env: NodeJS.ProcessEnv = {}, opts: { argv0?: string[] } = {}) {
+  /**
+   * A child still running after opts.timeoutMs (default kChildTimeoutMs) is hung: it is killed
+   * with SIGKILL and its exit carries a note with what its threads were doing, so a hang fails the
+   * test that met it instead of stalling the whole run.
+   */
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}, opts: { argv0?: string[]; timeoutMs?: number } = {}) {
     const started = Date.now();
+    const limit = opts.timeoutMs ?? kChildTimeoutMs;
     const cmd = opts.argv0 ? opts.argv0[0]! : process.execPath;
     const pre = opts.argv0 ? [...opts.argv0.slice(1), process.execPath] : [];
     this.child = spawn(cmd, [...pre, kBin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
@@ -244,8 +270,17 @@ export class Watched {
         });
       }
     });
+    let hung = '';
+    const watchdog = setTimeout(() => {
+      hung = `\n[test watchdog] \`fixedram ${args.join(' ')}\` still running after ${limit / 1000} s, killed; threads: ` +
+        threadStates(this.child.pid ?? -1);
+      this.child.kill('SIGKILL');
+    }, limit);
+    watchdog.unref();
     this.exited = new Promise<Exit>((resolve) => {
       this.child.on('close', (status, signal) => {
+        clearTimeout(watchdog);
+        this.stderr += hung;
         this.done = true;
         for (const w of this.waiters) w.resolve(undefined);
         this.waiters = [];
