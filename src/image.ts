@@ -156,6 +156,21 @@ function updaterPid(file: string): number | undefined {
 }
 
 /**
+ * Whether a `save --update` is rewriting `file` in place right now (it holds the exclusive flock):
+ * its pid when it is, undefined when nobody holds the lock. Only probes: takes no lock it keeps.
+ */
+export function runningUpdate(file: string): { pid?: number } | undefined {
+  const { fd } = openImageFile(file);
+  try {
+    if (native().flock(fd, false)) return undefined;
+    const pid = updaterPid(file);
+    return pid !== undefined ? { pid } : {};
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
  * Opens an image for reading (load, verify) under a shared flock: the lock `save --update` holds
  * exclusively while it rewrites a snapshot in place. The lock is taken BEFORE the header is read,
  * so what is read is never a half-updated file mistaken for a complete one. When an update holds

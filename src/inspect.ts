@@ -1,6 +1,6 @@
 /** `fixedram inspect`: what a snapshot (or QEMU mapped-ram file) holds, from its metadata alone. */
 import { describeDeviceState } from './devstate';
-import { openImage } from './image';
+import { openImage, runningUpdate } from './image';
 import type { RamImage } from './snapshot';
 
 export interface InspectedBlock {
@@ -31,12 +31,18 @@ export function inspect(file: string): InspectResult {
   try {
     const inc = image.incomplete;
     const ds = image.readDeviceState?.();
+    // UPDATING with the lock held is an update in progress, not an interrupted one
+    const running = image.state === 'updating' && image.format === 'fixedram' ? runningUpdate(file) : undefined;
+    const stateMessage = running
+      ? `being updated in place by ${running.pid !== undefined ? `pid ${running.pid}` : 'another process'} right now (save --update is running)`
+      : inc?.message;
     return {
       format: image.format,
       path: image.path,
       fileSize: image.size,
       state: image.state,
-      ...(inc ? { stateMessage: inc.message } : {}),
+      ...(stateMessage !== undefined ? { stateMessage } : {}),
+      ...(running ? { updateRunning: true, ...(running.pid !== undefined ? { updaterPid: running.pid } : {}) } : {}),
       ...(image.details ?? {}),
       ...(ds ? { deviceState: describeDeviceState(ds) } : {}),
       blocks: image.blocks.map((b) => ({

@@ -55,8 +55,10 @@ describe('faults: signals', () => {
     // the cancel flag between batches), so a quick exit proves the second one acted
     const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1'], slowEnv(t, so, { delayUs: 3_000_000 }));
     reap(t, w);
-    assert.ok(await w.waitFor(() => true));
-    await new Promise((r) => setTimeout(r, 300)); // the channel is now inside a slow call
+    // midway: one batch is done and the channel has claimed the next, so it is inside a slow call
+    // (waiting a fixed time after the first event was not enough on a loaded machine: the channel
+    // had not started, and the first SIGINT alone ended the run)
+    assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
     w.kill('SIGINT');
     await new Promise((r) => setTimeout(r, 100));
     const t0 = Date.now();

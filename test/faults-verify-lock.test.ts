@@ -30,9 +30,15 @@ describe('faults: verify and save --update', () => {
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
     const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      slowEnv(t, so, { delayUs: 1_000_000, path: dir })); // slow enough (1 s per write) that the verify below starts while it runs
+      slowEnv(t, so, { delayUs: 2_000_000, path: dir })); // slow enough (2 s per write) that the inspect and verify below run while it runs
     reap(t, up);
     assert.ok(await up.midway(), `the update never got midway: ${up.stderr}`);
+    // inspect reads the metadata without the lock, and says the same (exit 0: it is a state)
+    const i = fixedram(['inspect', out, '--json']);
+    assert.equal(i.status, 0, i.stderr);
+    const ij = JSON.parse(i.stdout) as { state: string; stateMessage?: string; updateRunning?: boolean; updaterPid?: number };
+    assert.deepEqual([ij.state, ij.updateRunning, ij.updaterPid], ['updating', true, up.child.pid], i.stdout);
+    assert.match(ij.stateMessage ?? '', new RegExp(`^being updated in place by pid ${up.child.pid} right now`));
     const v = fixedram(['verify', out]);
     assert.equal(v.status, 4, `${v.stdout}${v.stderr}`);
     assert.match(v.stderr, new RegExp(`is being updated in place by pid ${up.child.pid} `));
@@ -57,6 +63,11 @@ describe('faults: verify and save --update', () => {
     assert.equal(v.status, 3, `${v.stdout}${v.stderr}`);
     assert.match(v.stderr, /interrupted in-place update/);
     assert.doesNotMatch(v.stderr, /being updated in place by/);
+    const i = fixedram(['inspect', out, '--json']);
+    const ij = JSON.parse(i.stdout) as { state: string; stateMessage: string; updateRunning?: boolean };
+    assert.equal(ij.state, 'updating');
+    assert.equal(ij.updateRunning, undefined);
+    assert.match(ij.stateMessage, /interrupted/);
   });
 
   it('verify racing save --update, 12 rounds: verify exits 0 or 4 (locked), never 1; the update 0 or 4; the end state verifies', async (t) => {

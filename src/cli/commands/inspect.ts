@@ -26,7 +26,7 @@ export default defineCommand<{ s3Endpoint?: string }, { snapshot: string; s3Endp
     out.write(`${r.path}: ${r.format}, ${r.fileSize} bytes, ${r.state}\n`);
     if (r.stateMessage) out.write(`  ${r.stateMessage}\n`);
     for (const [k, v] of Object.entries(r)) {
-      if (['format', 'path', 'fileSize', 'state', 'stateMessage', 'blocks'].includes(k)) continue;
+      if (['format', 'path', 'fileSize', 'state', 'stateMessage', 'updateRunning', 'updaterPid', 'blocks'].includes(k)) continue;
       // eslint-disable-next-line @typescript-eslint/no-base-to-string -- objects take the JSON branch
       out.write(`  ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}\n`);
     }
