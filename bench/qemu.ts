@@ -32,9 +32,10 @@ type Json = Record<string, unknown>;
  * /dev/kvm that exists may still be unusable, and `accel=kvm:tcg` falls back silently.
  */
 export function acceleratorOf(kvm: unknown): string {
+  // present: KVM support is built into this QEMU binary; enabled: this VM runs on it
   const k = (kvm ?? {}) as { enabled?: boolean; present?: boolean };
   if (k.enabled) return 'KVM';
-  return k.present ? 'TCG (KVM present, not enabled)' : 'TCG, no KVM';
+  return k.present ? 'TCG (query-kvm: KVM built in, not enabled)' : 'TCG (query-kvm: no KVM in this QEMU)';
 }
 
 let reportedAccel: string | undefined;
