@@ -82,7 +82,7 @@ function checkHugeMultiple(f: OpenFile, block: string, length: number): void {
 }
 
 /** Removes a target this run created (beneath the --dir descriptor when it has one). */
-function removeCreated(f: OpenFile): void {
+export function removeCreated(f: OpenFile): void {
   try {
     if (f.at) unlinkBeneath(f.at);
     else fs.unlinkSync(f.path);
@@ -96,7 +96,7 @@ function removeCreated(f: OpenFile): void {
  * opened beneath the directory descriptor, never through a symlink, and its missing intermediate
  * directories are made 0700; a created target is 0600.
  */
-function openTarget(
+export function openTarget(
   file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean }, at?: BeneathPath,
 ): { file: OpenFile; created: boolean } {
   let existing: OpenFile | undefined;

@@ -5,6 +5,7 @@
  */
 import * as assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe } from 'node:test';
@@ -115,6 +116,141 @@ describe('s3: a real Ceph RGW', () => {
     const p = await cli(['pull', url, pulled]);
     assert.equal(p.status, 0, p.stderr);
     assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), 'pulled snapshot is byte-identical to a local save');
+  });
+
+  it('packed chunks: the objects hold only the non-zero pages (plus one page map each); the store refuses a body that does not match its signed hash', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const local = path.join(dir, 'local.fxr');
+    assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+    const r = await cli(['push', local, `s3://${bucket}/p`, '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    // the non-zero 4 KiB pages of the snapshot file: what a packed layout stores
+    const bytes = fs.readFileSync(local);
+    const zero = Buffer.alloc(4096);
+    const chunkBytes = 4 << 20;
+    let dataBytes = 0;
+    let zeroPages = 0;
+    let maps = 0;
+    for (let c = 0; c < bytes.length; c += chunkBytes) {
+      const end = Math.min(bytes.length, c + chunkBytes);
+      let any = false;
+      for (let o = c; o < end; o += 4096) {
+        const len = Math.min(4096, end - o);
+        if (bytes.subarray(o, o + len).equals(zero.subarray(0, len))) zeroPages++;
+        else {
+          dataBytes += len;
+          any = true;
+        }
+      }
+      if (any) maps += Math.ceil(Math.ceil((end - c) / 4096) / 8);
+    }
+    const res = JSON.parse(r.stdout) as { bytesUploaded: number; chunksPresent: number };
+    assert.ok(zeroPages > 100, `the premise: zero pages inside chunks that hold data (${zeroPages})`);
+    assert.equal(res.bytesUploaded, dataBytes + maps, 'uploaded: the data pages and one page map per chunk');
+    const m = JSON.parse(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'p' }))).Body!.transformToString()) as
+      { version: number; chunks: [number, string, number][] };
+    assert.equal(m.version, 2);
+    let stored = 0;
+    for (const [, sha, len] of m.chunks) {
+      const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: `p.fixedram-chunks/${sha}` }));
+      assert.equal(head.ContentLength, len, 'the manifest names each object\'s length');
+      stored += len;
+    }
+    assert.equal(stored, res.bytesUploaded);
+    // upload integrity: a body that does not match the signed payload hash is refused by the RGW
+    const put = new PutObjectCommand({ Bucket: bucket, Key: 'probe', Body: Buffer.from('hello'), ContentLength: 5 });
+    put.middlewareStack.add((next) => async (args) => {
+      (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = '0'.repeat(64);
+      return next(args);
+    }, { step: 'build', name: 'wrongHash' });
+    await assert.rejects(client.send(put), (e: Error) => e.name === 'XAmzContentSHA256Mismatch');
+    assert.equal(await headExists(bucket, 'probe'), false);
+  });
+
+  it('manifest versions: a version 1 snapshot (dense chunk objects) is still read; an unknown version is refused (exit 3)', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const local = path.join(dir, 'local.fxr');
+    assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+    // a version 1 layout, written by hand as the earlier writer did: dense 4 MiB chunks with data
+    const bytes = fs.readFileSync(local);
+    const chunkBytes = 4 << 20;
+    const chunks: [number, string][] = [];
+    for (let i = 0; i * chunkBytes < bytes.length; i++) {
+      const c = bytes.subarray(i * chunkBytes, Math.min(bytes.length, (i + 1) * chunkBytes));
+      if (c.every((b) => b === 0)) continue;
+      const sha = createHash('sha256').update(c).digest('hex');
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: `v1.fixedram-chunks/${sha}`, Body: c }));
+      chunks.push([i, sha]);
+    }
+    assert.ok(chunks.length < Math.ceil(bytes.length / chunkBytes), 'the premise: a chunk without data has no object');
+    const manifest = { format: 'fixedram-s3', version: 1, size: bytes.length, chunkBytes, chunks };
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'v1', Body: `${JSON.stringify(manifest)}\n` }));
+    const url = `s3://${bucket}/v1`;
+    const pulled = path.join(dir, 'pulled.fxr');
+    const p = await cli(['pull', url, pulled]);
+    assert.equal(p.status, 0, p.stderr);
+    assert.ok(fs.readFileSync(pulled).equals(bytes), 'a version 1 snapshot pulls byte-exact');
+    const out = path.join(dir, 'out');
+    const l = await cli(['load', url, '-b', `mem=${out}`]);
+    assert.equal(l.status, 0, l.stderr);
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(src)));
+    assert.equal((await cli(['verify', url])).status, 0);
+    // an --update of a version 1 snapshot keeps its chunks and reads back equal to a fresh save
+    touchPage(src, 7, 2);
+    const u = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`, '--json']);
+    assert.equal(u.status, 0, u.stderr);
+    const again = path.join(dir, 'again.fxr');
+    assert.equal((await cli(['save', '-o', again, '-b', `mem=${src}`])).status, 0);
+    const pulled2 = path.join(dir, 'pulled2.fxr');
+    assert.equal((await cli(['pull', url, pulled2])).status, 0);
+    assert.ok(fs.readFileSync(pulled2).equals(fs.readFileSync(again)), 'updated version 1 snapshot equals a fresh save');
+    // a version this reader does not know: refused before any chunk is fetched
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'v9', Body: JSON.stringify({ ...manifest, version: 9 }) }));
+    for (const args of [['verify', `s3://${bucket}/v9`], ['load', `s3://${bucket}/v9`, '-b', `mem=${out}`]]) {
+      const r = await cli(args);
+      assert.equal(r.status, 3, r.stderr);
+      assert.match(oneLine(r), /unsupported manifest version 9/);
+    }
+  });
+
+  it('load s3:// writes straight into the targets: no local copy, stale data of an existing target made zero, a bad page fails its XXH3', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const url = `s3://${bucket}/d`;
+    assert.equal((await cli(['save', '-o', url, '-b', `mem=${src}`])).status, 0);
+    // no temp space at all: a load through a local copy could not run
+    const noTmp = { TMPDIR: path.join(dir, 'no-such-dir') };
+    const fresh = path.join(dir, 'fresh');
+    const l = await cli(['load', url, '-b', `mem=${fresh}`, '-j', '3', '--json'], noTmp);
+    assert.equal(l.status, 0, l.stderr);
+    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(src)), 'loaded block equals the source');
+    assert.ok(allocated(fresh) < fs.statSync(fresh).size, 'a created target stays sparse');
+    // an existing target full of other data: every page ends up equal to the source (zero pages too)
+    const old = path.join(dir, 'old');
+    fs.writeFileSync(old, Buffer.alloc(kPages * 4096, 0xa5));
+    const e = await cli(['load', url, '-b', `mem=${old}`], noTmp);
+    assert.equal(e.status, 0, e.stderr);
+    assert.ok(fs.readFileSync(old).equals(fs.readFileSync(src)), 'stale data of an existing target is gone');
+    // a packed object whose page bytes were altered (length and page map intact): its page fails its XXH3
+    const m = JSON.parse(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'd' }))).Body!.transformToString()) as
+      { chunks: [number, string, number][] };
+    const [, sha] = m.chunks.at(-1)!;
+    const victim = `d.fixedram-chunks/${sha}`;
+    const body = Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray());
+    body[body.length - 100] ^= 0xff; // inside the last stored page
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: victim, Body: body }));
+    const b = await cli(['load', url, '-b', `mem=${path.join(dir, 'bad')}`], noTmp);
+    assert.equal(b.status, 1, b.stderr);
+    assert.match(oneLine(b), /page \d+: checksum mismatch .*the targets are incomplete/);
+    // a block name the snapshot does not have: usage error, no target created
+    const u = await cli(['load', url, '-b', `nope=${path.join(dir, 'nope')}`], noTmp);
+    assert.equal(u.status, 2, u.stderr);
+    assert.equal(fs.existsSync(path.join(dir, 'nope')), false);
   });
 
   it('push then pull: byte-exact, zero pages stay holes locally, the file is private', async (t) => {
@@ -241,9 +377,13 @@ describe('s3: a real Ceph RGW', () => {
     const relay = await startRelay();
     t.after(() => relay.close());
     const key = 'down';
-    const pending = cli(['save', '-o', `s3://${bucket}/${key}`, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint]);
-    // let two chunks through, then the endpoint disappears
-    while (relay.bytesUp < (9 << 20)) await new Promise((r) => setTimeout(r, 20));
+    let exited = false;
+    const pending = cli(['save', '-o', `s3://${bucket}/${key}`, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint])
+      .finally(() => { exited = true; });
+    // let about two packed chunks through (several MiB of the data), then the endpoint disappears
+    const deadline = Date.now() + 60_000;
+    while (relay.bytesUp < (5 << 20) && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(!exited && relay.bytesUp >= (5 << 20), `the save was still uploading after 5 MiB (sent ${relay.bytesUp} bytes, exited: ${exited})`);
     relay.down = true;
     const r = await pending;
     assert.ok(relay.drops > 0, 'the relay cut connections');
@@ -298,8 +438,10 @@ describe('s3: a real Ceph RGW', () => {
       let exited = false;
       const p = cli(args, {}, (c) => { child = c; });
       void p.then(() => { exited = true; });
-      while (relay.bytesUp - start < bytes && !exited) await new Promise((r) => setTimeout(r, 5));
+      const deadline = Date.now() + 60_000;
+      while (relay.bytesUp - start < bytes && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       child!.kill('SIGKILL');
+      assert.ok(relay.bytesUp - start >= bytes, `the command had sent ${relay.bytesUp - start} of ${bytes} bytes before the kill`);
       return p;
     };
     const k = await killAt(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint], 5 << 20);

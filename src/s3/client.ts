@@ -36,7 +36,7 @@ export function makeClient(opts: S3Options): S3Client {
       }
     }),
     // CRC checksums on every request are an AWS extension that older S3-compatible stores refuse;
-    // integrity is Content-MD5 on upload and SHA-256 per chunk on download (see docs/s3.md)
+    // integrity is the signed SHA-256 payload hash on upload and SHA-256 per chunk on download (docs/s3.md)
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
   });

@@ -16,6 +16,7 @@ import type { SaveOptions, SaveResult } from '../save';
 import type { VerifyOptions, VerifyResult } from '../verify';
 import { makeClient, type S3Options } from './client';
 import { fetchManifest, pull, push, readManifest, type PullResult, type PushResult } from './transfer';
+import { loadS3Direct } from './load';
 import { parseS3Url } from './url';
 import { snapshotError, usageError } from '../errors';
 
@@ -72,11 +73,19 @@ export interface S3LoadResult extends LoadResult {
   s3: PullResult;
 }
 
+/**
+ * `load s3://…`: straight into the targets when it applies (src/s3/load.ts), else through a local
+ * copy and the local load.
+ */
 export async function loadS3(opts: LoadOptions & S3CommandOptions): Promise<S3LoadResult> {
   const url = parseS3Url(opts.snapshot);
+  const so = s3Opts(opts);
+  const manifest = await fetchManifest(url, so);
+  const direct = await loadS3Direct(url, manifest, { ...opts, ...so });
+  if (direct) return direct;
   return withTempDir(async (dir) => {
     const local = path.join(dir, 'snapshot');
-    const s3 = await pull(url, local, { ...s3Opts(opts), fsync: false });
+    const s3 = await pull(url, local, { ...so, manifest, fsync: false });
     const { load } = await import('../load');
     const r = await load({ ...opts, snapshot: local });
     return { ...r, snapshot: opts.snapshot, seconds: r.seconds + s3.seconds, s3 };

@@ -6,9 +6,12 @@
  * Nothing read is trusted: every field is checked before it is used.
  */
 import { snapshotError } from '../errors';
+import { mapBytes } from './chunk';
 
 export const kManifestFormat = 'fixedram-s3';
-export const kManifestVersion = 1;
+/** Version 1: a chunk object holds the chunk's bytes (dense). Version 2: packed chunk objects (chunk.ts). */
+export const kManifestVersion = 2;
+export const kManifestVersions: readonly number[] = [1, 2];
 export const kDefaultChunkBytes = 4 << 20;
 export const kMinChunkBytes = 1 << 20;
 export const kMaxChunkBytes = 1 << 30;
@@ -19,6 +22,8 @@ export const kMaxSnapshotBytes = 2 ** 52;
 export interface ChunkRef {
   index: number;
   sha256: string;
+  /** Bytes of the object (packed manifests); a dense chunk's object is the chunk itself. */
+  bytes?: number;
 }
 
 /** One object of a patch layer: the bytes of `runs` ([offset, length] in the file), concatenated. */
@@ -28,6 +33,8 @@ export interface PatchPart {
 }
 
 export interface Manifest {
+  /** Chunk objects are packed (version 2: page map + present pages) rather than dense (version 1). */
+  packed: boolean;
   size: number;
   chunkBytes: number;
   /** Present chunks in increasing index order; absent chunks read as zeros. */
@@ -59,8 +66,8 @@ export function checkChunkBytes(n: number): string | undefined {
 
 export function encodeManifest(m: Manifest): Buffer {
   return Buffer.from(`${JSON.stringify({
-    format: kManifestFormat, version: kManifestVersion, size: m.size, chunkBytes: m.chunkBytes,
-    chunks: m.chunks.map((c) => [c.index, c.sha256]),
+    format: kManifestFormat, version: m.packed ? 2 : 1, size: m.size, chunkBytes: m.chunkBytes,
+    chunks: m.chunks.map((c) => (m.packed ? [c.index, c.sha256, c.bytes] : [c.index, c.sha256])),
     ...(m.patches.length ? { patches: m.patches.map((layer) => layer.map((p) => [p.sha256, p.runs])) } : {}),
   })}\n`);
 }
@@ -77,7 +84,7 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
   }
   const o = raw as Record<string, unknown>;
   if (typeof o !== 'object' || o === null || o.format !== kManifestFormat) throw bad('no manifest');
-  if (o.version !== kManifestVersion) {
+  if (typeof o.version !== 'number' || !kManifestVersions.includes(o.version)) {
     throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `${where}: unsupported manifest version ${JSON.stringify(o.version)}`);
   }
   const size = o.size;
@@ -87,16 +94,25 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
   if (!Array.isArray(o.chunks)) throw bad('no chunk list');
   const count = Math.ceil(size / chunkBytes);
   if (o.chunks.length > count) throw bad('more chunks than the size holds');
+  const packed = o.version === 2;
   const chunks: ChunkRef[] = [];
   let last = -1;
   for (const c of o.chunks as unknown[]) {
-    if (!Array.isArray(c) || c.length !== 2) throw bad('bad chunk entry');
-    const [index, sha256] = c as [unknown, unknown];
+    if (!Array.isArray(c) || c.length !== (packed ? 3 : 2)) throw bad('bad chunk entry');
+    const [index, sha256, bytes] = c as [unknown, unknown, unknown];
     if (typeof index !== 'number' || !Number.isSafeInteger(index) || index <= last || index >= count) {
       throw bad('chunk indexes out of order or range');
     }
     if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw bad('bad chunk checksum');
-    chunks.push({ index, sha256 });
+    if (packed) {
+      const len = chunkLength({ size, chunkBytes }, index);
+      if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes <= mapBytes(len) || bytes > mapBytes(len) + len) {
+        throw bad('bad chunk object length');
+      }
+      chunks.push({ index, sha256, bytes });
+    } else {
+      chunks.push({ index, sha256 });
+    }
     last = index;
   }
   const patches: PatchPart[][] = [];
@@ -133,5 +149,5 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
       patches.push(parts);
     }
   }
-  return { size, chunkBytes, chunks, patches };
+  return { packed, size, chunkBytes, chunks, patches };
 }

@@ -27,6 +27,7 @@ import {
   kMaxManifestBytes, partBytes, type ChunkRef, type Manifest, type PatchPart,
 } from './manifest';
 import { formatS3Url, type S3Url } from './url';
+import { packChunk, packedRuns } from './chunk';
 
 const kZeroPage = 4096;
 
@@ -180,13 +181,16 @@ export async function readManifest(client: S3Client, url: S3Url, signal: AbortSi
   return decodeManifest(bytes, where);
 }
 
-const isZero = (buf: Buffer, zero: Buffer): boolean => {
-  for (let o = 0; o < buf.length; o += zero.length) {
-    const n = Math.min(zero.length, buf.length - o);
-    if (!buf.subarray(o, o + n).equals(zero.subarray(0, n))) return false;
-  }
-  return true;
-};
+/**
+ * SHA-256 (lowercase hex) of `data`, computed on the thread pool (WebCrypto) so that hashing the
+ * chunks of several channels runs beside the network I/O of the main thread.
+ */
+async function sha256Hex(data: Buffer): Promise<string> {
+  return Buffer.from(await crypto.webcrypto.subtle.digest('SHA-256', data)).toString('hex');
+}
+
+/** Bytes of chunk `c`'s object: the packed object, or the chunk itself (version 1). */
+const objectBytes = (m: Manifest, c: ChunkRef): number => (m.packed ? c.bytes! : chunkLength(m, c.index));
 
 /** Above this, an update re-uploads changed chunks and drops the patch layers (compaction). */
 export const kMaxPatchFraction = 0.5;
@@ -321,17 +325,21 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
   let reused = 0;
   /** Stores `data` under its SHA-256 unless the bucket holds it already; returns the hash. */
   const store = async (data: Buffer, what: string): Promise<string> => {
-    const sha256 = crypto.createHash('sha256').update(data).digest('hex');
+    const sha256 = await sha256Hex(data);
     const key = chunkKey(url.key, sha256);
     if (held.get(key) === data.length || uploaded.includes(key)) {
       reused++;
       return sha256;
     }
     uploaded.push(key); // before the PUT: a failed or interrupted PUT may still have landed
-    await client.send(new PutObjectCommand({
-      Bucket: url.bucket, Key: key, Body: data, ContentLength: data.length,
-      ContentMD5: crypto.createHash('md5').update(data).digest('base64'),
-    }), { abortSignal: signal }).catch((err: unknown) => {
+    const put = new PutObjectCommand({ Bucket: url.bucket, Key: key, Body: data, ContentLength: data.length });
+    // the signed payload hash (SigV4 x-amz-content-sha256) is the object's name: the store checks
+    // the body against it and refuses an altered one, and the SDK does not hash the body again
+    put.middlewareStack.add((next) => async (args) => {
+      (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256;
+      return next(args);
+    }, { step: 'build', name: 'fixedramPayloadHash' });
+    await client.send(put, { abortSignal: signal }).catch((err: unknown) => {
       throw s3Error(err, url, `upload ${what} of`, opts.signal);
     });
     bytesUploaded += data.length;
@@ -385,13 +393,12 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
       return await commit(m, plan.parts.length, { mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length },
         plan.parts.length > 0);
     }
-    const m: Manifest = { size: st.size, chunkBytes, chunks: [], patches: [] };
+    const m: Manifest = { packed: true, size: st.size, chunkBytes, chunks: [], patches: [] };
     const n = chunkCount(m);
     const mask = new Uint8Array(n).fill(1);
     const full = Math.floor(st.size / chunkBytes);
     if (full > 0) native().markData(fd, 0, chunkBytes, 0, full, mask);
     const refs: (ChunkRef | undefined)[] = new Array<ChunkRef | undefined>(n);
-    const zero = Buffer.alloc(1 << 20);
     const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {
       const st2 = await fh.stat();
@@ -408,8 +415,9 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
             if (bytesRead === 0) throw ioError('ERR_SOURCE_CHANGED', `'${file}' shrank while it was uploaded`, { path: file });
             got += bytesRead;
           }
-          if (isZero(chunk, zero)) return;
-          refs[i] = { index: i, sha256: await store(chunk, `chunk ${i}`) };
+          const object = packChunk(chunk);
+          if (!object) return;
+          refs[i] = { index: i, sha256: await store(object, `chunk ${i}`), bytes: object.length };
         } finally {
           buffers.push(buf);
         }
@@ -434,7 +442,7 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
  * with a ranged GET for the rest. `what` names it in messages ("chunk 3").
  */
 async function fetchObject(client: S3Client, url: S3Url, key: string, len: number, sha256: string, what: string, buf: Buffer,
-  signal: AbortSignal, userSignal?: AbortSignal): Promise<Buffer> {
+  signal: AbortSignal, userSignal?: AbortSignal, checkSha = true): Promise<Buffer> {
   const where = formatS3Url(url);
   let got = 0;
   for (let attempt = 1; ; attempt++) {
@@ -472,7 +480,7 @@ async function fetchObject(client: S3Client, url: S3Url, key: string, len: numbe
     }
   }
   const data = buf.subarray(0, len);
-  if (crypto.createHash('sha256').update(data).digest('hex') !== sha256) {
+  if (checkSha && (await sha256Hex(data)) !== sha256) {
     throw integrityError(`${where}: ${what} does not match its SHA-256`);
   }
   return data;
@@ -507,7 +515,8 @@ export interface Materialized { objects: number; bytes: number }
 async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.promises.FileHandle, channels: number,
   signal: AbortSignal, userSignal: AbortSignal | undefined, below?: number): Promise<Materialized> {
   const zero = Buffer.alloc(Math.max(kZeroPage, 1 << 16));
-  const free = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes));
+  // a packed object may be one page map longer than its chunk
+  const free = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
   let bytes = 0;
   let objects = 0;
   const chunks = m.chunks.filter((c) => below === undefined || c.index * m.chunkBytes < below);
@@ -515,11 +524,19 @@ async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.pro
     const c = chunks[i]!;
     const buf = free.pop()!;
     try {
-      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), chunkLength(m, c.index), c.sha256, `chunk ${c.index}`,
-        buf, signal, userSignal);
+      const what = `chunk ${c.index}`;
+      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), objectBytes(m, c), c.sha256, what, buf, signal, userSignal);
       bytes += data.length;
       objects++;
-      writeSparse(fh, data, c.index * m.chunkBytes, zero);
+      if (!m.packed) {
+        writeSparse(fh, data, c.index * m.chunkBytes, zero);
+        return;
+      }
+      // only the present pages are in the object: the rest stay holes
+      for (const r of packedRuns(data, chunkLength(m, c.index), `${formatS3Url(url)}: ${what}`)) {
+        let o = 0;
+        while (o < r.length) o += fs.writeSync(fh.fd, data, r.objectOffset + o, r.length - o, c.index * m.chunkBytes + r.chunkOffset + o);
+      }
     } finally {
       free.push(buf);
     }
@@ -572,6 +589,46 @@ function writeSparse(fh: fs.promises.FileHandle, chunk: Buffer, offset: number, 
   }
   flush(chunk.length);
   return written;
+}
+
+/**
+ * Fetches the chunks of `m` that `select` picks (in parallel, `channels` at a time) and hands each
+ * one to `use` as the chunk's dense bytes (a packed object unpacked: absent pages zero). `use` runs
+ * on the main thread and must be done with the buffer when it returns. Version 1 and 2 chunks;
+ * patch layers are not applied (callers check `m.patches`). Without `checkSha`, the objects' SHA-256
+ * is not checked: only for callers that check every byte they use against another checksum.
+ */
+export async function fetchChunks(client: S3Client, url: S3Url, m: Manifest, channels: number, signal: AbortSignal,
+  userSignal: AbortSignal | undefined, select: (index: number) => boolean, use: (index: number, chunk: Buffer) => void,
+  checkSha = true): Promise<number> {
+  const objects = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
+  const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed ? m.chunkBytes : 0));
+  const chunks = m.chunks.filter((c) => select(c.index));
+  let bytes = 0;
+  await lanes(chunks.length, channels, signal, async (i) => {
+    const c = chunks[i]!;
+    const buf = objects.pop()!;
+    const out = dense.pop()!;
+    try {
+      const what = `chunk ${c.index}`;
+      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), objectBytes(m, c), c.sha256, what, buf, signal, userSignal,
+        checkSha);
+      bytes += data.length;
+      if (!m.packed) {
+        use(c.index, data);
+        return;
+      }
+      const len = chunkLength(m, c.index);
+      const view = out.subarray(0, len);
+      view.fill(0);
+      for (const r of packedRuns(data, len, `${formatS3Url(url)}: ${what}`)) data.copy(view, r.chunkOffset, r.objectOffset, r.objectOffset + r.length);
+      use(c.index, view);
+    } finally {
+      objects.push(buf);
+      dense.push(out);
+    }
+  });
+  return bytes;
 }
 
 export interface PullOptions extends TransferOptions {
