@@ -4,9 +4,10 @@
  * and by killing the CLI; every injection is asserted to have happened.
  */
 import * as assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -251,6 +252,49 @@ describe('s3: a real Ceph RGW', () => {
     const u = await cli(['load', url, '-b', `nope=${path.join(dir, 'nope')}`], noTmp);
     assert.equal(u.status, 2, u.stderr);
     assert.equal(fs.existsSync(path.join(dir, 'nope')), false);
+  });
+
+  it('one writer per key: a second writer is refused while the first holds the lock (exit 4); a lock of a writer that is gone is taken over', async (t) => {
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const src = block(dir);
+    const relay = await startRelay();
+    t.after(() => { relay.release(); return relay.close(); });
+    const url = `s3://${bucket}/w`;
+    const local = path.join(dir, 'local.fxr');
+    assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
+    // the first writer stalls mid-upload (after its lock, before its manifest)
+    relay.holdAfterBytes = 1 << 20;
+    let exited = false;
+    const first = cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint]).finally(() => { exited = true; });
+    const deadline = Date.now() + 60_000;
+    while (relay.held === 0 && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(relay.held > 0 && !exited, 'the first writer is stalled mid-upload');
+    assert.equal(await headExists(bucket, 'w.fixedram-lock'), true, 'the first writer holds the lock');
+    const second = await cli(['save', '-o', url, '-b', `mem=${src}`]);
+    assert.equal(second.status, 4, second.stderr);
+    assert.match(oneLine(second), /is being written by pid \d+ on /);
+    const pushed = await cli(['push', local, url]);
+    assert.equal(pushed.status, 4, pushed.stderr);
+    assert.match(oneLine(pushed), /is being written by pid \d+ on /);
+    relay.release();
+    const r1 = await first;
+    assert.equal(r1.status, 0, r1.stderr);
+    assert.equal(await headExists(bucket, 'w.fixedram-lock'), false, 'the lock is released at the end');
+    assert.equal((await cli(['verify', url])).status, 0);
+    // a lock left by a writer of this host that no longer runs (killed): taken over
+    const dead = spawnSync('true').pid!;
+    const lockBody = (pid: number, host: string): string => JSON.stringify({ pid, host, started: new Date().toISOString() });
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(dead, os.hostname()) }));
+    const taken = await cli(['save', '-o', url, '-b', `mem=${src}`]);
+    assert.equal(taken.status, 0, taken.stderr);
+    assert.equal(await headExists(bucket, 'w.fixedram-lock'), false);
+    // a fresh lock of a writer on another host: refused, the lock left alone
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(4242, 'other-host') }));
+    const other = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`]);
+    assert.equal(other.status, 4, other.stderr);
+    assert.match(oneLine(other), /being written by pid 4242 on other-host/);
+    assert.equal(await headExists(bucket, 'w.fixedram-lock'), true);
   });
 
   it('push then pull: byte-exact, zero pages stay holes locally, the file is private', async (t) => {

@@ -28,6 +28,7 @@ import {
 } from './manifest';
 import { formatS3Url, type S3Url } from './url';
 import { packChunk, packedRuns } from './chunk';
+import { acquireS3Lock, type S3Lock } from './lock';
 
 const kZeroPage = 4096;
 
@@ -323,6 +324,7 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
   let held = new Map<string, number>();
   let bytesUploaded = 0;
   let reused = 0;
+  let lock: S3Lock | undefined;
   /** Stores `data` under its SHA-256 unless the bucket holds it already; returns the hash. */
   const store = async (data: Buffer, what: string): Promise<string> => {
     const sha256 = await sha256Hex(data);
@@ -367,6 +369,8 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw ioError('ERR_NOT_REGULAR', `'${file}' is not a regular file`, { path: file });
+    // one writer per key: refused here while another holds the key (docs/s3.md, "Lock")
+    lock = await acquireS3Lock(client, url, signal);
     const old = await readManifest(client, url, signal, !opts.requireExisting);
     // chunks stay the same size across updates, so unchanged chunks keep their names
     const chunkBytes = old?.chunkBytes ?? opts.chunkBytes ?? kDefaultChunkBytes;
@@ -433,6 +437,7 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     throw err;
   } finally {
     if (fd >= 0) fs.closeSync(fd);
+    await lock?.release();
     client.destroy();
   }
 }

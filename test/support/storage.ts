@@ -75,14 +75,27 @@ export interface Relay {
   drops: number;
   bytesUp: number;
   bytesDown: number;
+  /** Stop reading from clients once this many bytes went up (Infinity: never): the writer stalls mid-request. */
+  holdAfterBytes: number;
+  /** Client connections stalled by holdAfterBytes. */
+  held: number;
+  /** Resumes the stalled connections and holds no more. */
+  release(): void;
   close(): Promise<void>;
 }
 
 export async function startRelay(): Promise<Relay> {
   const target = new URL(kS3Endpoint);
   const sockets = new Set<net.Socket>();
+  const stalled = new Set<net.Socket>();
   const relay: Relay = {
     endpoint: '', cutAfterBytes: Infinity, maxDrops: Infinity, down: false, drops: 0, bytesUp: 0, bytesDown: 0,
+    holdAfterBytes: Infinity, held: 0,
+    release: () => {
+      relay.holdAfterBytes = Infinity;
+      for (const s of stalled) s.resume();
+      stalled.clear();
+    },
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((res) => server.close(() => res()));
@@ -110,6 +123,11 @@ export async function startRelay(): Promise<Relay> {
       relay.bytesUp += d.length;
       if (cutting()) cut(client, upstream);
       else upstream.write(d);
+      if (relay.bytesUp >= relay.holdAfterBytes && !stalled.has(client)) {
+        client.pause();
+        stalled.add(client);
+        relay.held++;
+      }
     });
     upstream.on('data', (d: Buffer) => {
       relay.bytesDown += d.length;
