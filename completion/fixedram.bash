@@ -23,7 +23,7 @@ _fixedram() {
     "load") opts="-b --block --dir --no-verify --direct-io --allow-device --s3-endpoint -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
     "verify") opts="--against --max-failures --s3-endpoint -j --channels --progress --follow-symlinks --json -q --quiet --log-level --log-format -h --help" ;;
     "inspect") opts="--s3-endpoint --json -q --quiet --log-level --log-format -h --help" ;;
-    "convert") opts="-o --output --no-fsync --direct-io -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
+    "convert") opts="-o --output --no-fsync --direct-io --s3-endpoint -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "export") opts="-o --output --format --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm save") opts="--qmp -o --output --update --then --no-fsync -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;
     "vm restore") opts="--qmp --then --no-verify -j --channels --progress --json -q --quiet --log-level --log-format -h --help" ;;

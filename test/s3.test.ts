@@ -14,6 +14,7 @@ import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/
 import { kBin } from './support/cli';
 import { prereqSuite } from './support/prereq';
 import { defaultKind, makeBlock, stampPage } from './support/stamp';
+import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
 import { kS3Env, listKeys, s3Client, s3Missing, startRelay, tempBucket } from './support/storage';
 import { allocated, tempDir } from './support/tmp';
 
@@ -295,6 +296,29 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal(other.status, 4, other.stderr);
     assert.match(oneLine(other), /being written by pid 4242 on other-host/);
     assert.equal(await headExists(bucket, 'w.fixedram-lock'), true);
+  });
+
+  it('convert QEMUFILE -o s3://: the bucket holds the snapshot a local convert writes', async (t) => {
+    if (!fixturesAvailable()) {
+      assert.ok(!process.env.CI, `the QEMU fixtures are not at ${kFixtures}`);
+      t.skip(`the QEMU fixtures are not at ${kFixtures}`);
+      return;
+    }
+    const dir = tempDir(t);
+    const bucket = await tempBucket(t, client);
+    const mig = unpackFixture('membackend-32m.mig', dir);
+    const url = `s3://${bucket}/conv`;
+    const c = await cli(['convert', mig, '-o', url, '--json']);
+    assert.equal(c.status, 0, c.stderr);
+    const res = JSON.parse(c.stdout) as { snapshot: string; s3: { chunksPresent: number; bytesUploaded: number } };
+    assert.equal(res.snapshot, url);
+    assert.ok(res.s3.chunksPresent > 0 && res.s3.bytesUploaded > 0);
+    const local = path.join(dir, 'local.fxr');
+    assert.equal((await cli(['convert', mig, '-o', local])).status, 0);
+    const pulled = path.join(dir, 'pulled.fxr');
+    assert.equal((await cli(['pull', url, pulled])).status, 0);
+    assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), 'pulled snapshot equals a local convert');
+    assert.equal((await cli(['verify', url])).status, 0);
   });
 
   it('push then pull: byte-exact, zero pages stay holes locally, the file is private', async (t) => {

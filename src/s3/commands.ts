@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { registerTemp, unregisterTemp } from '../cleanup';
+import type { ConvertOptions, ConvertResult } from '../convert';
 import { decodeFixedHeader, decodeHeader, kHeaderBytes } from '../format';
 import { inspect, type InspectResult } from '../inspect';
 import type { LoadOptions, LoadResult } from '../load';
@@ -65,6 +66,22 @@ export async function saveS3(opts: SaveOptions & S3CommandOptions & { update?: b
       ...so, requireExisting: opts.update ?? false,
       ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
     });
+    return { ...r, output: opts.output, seconds: r.seconds + s3.seconds, s3 };
+  });
+}
+
+export interface S3ConvertResult extends ConvertResult {
+  s3: PushResult;
+}
+
+/** `convert QEMUFILE -o s3://…`: the snapshot written to a temp file, then its present chunks uploaded. */
+export async function convertS3(opts: ConvertOptions & S3CommandOptions): Promise<S3ConvertResult> {
+  const url = parseS3Url(opts.output);
+  return withTempDir(async (dir) => {
+    const local = path.join(dir, 'snapshot');
+    const { convert } = await import('../convert');
+    const r = await convert({ ...opts, output: local, fsync: false });
+    const s3 = await push(local, url, { ...s3Opts(opts), ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}) });
     return { ...r, output: opts.output, seconds: r.seconds + s3.seconds, s3 };
   });
 }
