@@ -19,6 +19,7 @@ import { openTarget, removeCreated, type LoadedBlock, type LoadOptions, type Loa
 import { native } from '../native';
 import { checkChannels } from '../save';
 import { incompleteReason } from '../snapshot';
+import { kPackPage } from './chunk';
 import { makeClient, type S3Options } from './client';
 import type { Manifest } from './manifest';
 import { fetchChunks, type PullResult } from './transfer';
@@ -165,52 +166,64 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
       return lo < t.block.pagesOffset + t.block.length && lo + m.chunkBytes > t.block.pagesOffset;
     });
     const zero = Buffer.alloc(Math.max(...targets.map((t) => t.block.pageSize)));
-    bytesFetched += await fetchChunks(client, url, m, requests, signal, opts.signal, chunkHits, (i, chunk) => {
+    /** Checks and writes the pages of `t` in [from, to) (file offsets, whole pages), held by `data` from file offset `base`. */
+    const place = (t: Target, data: Buffer, base: number, from: number, to: number): void => {
+      const b = t.block;
+      const p0 = (from - b.pagesOffset) / b.pageSize;
+      const p1 = (to - b.pagesOffset) / b.pageSize;
+      let runStart = -1;
+      const flush = (end: number): void => {
+        if (runStart < 0) return;
+        const off = b.pagesOffset + runStart * b.pageSize - base;
+        const len = (end - runStart) * b.pageSize;
+        let w = 0;
+        while (w < len) w += fs.writeSync(t.fd, data, off + w, len - w, runStart * b.pageSize + w);
+        bytesWritten += len;
+        runStart = -1;
+      };
+      for (let p = p0; p < p1; p++) {
+        t.seen[p] = 1;
+        if (!t.present[p]) {
+          flush(p);
+          continue;
+        }
+        const page = data.subarray(b.pagesOffset + p * b.pageSize - base, b.pagesOffset + (p + 1) * b.pageSize - base);
+        if (wantVerify) {
+          const expected = t.csums.readBigUInt64LE(8 * p);
+          const actual = hash64(page);
+          if (actual !== expected) {
+            throw integrityError(`${where}: block '${b.name}' page ${p}: checksum mismatch (expected ${hex(expected)}, got ` +
+              `${hex(actual)}); the targets are incomplete`, { block: b.name, page: p });
+          }
+        }
+        if (page.equals(zero.subarray(0, b.pageSize))) {
+          flush(p);
+          continue;
+        }
+        t.written[p] = 1;
+        if (runStart < 0) runStart = p;
+      }
+      flush(p1);
+    };
+    // 4 KiB pages: a packed object's runs are used as they are (the pages of the chunk that no run
+    // holds are zero, and are checked as such at the end); larger pages: the chunk unpacked first
+    const raw = m.packed && targets.every((t) => t.block.pageSize === kPackPage);
+    bytesFetched += await fetchChunks(client, url, m, requests, signal, opts.signal, chunkHits, (i, data, runs) => {
       const lo = i * m.chunkBytes;
+      const spans = runs ? runs.map((r) => [lo + r.chunkOffset, r.length, r.objectOffset] as const) : [[lo, data.length, 0] as const];
       for (const t of targets) {
         const b = t.block;
-        const from = Math.max(lo, b.pagesOffset);
-        const to = Math.min(lo + chunk.length, b.pagesOffset + b.length);
-        if (from >= to) continue;
-        const p0 = (from - b.pagesOffset) / b.pageSize;
-        const p1 = (to - b.pagesOffset) / b.pageSize;
-        let runStart = -1;
-        const flush = (end: number): void => {
-          if (runStart < 0) return;
-          const off = b.pagesOffset + runStart * b.pageSize - lo;
-          const len = (end - runStart) * b.pageSize;
-          let w = 0;
-          while (w < len) w += fs.writeSync(t.fd, chunk, off + w, len - w, runStart * b.pageSize + w);
-          bytesWritten += len;
-          runStart = -1;
-        };
-        for (let p = p0; p < p1; p++) {
-          t.seen[p] = 1;
-          if (!t.present[p]) {
-            flush(p);
-            continue;
-          }
-          const page = chunk.subarray(b.pagesOffset + p * b.pageSize - lo, b.pagesOffset + (p + 1) * b.pageSize - lo);
-          if (wantVerify) {
-            const expected = t.csums.readBigUInt64LE(8 * p);
-            const actual = hash64(page);
-            if (actual !== expected) {
-              throw integrityError(`${where}: block '${b.name}' page ${p}: checksum mismatch (expected ${hex(expected)}, got ` +
-                `${hex(actual)}); the targets are incomplete`, { block: b.name, page: p });
-            }
-          }
-          if (page.equals(zero.subarray(0, b.pageSize))) {
-            flush(p);
-            continue;
-          }
-          t.written[p] = 1;
-          if (runStart < 0) runStart = p;
+        for (const [at, len, objectOffset] of spans) {
+          const from = Math.max(at, b.pagesOffset);
+          const to = Math.min(at + len, b.pagesOffset + b.length);
+          if (from < to) place(t, data, at - objectOffset, from, to);
         }
-        flush(p1);
-        done += to - from;
+        const from = Math.max(lo, b.pagesOffset);
+        const to = Math.min(lo + m.chunkBytes, b.pagesOffset + b.length);
+        if (from < to) done += to - from;
       }
       opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total });
-    }, !wantVerify); // verified: every page used is checked against its XXH3, which the SHA-256 would only repeat
+    }, !wantVerify, raw); // verified: every page used is checked against its XXH3, which the SHA-256 would only repeat
     for (const t of targets) {
       const b = t.block;
       // present pages that no chunk held are zero pages: their checksums must say so

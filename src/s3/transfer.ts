@@ -27,7 +27,7 @@ import {
   kMaxManifestBytes, partBytes, type ChunkRef, type Manifest, type PatchPart,
 } from './manifest';
 import { formatS3Url, type S3Url } from './url';
-import { packChunk, packedRuns } from './chunk';
+import { packChunk, packedRuns, type PackedRun } from './chunk';
 import { acquireS3Lock, type S3Lock } from './lock';
 
 const kZeroPage = 4096;
@@ -601,11 +601,12 @@ function writeSparse(fh: fs.promises.FileHandle, chunk: Buffer, offset: number, 
  * one to `use` as the chunk's dense bytes (a packed object unpacked: absent pages zero). `use` runs
  * on the main thread and must be done with the buffer when it returns. Version 1 and 2 chunks;
  * patch layers are not applied (callers check `m.patches`). Without `checkSha`, the objects' SHA-256
- * is not checked: only for callers that check every byte they use against another checksum.
+ * is not checked: only for callers that check every byte they use against another checksum. With
+ * `raw`, a packed object is handed over as it is, with its runs of present pages (not unpacked).
  */
 export async function fetchChunks(client: S3Client, url: S3Url, m: Manifest, channels: number, signal: AbortSignal,
-  userSignal: AbortSignal | undefined, select: (index: number) => boolean, use: (index: number, chunk: Buffer) => void,
-  checkSha = true): Promise<number> {
+  userSignal: AbortSignal | undefined, select: (index: number) => boolean,
+  use: (index: number, chunk: Buffer, runs?: PackedRun[]) => void, checkSha = true, raw = false): Promise<number> {
   const objects = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
   const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed ? m.chunkBytes : 0));
   const chunks = m.chunks.filter((c) => select(c.index));
@@ -624,9 +625,14 @@ export async function fetchChunks(client: S3Client, url: S3Url, m: Manifest, cha
         return;
       }
       const len = chunkLength(m, c.index);
+      const runs = packedRuns(data, len, `${formatS3Url(url)}: ${what}`);
+      if (raw) {
+        use(c.index, data, runs);
+        return;
+      }
       const view = out.subarray(0, len);
       view.fill(0);
-      for (const r of packedRuns(data, len, `${formatS3Url(url)}: ${what}`)) data.copy(view, r.chunkOffset, r.objectOffset, r.objectOffset + r.length);
+      for (const r of runs) data.copy(view, r.chunkOffset, r.objectOffset, r.objectOffset + r.length);
       use(c.index, view);
     } finally {
       objects.push(buf);
