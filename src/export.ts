@@ -5,35 +5,34 @@
  * `migrate-incoming file:FILE`, and `virsh restore` accepts when it is a libvirt image.
  *
  * Order of events (atomic like save):
- *  0. check the output path before any work: absent or a regular file (never replaced otherwise);
  *  1. open the snapshot and check it whole: complete, device state present and intact (checksum),
  *     every block's bitmap and checksum table; plan the stream (qemu-writer.ts);
  *  2. lock the output, create a private temp file beside it and size it (sparse) to the stream;
  *  3. write the records, bitmaps and the device state; N channels copy every present page from the
  *     snapshot to its block's pages_offset + index × page size, checking its XXH3 on the way
  *     (absent pages stay holes, which QEMU reads as zero pages it never loads);
- *  4. fdatasync; the output path checked again and its mode and owner given to the temp file (as
- *     save does); rename over the output, fsync the directory.
- * A failure or an interrupt removes the temp file; the output name keeps what it held.
+ *  4. fdatasync, take the mode and owner of the file it replaces, rename over the output, fsync the
+ *     directory.
+ * Steps 2 and 4 are the shared protocol of commit.ts (an output that is not a regular file is
+ * refused before any work). A failure or an interrupt removes the temp file; the output name keeps
+ * what it held.
  */
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { closeQuietly, identityOf, sameFile } from './blocks';
-import { registerTemp, unregisterTemp } from './cleanup';
+import { identityOf, sameFile } from './blocks';
 import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
-import { explainInterrupt, integrityError, isSystemError, snapshotError, usageError } from './errors';
+import { writeAt, writeAtomically } from './commit';
+import { explainInterrupt, integrityError, snapshotError, usageError } from './errors';
 import { packBitmap } from './format';
 import { openImage } from './image';
-import { lockOutput } from './lock';
-import { adoptExisting, checkOutputPath } from './outputs';
 import { kLoadVerify } from './native';
+import { checkOutputPath } from './outputs';
 import { kDefaultBatchBytes, planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { planMappedRamStream } from './qemu-writer';
-import { checkChannels, fsyncDir } from './save';
+import { checkChannels } from './save';
 
 export type ExportFormat = 'qemu' | 'libvirt';
 
@@ -71,11 +70,6 @@ export interface ExportResult {
   bytesWritten: number;
   channels: number;
   seconds: number;
-}
-
-function writeAt(fd: number, buf: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
 }
 
 /**
@@ -134,25 +128,16 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
     }
     opts.logger?.debug({ output, format, fileSize: plan.fileSize, blocks: plan.blocks.length }, 'stream planned');
 
-    const dir = path.dirname(output);
-    const lock = lockOutput(output);
-    let tmp: string | undefined = path.join(dir, `.${path.basename(output)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-    let fd: number | undefined;
-    try {
-      try {
-        // private from the start: RAM is secret
-        fd = fs.openSync(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
-        registerTemp(tmp);
-        fs.fchmodSync(fd, 0o600);
-        fs.ftruncateSync(fd, plan.fileSize);
+    const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
+    const { stats, batches } = await writeAtomically(output, {
+      size: plan.fileSize, fsync: opts.fsync ?? true, ...(opts.logger ? { logger: opts.logger } : {}),
+      provisional: (fd) => {
         for (const p of plan.pieces) writeAt(fd, p.bytes, p.offset);
-      } catch (err) {
-        throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
-      }
-      const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
+      },
+    }, async ({ fd, path: tmp }) => {
       const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
         name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        liveFd: fd!, livePath: tmp!, liveBase: plan.blocks[i]!.pagesOffset,
+        liveFd: fd, livePath: tmp, liveBase: plan.blocks[i]!.pagesOffset,
         present: tables[i]!.present, csums: tables[i]!.csums,
         flags: kLoadVerify,
       }));
@@ -167,41 +152,22 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
       }).catch((err: unknown) => {
         throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
       });
-      if (opts.fsync ?? true) fs.fdatasyncSync(fd);
-      // checked again right before the rename; it takes the mode and owner of the file it replaces
-      adoptExisting(fd, checkOutputPath(output));
-      fs.closeSync(fd);
-      fd = undefined;
-      fs.renameSync(tmp, output);
-      unregisterTemp(tmp);
-      tmp = undefined;
-      if (opts.fsync ?? true) fsyncDir(dir);
-      return {
-        command: 'export', snapshot: image.path, output,
-        outputFormat: format === 'libvirt' ? 'libvirt-save-image' : 'qemu-mapped-ram',
-        machineType: typeof ds.origin.machineType === 'string' ? ds.origin.machineType : '',
-        fileSize: plan.fileSize, streamOffset: plan.streamOffset,
-        blocks: image.blocks.map((b, i) => ({
-          name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, presentPages: tables[i]!.presentCount,
-          zeroPages: b.pages - tables[i]!.presentCount, pagesOffset: plan.blocks[i]!.pagesOffset,
-        })),
-        deviceStateBytes: metaBytes,
-        bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + metaBytes,
-        channels: Math.min(channels, Math.max(batches.count, 1)),
-        seconds: Number(process.hrtime.bigint() - started) / 1e9,
-      };
-    } finally {
-      closeQuietly(fd);
-      if (tmp !== undefined) {
-        try {
-          fs.unlinkSync(tmp);
-        } catch {
-          /* never created */
-        }
-        unregisterTemp(tmp);
-      }
-      lock.release();
-    }
+      return { stats, batches };
+    });
+    return {
+      command: 'export', snapshot: image.path, output,
+      outputFormat: format === 'libvirt' ? 'libvirt-save-image' : 'qemu-mapped-ram',
+      machineType: typeof ds.origin.machineType === 'string' ? ds.origin.machineType : '',
+      fileSize: plan.fileSize, streamOffset: plan.streamOffset,
+      blocks: image.blocks.map((b, i) => ({
+        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, presentPages: tables[i]!.presentCount,
+        zeroPages: b.pages - tables[i]!.presentCount, pagesOffset: plan.blocks[i]!.pagesOffset,
+      })),
+      deviceStateBytes: metaBytes,
+      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + metaBytes,
+      channels: Math.min(channels, Math.max(batches.count, 1)),
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    };
   } finally {
     image.close();
   }

@@ -11,8 +11,8 @@
  *  5. rewrite the header WITH the complete flag; fdatasync;
  *  6. give it the mode and owner of the snapshot it replaces; rename over the output; fsync the directory.
  * A crash before 6 leaves the old output untouched; every failure path removes the temp file.
+ * Steps 1 (lock, stale temps), 2, 5 and 6 are the shared protocol of commit.ts.
  */
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -25,11 +25,10 @@ import {
 } from './blocks';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
-import { explainInterrupt, isSystemError, usageError } from './errors';
+import { explainInterrupt, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
-import { registerTemp, removeStaleTemps, tempNameFor, unregisterTemp } from './cleanup';
-import { lockOutput } from './lock';
-import { adoptExisting, checkOutputPath, createPrivateFile } from './outputs';
+import { writeAt, writeAtomically } from './commit';
+import { checkOutputPath } from './outputs';
 import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
 import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
@@ -177,11 +176,6 @@ export function refuseAliasing(output: string, files: readonly { name: string; f
   }
 }
 
-function writeAt(fd: number, buf: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
-}
-
 /** Per-block present counts and metadata checksums, as the header stores them. */
 export interface MetadataSummary {
   counts: number[];
@@ -213,15 +207,6 @@ export function writeTables(fd: number, layout: SnapshotLayout, tables: readonly
 /** Writes the header and block table with `flags`. */
 export function writeHeader(fd: number, layout: SnapshotLayout, summary: MetadataSummary, flags: number): void {
   writeAt(fd, encodeHeader(layout, flags, summary.counts, summary.sums, native().hash64), 0);
-}
-
-export function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** Where the pages of one block of a new snapshot come from. */
@@ -367,28 +352,17 @@ async function writePages(
  * that the output is none of the sources.
  */
 export async function writeSnapshot(output: string, sources: readonly SnapshotSource[], opts: WriteOptions): Promise<WriteResult> {
-  const dir = path.dirname(output);
   let record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
   const specs = sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize }));
   let layout = planLayout(specs, record?.length);
-  checkOutputPath(output);
-  const lock = lockOutput(output);
-  removeStaleTemps(output, opts.logger);
-  let tmp: string | undefined = tempNameFor(output, process.pid, crypto.randomBytes(4).toString('hex'));
-  let fd: number | undefined;
-  try {
-    try {
-      // private from the moment it exists (mode 0600 at creation); it takes the mode and owner of
-      // the snapshot it replaces only just before the rename
-      fd = createPrivateFile(tmp);
-      registerTemp(tmp);
-      fs.ftruncateSync(fd, layout.fileSize);
-      // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
-      // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
-      writeHeader(fd, layout, { counts: layout.blocks.map(() => 0), sums: layout.blocks.map(() => 0n) }, 0);
-    } catch (err) {
-      throw isSystemError(err) ? Object.assign(err, { path: tmp }) : err;
-    }
+  let summary: MetadataSummary | undefined;
+  const pages = await writeAtomically(output, {
+    size: layout.fileSize, fsync: opts.fsync, removeStaleTemps: true, ...(opts.logger ? { logger: opts.logger } : {}),
+    // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
+    // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
+    provisional: (fd) => writeHeader(fd, layout, { counts: layout.blocks.map(() => 0), sums: layout.blocks.map(() => 0n) }, 0),
+    complete: (fd) => writeHeader(fd, layout, summary!, kFlagComplete),
+  }, async ({ fd, path: tmp }) => {
     opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
     let directIo = opts.directIo ?? false;
     if (directIo && !probeDirectIo(tmp, fs.constants.O_WRONLY)) {
@@ -404,12 +378,12 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     const beforePages = opts.beforePages;
     let pump: ReturnType<typeof writebackPump> | undefined;
     const startPump = (): void => {
-      if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd!, layout.fileSize);
+      if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd, layout.fileSize);
     };
-    let pages: Awaited<ReturnType<typeof writePages>>;
+    let written: Awaited<ReturnType<typeof writePages>>;
     try {
       if (!beforePages) startPump();
-      pages = await writePages(fd, tmp, layout, sources, {
+      written = await writePages(fd, tmp, layout, sources, {
         ...opts, directIo,
         ...(beforePages ? {
           beforeFirstWindow: async (): Promise<void> => {
@@ -418,7 +392,7 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
               // the device state goes after the last page region: the pages stay where they were planned
               record = encodeDeviceState(ds, native().hash64);
               layout = planLayout(specs, record.length);
-              fs.ftruncateSync(fd!, layout.fileSize);
+              fs.ftruncateSync(fd, layout.fileSize);
             }
             startPump();
           },
@@ -427,39 +401,18 @@ export async function writeSnapshot(output: string, sources: readonly SnapshotSo
     } finally {
       await pump?.stop();
     }
-    opts.logger?.debug({ bytesWritten: pages.bytesWritten }, 'pages written');
+    opts.logger?.debug({ bytesWritten: written.bytesWritten }, 'pages written');
     await opts.beforeCommit?.();
 
-    // commit
-    const summary = pages.summary;
+    // the metadata, still without the COMPLETE flag (writeAtomically syncs, marks complete, renames)
+    summary = written.summary;
     if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
     writeHeader(fd, layout, summary, 0);
-    if (opts.fsync) fs.fdatasyncSync(fd);
-    opts.logger?.debug('data synced');
-    writeHeader(fd, layout, summary, kFlagComplete);
-    if (opts.fsync) fs.fdatasyncSync(fd);
-    adoptExisting(fd, checkOutputPath(output));
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, output);
-    unregisterTemp(tmp);
-    tmp = undefined;
-    if (opts.fsync) fsyncDir(dir);
-    return {
-      layout, summary, bytesRead: pages.bytesRead, bytesWritten: pages.bytesWritten, channels: pages.channels,
-    };
-  } finally {
-    closeQuietly(fd);
-    if (tmp !== undefined) {
-      try {
-        fs.unlinkSync(tmp);
-      } catch {
-        /* never created */
-      }
-      unregisterTemp(tmp);
-    }
-    lock.release();
-  }
+    return written;
+  });
+  return {
+    layout, summary: pages.summary, bytesRead: pages.bytesRead, bytesWritten: pages.bytesWritten, channels: pages.channels,
+  };
 }
 
 /**
