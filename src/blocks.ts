@@ -4,8 +4,9 @@
  */
 import * as fs from 'node:fs';
 import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
-import { isPowerOfTwo, kMaxPageSize, kMinPageSize, nameProblem } from './format';
+import { nameProblem } from './format';
 import { native } from './native';
+import { checkPageSize } from './options';
 
 export const kHugetlbfsMagic = 0x958458f6;
 export const kTmpfsMagic = 0x01021994;
@@ -92,15 +93,6 @@ function argvHasInvalidUtf8(): boolean {
     rawArgvInvalid = true;
   }
   return rawArgvInvalid;
-}
-
-/** Refuses duplicate block names. */
-export function checkUniqueNames(args: readonly BlockArg[]): void {
-  const seen = new Set<string>();
-  for (const a of args) {
-    if (seen.has(a.name)) throw usageError(`block '${a.name}' is given more than once`, { block: a.name });
-    seen.add(a.name);
-  }
 }
 
 function describeType(st: fs.BigIntStats): string {
@@ -191,10 +183,8 @@ export function closeQuietly(fd: number | undefined): void {
 
 /** The page size a block uses: --page-size if given, else the huge page size on hugetlbfs, else 4096. */
 export function pageSizeFor(file: OpenFile, requested: number | undefined): number {
+  checkPageSize(requested);
   if (requested !== undefined) {
-    if (!isPowerOfTwo(requested) || requested < kMinPageSize || requested > kMaxPageSize) {
-      throw usageError(`option pageSize must be a power of two from ${kMinPageSize} to 1 GiB (${kMaxPageSize}) (got ${requested})`);
-    }
     if (file.hugePageSize !== undefined && requested % file.hugePageSize !== 0) {
       throw usageError(`option pageSize ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
     }

@@ -15,9 +15,10 @@ import { identityOf, sameFile } from './blocks';
 import { explainInterrupt, ioError, isSystemError, snapshotError, usageError } from './errors';
 import { kMinPageSize } from './format';
 import { openImage } from './image';
+import { checkBatchBytes, checkChannels, checkFsync, requireOption } from './options';
 import { checkOutputPath } from './outputs';
 import type { ProgressSink } from './progress';
-import { checkChannels, writeSnapshot, type SavedBlock, type SnapshotSource } from './save';
+import { writeSnapshot, type SavedBlock, type SnapshotSource } from './save';
 
 export interface ConvertOptions {
   /** The QEMU mapped-ram file (or libvirt "sparse" save image) to read. */
@@ -66,8 +67,10 @@ export interface ConvertResult {
 export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const started = process.hrtime.bigint();
   const channels = checkChannels(opts.channels);
-  if (!opts.input) throw usageError('an input file is required');
-  if (!opts.output) throw usageError('an output file is required (-o FILE)');
+  requireOption(opts.input, 'an input file is required');
+  requireOption(opts.output, 'an output file is required (-o FILE)');
+  const fsync = checkFsync(opts.fsync);
+  const batchBytes = checkBatchBytes(opts.batchBytes);
   const output = path.resolve(opts.output);
   const input = path.resolve(opts.input);
   checkOutputPath(output);
@@ -103,8 +106,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     opts.logger?.debug({ input, output, blocks: sources.length, machineType: details.machineType }, 'converting');
 
     const w = await writeSnapshot(output, sources, {
-      command: 'convert', channels, fsync: opts.fsync ?? true, directIo: opts.directIo ?? false,
-      ...(opts.batchBytes !== undefined ? { batchBytes: opts.batchBytes } : {}),
+      command: 'convert', channels, fsync, directIo: opts.directIo ?? false, batchBytes,
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),

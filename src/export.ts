@@ -28,11 +28,11 @@ import { explainInterrupt, integrityError, snapshotError, usageError } from './e
 import { packBitmap } from './format';
 import { openImage } from './image';
 import { kLoadVerify } from './native';
+import { checkBatchBytes, checkChannels, checkFsync, requireOption } from './options';
 import { checkOutputPath } from './outputs';
-import { kDefaultBatchBytes, planBatches } from './plan';
+import { planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { planMappedRamStream } from './qemu-writer';
-import { checkChannels } from './save';
 
 export type ExportFormat = 'qemu' | 'libvirt';
 
@@ -81,8 +81,10 @@ export interface ExportResult {
 export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult> {
   const started = process.hrtime.bigint();
   const channels = checkChannels(opts.channels);
-  if (!opts.snapshot) throw usageError('a snapshot is required');
-  if (!opts.output) throw usageError('an output file is required (output)');
+  requireOption(opts.snapshot, 'a snapshot is required');
+  requireOption(opts.output, 'an output file is required (output)');
+  const fsync = checkFsync(opts.fsync);
+  const batchBytes = checkBatchBytes(opts.batchBytes);
   if (opts.format !== undefined && opts.format !== 'qemu' && opts.format !== 'libvirt') {
     throw usageError(`the export format must be qemu or libvirt (got '${String(opts.format)}')`);
   }
@@ -130,7 +132,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
 
     const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
     const { stats, batches } = await writeAtomically(output, {
-      size: plan.fileSize, fsync: opts.fsync ?? true, ...(opts.logger ? { logger: opts.logger } : {}),
+      size: plan.fileSize, fsync, ...(opts.logger ? { logger: opts.logger } : {}),
       provisional: (fd) => {
         for (const p of plan.pieces) writeAt(fd, p.bytes, p.offset);
       },
@@ -141,7 +143,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
         present: tables[i]!.present, csums: tables[i]!.csums,
         flags: kLoadVerify,
       }));
-      const batches = planBatches(blocks, opts.batchBytes ?? kDefaultBatchBytes);
+      const batches = planBatches(blocks, batchBytes);
       const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
       opts.onProgress?.({ command: 'export', bytesDone: 0, bytesTotal: total });
       const stats = await runChannels({

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUniqueNames, closeQuietly, encodeBlockName, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
+  closeQuietly, encodeBlockName, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
   type BeneathPath, type BlockArg, type OpenFile,
 } from './blocks';
 import type { ChannelBlock } from './channels/messages';
@@ -17,9 +17,8 @@ import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';
 import { kPrivateDirMode, kPrivateFileMode, makePrivateDir } from './outputs';
 import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent } from './native';
-import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
-import { checkChannels } from './save';
+import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
 import { ExtentCursor } from './tables';
 import { walk } from './walk';
@@ -146,6 +145,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const started = process.hrtime.bigint();
   const channels = checkChannels(opts.channels);
   const wantVerify = opts.verify ?? true;
+  const requestedBatchBytes = checkBatchBytes(opts.batchBytes);
   if (!opts.blocks?.length && opts.dir === undefined) throw usageError('give the targets: option blocks (NAME=PATH ...) or option dir');
   if (opts.blocks?.length && opts.dir !== undefined) throw usageError('option blocks and option dir cannot be used together');
   if (opts.blocks) checkUniqueNames(opts.blocks);
@@ -214,7 +214,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const verify = wantVerify && image.hasChecksums;
     const byBlock = new Map(targets.map((t) => [t.index, t]));
     // hugetlbfs targets are written through mappings, so their batches must be whole huge pages
-    const batchBytes = Math.max(opts.batchBytes ?? kDefaultBatchBytes, ...targets.map((t) => t.file.hugePageSize ?? 0));
+    const batchBytes = Math.max(requestedBatchBytes, ...targets.map((t) => t.file.hugePageSize ?? 0));
     const total = targets.reduce((s, t) => s + image.blocks[t.index]!.length, 0);
     opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
     let directIo = opts.directIo ?? false;

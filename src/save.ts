@@ -14,11 +14,9 @@
  * Steps 1 (lock, stale temps), 2, 5 and 6 are the shared protocol of commit.ts.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, checkUniqueNames, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd,
+  checkUnchanged, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd,
   reopenChecked, sameFile, sharedPageBytes,
   type BlockArg,
   type OpenFile,
@@ -28,9 +26,8 @@ import { encodeDeviceState, type DeviceState } from './devstate';
 import { explainInterrupt, usageError } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
 import { writeAt, writeAtomically } from './commit';
-import { checkOutputPath } from './outputs';
+import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
-import { kDefaultBatchBytes } from './plan';
 import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
 import { ExtentCursor, tableSummary, writeTableWindow } from './tables';
@@ -103,38 +100,6 @@ export interface SaveResult {
   bytesWritten: number;
   channels: number;
   seconds: number;
-}
-
-/**
- * The most channels a run may ask for. Why 64: each channel is a worker thread with its own batch
- * buffer (8 MiB by default) and descriptors, and page movement is bound by the disk and memory
- * bandwidth long before that; past a few channels per CPU more threads only add start-up and
- * contention (-j 256 on a sparse file took 70× the time of -j 2).
- */
-export const kMaxChannels = 64;
-
-/** The default channel count: one per CPU (at most kMaxChannels). */
-export const defaultChannels = (): number => Math.min(kMaxChannels, Math.max(1, os.availableParallelism()));
-
-export function checkChannels(n: number | undefined): number {
-  const v = n ?? defaultChannels();
-  if (!Number.isSafeInteger(v) || v < 1 || v > kMaxChannels) {
-    throw usageError(`option channels must be an integer from 1 to ${kMaxChannels} (got ${n})`);
-  }
-  return v;
-}
-
-/** Checks the options common to save and update; returns the channel count and the absolute output path. */
-export function checkWriteOptions(opts: { output: string; blocks: readonly BlockArg[]; channels?: number }): {
-  channels: number; output: string;
-} {
-  const channels = checkChannels(opts.channels);
-  if (!opts.output) throw usageError('an output file is required (-o FILE)');
-  if (opts.blocks.length === 0) throw usageError('at least one block is required (-b NAME=PATH)');
-  checkUniqueNames(opts.blocks);
-  const output = path.resolve(opts.output);
-  checkOutputPath(output); // a regular file or nothing, before any work
-  return { channels, output };
 }
 
 /**
@@ -296,7 +261,7 @@ async function writePages(
       kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: file, directIo: opts.directIo ?? false,
       onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: layout.blocks, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+      blocks: layout.blocks, batchBytes: checkBatchBytes(opts.batchBytes),
       ...(opts.beforeFirstWindow ? { beforeFirstWindow: opts.beforeFirstWindow } : {}),
       prepare: (seg) => {
         const b = layout.blocks[seg.block]!;
@@ -431,8 +396,8 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       path: files[i]!.path, base: 0, identity: { dev: files[i]!.dev, ino: files[i]!.ino, follow: files[i]!.follow },
     }));
     const w = await writeSnapshot(output, sources, {
-      command: 'save', channels, fsync: opts.fsync ?? true, ...(opts.directIo !== undefined ? { directIo: opts.directIo } : {}),
-      ...(opts.batchBytes !== undefined ? { batchBytes: opts.batchBytes } : {}),
+      command: 'save', channels, fsync: checkFsync(opts.fsync), batchBytes: checkBatchBytes(opts.batchBytes),
+      ...(opts.directIo !== undefined ? { directIo: opts.directIo } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),

@@ -29,11 +29,12 @@ import { encodeDeviceState, placeDeviceState, type DeviceState } from './devstat
 import { explainInterrupt, ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { fsyncDir } from './commit';
+import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import { lockOutput } from './lock';
 import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
-import { kDefaultBatchBytes, kWindowPages, planBatches, windowPagesFor } from './plan';
+import { kWindowPages, planBatches, windowPagesFor } from './plan';
 import type { ProgressSink } from './progress';
-import { checkWriteOptions, openSources, refuseAliasing, writeHeader, writeTables, type MetadataSummary } from './save';
+import { openSources, refuseAliasing, writeHeader, writeTables, type MetadataSummary } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { walk, type WalkResult } from './walk';
@@ -86,7 +87,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const started = process.hrtime.bigint();
   const phases = phaseClock();
   const { channels, output } = checkWriteOptions(opts);
-  const doSync = opts.fsync ?? true;
+  const doSync = checkFsync(opts.fsync);
+  const batchBytes = checkBatchBytes(opts.batchBytes);
   const hash64 = native().hash64;
 
   const files = openSources(opts.blocks, opts);
@@ -139,7 +141,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // Blocks with more pages than one window (whole tables would not fit the memory bound): the
     // windowed walk of updatePages below, whose memory is one window of tables
     const windowed = !fitsOneWindow(h.blocks);
-    const plan = windowed ? undefined : planBatches(h.blocks, opts.batchBytes ?? kDefaultBatchBytes);
+    const plan = windowed ? undefined : planBatches(h.blocks, batchBytes);
     team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
     scan = windowed ? undefined
       : scanSources(h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })), channels);
@@ -163,7 +165,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       const total = h.blocks.reduce((s, b) => s + b.length, 0);
       opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
       ({ stats, summary: windowedSummary } = await updatePages(snap.fd, output, h, h.blocks.map((_, i) => files[order[i]!]!), {
-        repair, channels, fsync: doSync, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+        repair, channels, fsync: doSync, batchBytes,
         ...(opts.signal ? { signal: opts.signal } : {}),
         onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
       }).catch((err: unknown) => {

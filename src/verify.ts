@@ -5,16 +5,15 @@
  */
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
-import { checkUniqueNames, closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
+import { closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
 import type { BadPage, ChannelBlock } from './channels/messages';
 import { interruptedError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';
 import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, kVerifyDataMask, native } from './native';
-import { kDefaultBatchBytes } from './plan';
 import { ExtentCursor } from './tables';
 import { walk } from './walk';
 import type { ProgressSink } from './progress';
-import { checkChannels } from './save';
+import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
 
 export interface VerifyOptions {
@@ -79,6 +78,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const channels = checkChannels(opts.channels);
   const maxReported = opts.maxReported ?? 100;
   if (!Number.isSafeInteger(maxReported) || maxReported < 0) throw usageError('maxReported must be a non-negative integer');
+  const batchBytes = checkBatchBytes(opts.batchBytes);
   const against = opts.against ?? [];
   checkUniqueNames(against);
 
@@ -139,7 +139,7 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     const stats = await walk({
       kind: 'verify', channels, snapshotFd: image.fd, snapshotPath: image.path, badCapacity: maxReported,
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: image.blocks, batchBytes: opts.batchBytes ?? kDefaultBatchBytes,
+      blocks: image.blocks, batchBytes,
       prepare: (seg) => {
         const b = image.blocks[seg.block]!;
         const t = seg.tables;

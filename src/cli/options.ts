@@ -1,8 +1,8 @@
 /** Option parsers and the global options every command offers (see README "Use"). */
-import * as os from 'node:os';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { parseBlockArg, type BlockArg } from '../blocks';
 import { kLogFormats, kLogLevels } from '../log';
+import { defaultChannels, kMaxChannels } from '../options';
 
 /** An integer option value in [min, max]. */
 export function parseCount(what: string, min: number, max: number) {
@@ -14,13 +14,10 @@ export function parseCount(what: string, min: number, max: number) {
   };
 }
 
-/** The most channels a run may use (why 64: see kMaxChannels in save.ts, which checks it again). */
-export const kMaxChannels = 64;
-
 /** `-j N`: 1..64 worker threads; 0 means one per CPU (as zstd and xz read `-T0`). */
 export function parseChannels(v: string): number {
   const n = parseCount('--channels', 0, kMaxChannels)(v);
-  return n === 0 ? Math.min(kMaxChannels, Math.max(1, os.availableParallelism())) : n;
+  return n === 0 ? defaultChannels() : n;
 }
 
 /** A size in bytes: 4096, 2M, 1GiB. */

@@ -12,12 +12,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkUniqueNames, closeQuietly, type OpenFile } from '../blocks';
+import { closeQuietly, type OpenFile } from '../blocks';
 import { explainInterrupt, integrityError, snapshotError, usageError } from '../errors';
 import { decodeFixedHeader, decodeHeader, kHeaderBytes, type BlockLayout } from '../format';
 import { openTarget, removeCreated, type LoadedBlock, type LoadOptions, type LoadResult } from '../load';
 import { native } from '../native';
-import { checkChannels } from '../save';
+import { checkChannels, checkUniqueNames } from '../options';
 import { incompleteReason } from '../snapshot';
 import { kPackPage } from './chunk';
 import { makeClient, type S3Options } from './client';

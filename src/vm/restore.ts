@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { snapshotError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
 import { escapeText, QmpClient, QmpError } from '../qmp';
-import { checkChannels } from '../save';
+import { checkChannels } from '../options';
 import { isSharedFileState, readVmDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam, type VmRamBlock } from './ram';

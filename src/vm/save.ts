@@ -22,7 +22,7 @@ import { registerTemp, unregisterTemp } from '../cleanup';
 import { FixedramError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
 import { escapeText, QmpClient, QmpError } from '../qmp';
-import { checkChannels } from '../save';
+import { checkChannels, checkFsync } from '../options';
 import type { DeviceState } from '../devstate';
 import { kMaxDeviceStateBytes, sharedFileDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
@@ -129,7 +129,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   if (!opts.qmp) throw usageError('a QMP socket is required (--qmp SOCKET)');
   const then: VmThen = opts.then ?? 'resume';
   const output = path.resolve(opts.output);
-  const fsync = opts.fsync ?? true;
+  const fsync = checkFsync(opts.fsync);
   const log = opts.logger;
 
   const q = await QmpClient.connect(opts.qmp);
