@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// N-API surface of fixedram: a few synchronous, positional functions called from worker threads.
+// N-API surface of fixedram: a few synchronous functions called from worker threads; the page movers
+// take one options object (fields by name), the small calls positional arguments.
 // TypeScript validates every argument; the guards here only keep a bad call from crashing.
 #include <errno.h>
 #include <linux/fs.h>
@@ -28,51 +29,87 @@ constexpr double kMaxSafe = 9007199254740991.0;
 
 [[noreturn]] void Fail(Napi::Env env, const std::string& what) { throw Napi::TypeError::New(env, what); }
 
-int64_t Int(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsNumber()) Fail(info.Env(), std::string(name) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || v != std::floor(v) || v < -1 || v > kMaxSafe) {
-    Fail(info.Env(), std::string(name) + " must be a safe integer >= -1");
+// Argument i, or undefined when there are fewer.
+Napi::Value Arg(const Napi::CallbackInfo& info, size_t i) { return i < info.Length() ? info[i] : info.Env().Undefined(); }
+
+int64_t IntOf(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (!v.IsNumber()) Fail(env, std::string(name) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d != std::floor(d) || d < -1 || d > kMaxSafe) Fail(env, std::string(name) + " must be a safe integer >= -1");
+  return static_cast<int64_t>(d);
+}
+
+int FdOf(Napi::Env env, const Napi::Value& v, const char* name) {
+  int64_t fd = IntOf(env, v, name);
+  if (fd > INT32_MAX) Fail(env, std::string(name) + " is not a file descriptor");
+  return static_cast<int>(fd);
+}
+
+// A Uint8Array (or Buffer) with at least min_bytes bytes.
+Napi::Uint8Array BytesOf(Napi::Env env, const Napi::Value& v, const char* name, int64_t min_bytes) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Fail(env, std::string(name) + " must be a Uint8Array");
   }
-  return static_cast<int64_t>(v);
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  if (static_cast<int64_t>(a.ByteLength()) < min_bytes) Fail(env, std::string(name) + " is too short");
+  return a;
 }
 
-int Fd(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  int64_t v = Int(info, i, name);
-  if (v > INT32_MAX) Fail(info.Env(), std::string(name) + " is not a file descriptor");
-  return static_cast<int>(v);
-}
-
-// A Uint8Array (or Buffer) argument with at least min_bytes bytes.
-unsigned char* Bytes(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min_bytes) {
-  if (i >= info.Length() || !info[i].IsTypedArray()) Fail(info.Env(), std::string(name) + " must be a Uint8Array");
-  Napi::TypedArray t = info[i].As<Napi::TypedArray>();
-  if (t.TypedArrayType() != napi_uint8_array) Fail(info.Env(), std::string(name) + " must be a Uint8Array");
-  Napi::Uint8Array a = t.As<Napi::Uint8Array>();
-  if (static_cast<int64_t>(a.ByteLength()) < min_bytes) Fail(info.Env(), std::string(name) + " is too short");
-  return a.Data();
-}
-
-int64_t PageSize(const Napi::CallbackInfo& info, size_t i) {
-  int64_t ps = Int(info, i, "pageSize");
-  if (ps < 64 || (ps & (ps - 1)) != 0 || ps > (int64_t{1} << 30)) Fail(info.Env(), "pageSize must be a power of two");
+int64_t PageSizeOf(Napi::Env env, const Napi::Value& v) {
+  int64_t ps = IntOf(env, v, "pageSize");
+  if (ps < 64 || (ps & (ps - 1)) != 0 || ps > (int64_t{1} << 30)) Fail(env, "pageSize must be a power of two");
   return ps;
 }
 
-// Common shape of the page movers' arguments: first, count and the block tables.
-PageBatch Batch(const Napi::CallbackInfo& info, size_t at, int64_t ps) {
-  PageBatch b;
-  b.first = Int(info, at, "firstPage");
-  b.count = Int(info, at + 1, "pageCount");
-  if (b.first < 0 || b.count < 0 || b.count > (int64_t{1} << 30) / 64) Fail(info.Env(), "bad page range");
-  // one page larger than a piece may come with a piece-sized scratch (moved in pieces)
-  const int64_t need = (b.count == 1 && ps > kPieceBytes) ? kPieceBytes : b.count * ps;
-  b.scratch = Bytes(info, at + 2, "scratch", need);
-  b.scratch_bytes = static_cast<int64_t>(info[at + 2].As<Napi::Uint8Array>().ByteLength());
-  b.csums = Bytes(info, at + 3, "csums", 8 * (b.first + b.count));
-  b.present = Bytes(info, at + 4, "present", b.first + b.count);
-  return b;
+// Positional arguments (the short calls).
+int64_t Int(const Napi::CallbackInfo& info, size_t i, const char* name) { return IntOf(info.Env(), Arg(info, i), name); }
+int Fd(const Napi::CallbackInfo& info, size_t i, const char* name) { return FdOf(info.Env(), Arg(info, i), name); }
+unsigned char* Bytes(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min_bytes) {
+  return BytesOf(info.Env(), Arg(info, i), name, min_bytes).Data();
 }
+int64_t PageSize(const Napi::CallbackInfo& info, size_t i) { return PageSizeOf(info.Env(), Arg(info, i)); }
+
+// The one options object of a page mover (savePages, updatePages, loadPages, verifyPages), read by
+// field name; a missing or mistyped field is a TypeError naming it.
+class Options {
+ public:
+  Options(const Napi::CallbackInfo& info, size_t i) : env_(info.Env()) {
+    Napi::Value v = Arg(info, i);
+    if (!v.IsObject() || v.IsArray() || v.IsTypedArray()) Fail(env_, "the options must be an object");
+    obj_ = v.As<Napi::Object>();
+  }
+  Napi::Value Get(const char* name) const { return obj_.Get(name); }
+  int64_t Int(const char* name) const { return IntOf(env_, Get(name), name); }
+  int Fd(const char* name) const { return FdOf(env_, Get(name), name); }
+  unsigned char* Bytes(const char* name, int64_t min_bytes) const { return BytesOf(env_, Get(name), name, min_bytes).Data(); }
+  uint32_t Flags() const { return static_cast<uint32_t>(Int("flags")); }
+  int64_t PageSize() const { return PageSizeOf(env_, Get("pageSize")); }
+  // {fd, base} of a file, e.g. File("src") reads srcFd and srcBase.
+  BlockFile File(const std::string& prefix, int64_t ps, int role) const {
+    const std::string fd = prefix + "Fd";
+    const std::string base = prefix + "Base";
+    return BlockFile{Fd(fd.c_str()), Int(base.c_str()), ps, role};
+  }
+  // The batch: firstPage, pageCount and the block tables (scratch, csums, present).
+  PageBatch Batch(int64_t ps) const {
+    PageBatch b;
+    b.first = Int("firstPage");
+    b.count = Int("pageCount");
+    if (b.first < 0 || b.count < 0 || b.count > (int64_t{1} << 30) / 64) Fail(env_, "bad page range");
+    // one page larger than a piece may come with a piece-sized scratch (moved in pieces)
+    const int64_t need = (b.count == 1 && ps > kPieceBytes) ? kPieceBytes : b.count * ps;
+    Napi::Uint8Array scratch = BytesOf(env_, Get("scratch"), "scratch", need);
+    b.scratch = scratch.Data();
+    b.scratch_bytes = static_cast<int64_t>(scratch.ByteLength());
+    b.csums = Bytes("csums", 8 * (b.first + b.count));
+    b.present = Bytes("present", b.first + b.count);
+    return b;
+  }
+
+ private:
+  Napi::Env env_;
+  Napi::Object obj_;
+};
 
 Napi::Error SysErrorValue(Napi::Env env, const SysError& e) {
   Napi::Error err = Napi::Error::New(env, std::string(e.syscall) + " failed");
@@ -111,18 +148,29 @@ Napi::Value Hash(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(Hash64(a.Data(), a.ByteLength())));
 }
 
-// savePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, mask, flags)
+// The options of savePages and updatePages.
+struct SaveArgs {
+  BlockFile src;
+  BlockFile dst;
+  PageBatch batch;
+  uint32_t flags;
+};
+
+SaveArgs ReadSaveArgs(const Options& o) {
+  const int64_t ps = o.PageSize();
+  SaveArgs a{o.File("src", ps, 0), o.File("dst", ps, 1), o.Batch(ps), o.Flags()};
+  a.batch.mask = (a.flags & kSaveMask) ? o.Bytes("mask", a.batch.first + a.batch.count) : nullptr;
+  return a;
+}
+
+// savePages({srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present,
+//            mask, flags})
 //   mask: Uint8Array, one byte per page of the block (used with kSaveMask; may be empty otherwise)
 //   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages]
 Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
-  const int64_t ps = PageSize(info, 4);
-  BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
-  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
-  PageBatch b = Batch(info, 5, ps);
-  uint32_t flags = static_cast<uint32_t>(Int(info, 11, "flags"));
-  b.mask = (flags & kSaveMask) ? Bytes(info, 10, "mask", b.first + b.count) : nullptr;
+  SaveArgs a = ReadSaveArgs(Options(info, 0));
   try {
-    SaveResult r = SavePages(src, dst, b, flags);
+    SaveResult r = SavePages(a.src, a.dst, a.batch, a.flags);
     return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
                                 r.unchanged_pages});
   } catch (const SysError& e) {
@@ -130,21 +178,15 @@ Napi::Value SavePagesJs(const Napi::CallbackInfo& info) {
   }
 }
 
-// updatePages(srcFd, srcBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, mask, flags)
-//   the arguments of savePages; flags must hold kSaveUpdate
+// updatePages({...}): the options of savePages; flags must hold kSaveUpdate
 //   -> [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
 //       readNs, hashNs, writeNs, punchNs, cpuNs]
 Napi::Value UpdatePagesJs(const Napi::CallbackInfo& info) {
-  const int64_t ps = PageSize(info, 4);
-  BlockFile src{Fd(info, 0, "srcFd"), Int(info, 1, "srcBase"), ps, 0};
-  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
-  PageBatch b = Batch(info, 5, ps);
-  uint32_t flags = static_cast<uint32_t>(Int(info, 11, "flags"));
-  if (!(flags & kSaveUpdate)) Fail(info.Env(), "updatePages needs kSaveUpdate");
-  b.mask = (flags & kSaveMask) ? Bytes(info, 10, "mask", b.first + b.count) : nullptr;
+  SaveArgs a = ReadSaveArgs(Options(info, 0));
+  if (!(a.flags & kSaveUpdate)) Fail(info.Env(), "updatePages needs kSaveUpdate");
   try {
     UpdateTimes t;
-    SaveResult r = UpdatePages(src, dst, b, flags, &t);
+    SaveResult r = UpdatePages(a.src, a.dst, a.batch, a.flags, &t);
     return Numbers(info.Env(), {r.present_pages, r.bytes_read, r.bytes_written, r.written_pages, r.punched_pages,
                                 r.unchanged_pages, t.read_ns, t.hash_ns, t.write_ns, t.punch_ns, t.cpu_ns});
   } catch (const SysError& e) {
@@ -178,14 +220,15 @@ Napi::Value SyncRangeAsyncJs(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// loadPages(snapFd, snapBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags)
+// loadPages({snapFd, snapBase, dstFd, dstBase, pageSize, firstPage, pageCount, scratch, csums, present, flags})
 //   -> [bytesRead, bytesWritten, zeroedPages, badPage, badActual (bigint)]
 Napi::Value LoadPagesJs(const Napi::CallbackInfo& info) {
-  const int64_t ps = PageSize(info, 4);
-  BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
-  BlockFile dst{Fd(info, 2, "dstFd"), Int(info, 3, "dstBase"), ps, 1};
-  PageBatch b = Batch(info, 5, ps);
-  uint32_t flags = static_cast<uint32_t>(Int(info, 10, "flags"));
+  const Options o(info, 0);
+  const int64_t ps = o.PageSize();
+  BlockFile snap = o.File("snap", ps, 0);
+  BlockFile dst = o.File("dst", ps, 1);
+  PageBatch b = o.Batch(ps);
+  uint32_t flags = o.Flags();
   try {
     LoadResult r = LoadPages(snap, dst, b, flags);
     Napi::Array a = Numbers(info.Env(), {r.bytes_read, r.bytes_written, r.zeroed_pages, r.bad_page});
@@ -196,22 +239,23 @@ Napi::Value LoadPagesJs(const Napi::CallbackInfo& info) {
   }
 }
 
-// verifyPages(snapFd, snapBase, pageSize, firstPage, pageCount, scratch, csums, present,
-//             againstFd, againstBase, scratch2, bad (BigUint64Array of triples), flags, mask)
+// verifyPages({snapFd, snapBase, pageSize, firstPage, pageCount, scratch, csums, present, againstFd,
+//              againstBase, scratch2, bad (BigUint64Array of triples), flags, mask})
 //   -> [bytesRead, badCount]; mask (with kVerifyDataMask): one byte per page, 1 where the slot holds data
 Napi::Value VerifyPagesJs(const Napi::CallbackInfo& info) {
-  const int64_t ps = PageSize(info, 2);
-  BlockFile snap{Fd(info, 0, "snapFd"), Int(info, 1, "snapBase"), ps, 0};
-  PageBatch b = Batch(info, 3, ps);
-  BlockFile against{Fd(info, 8, "againstFd"), Int(info, 9, "againstBase"), ps, 1};
-  unsigned char* scratch2 = Bytes(info, 10, "scratch2", against.fd >= 0 ? std::min<int64_t>(b.count * ps, b.scratch_bytes) : 0);
-  if (info.Length() < 12 || !info[11].IsTypedArray() ||
-      info[11].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+  const Options o(info, 0);
+  const int64_t ps = o.PageSize();
+  BlockFile snap = o.File("snap", ps, 0);
+  PageBatch b = o.Batch(ps);
+  BlockFile against = o.File("against", ps, 1);
+  unsigned char* scratch2 = o.Bytes("scratch2", against.fd >= 0 ? std::min<int64_t>(b.count * ps, b.scratch_bytes) : 0);
+  Napi::Value bad_value = o.Get("bad");
+  if (!bad_value.IsTypedArray() || bad_value.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
     Fail(info.Env(), "bad must be a BigUint64Array");
   }
-  Napi::BigUint64Array bad = info[11].As<Napi::BigUint64Array>();
-  uint32_t flags = static_cast<uint32_t>(Int(info, 12, "flags"));
-  if (flags & kVerifyDataMask) b.mask = Bytes(info, 13, "mask", b.first + b.count);
+  Napi::BigUint64Array bad = bad_value.As<Napi::BigUint64Array>();
+  uint32_t flags = o.Flags();
+  if (flags & kVerifyDataMask) b.mask = o.Bytes("mask", b.first + b.count);
   try {
     VerifyResult r = VerifyPages(snap, against, b, scratch2, bad.Data(), static_cast<int64_t>(bad.ElementLength() / 3), flags);
     return Numbers(info.Env(), {r.bytes_read, r.bad_count});

@@ -110,6 +110,28 @@ bool MarkData(const BlockFile& f, const PageBatch& b, std::vector<uint8_t>* mark
   return true;
 }
 
+// A shared mapping, unmapped when it goes out of scope, however the scope ends (every mmap in this
+// file is held by one).
+struct Mapping {
+  unsigned char* base = nullptr;
+  size_t len = 0;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  Mapping() = default;
+  ~Mapping() {
+    if (base != nullptr) munmap(base, len);
+  }
+};
+
+// Maps [off, off + len) of a target read-write and shared (hugetlbfs: pwrite fails with EINVAL, so
+// pages are copied through a mapping whose memory is the target's).
+void MapWritable(const BlockFile& f, int64_t off, int64_t len, Mapping* m) {
+  void* p = mmap(nullptr, static_cast<size_t>(len), PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, off);
+  if (p == MAP_FAILED) throw SysError{errno, "mmap", off, f.role};
+  m->base = static_cast<unsigned char*>(p);
+  m->len = static_cast<size_t>(len);
+}
+
 }  // namespace
 
 uint64_t Hash64(const void* data, size_t len) { return XXH3_64bits(data, len); }
@@ -230,11 +252,12 @@ LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatc
 
   const bool zero = (flags & kLoadZeroAbsent) != 0;
   if (flags & kLoadMmapTarget) {
-    // hugetlbfs: pwrite fails with EINVAL, so copy through a shared mapping of exactly the batch.
+    // hugetlbfs: copy through a shared mapping of exactly the batch (unmapped on every way out,
+    // also when a punch below throws)
     const int64_t off = PageOffset(dst, b.first);
-    void* m = mmap(nullptr, static_cast<size_t>(n * ps), PROT_READ | PROT_WRITE, MAP_SHARED, dst.fd, off);
-    if (m == MAP_FAILED) throw SysError{errno, "mmap", off, dst.role};
-    unsigned char* base = static_cast<unsigned char*>(m);
+    Mapping m;
+    MapWritable(dst, off, n * ps, &m);
+    unsigned char* base = m.base;
     ForRuns(marks, 1, [&](int64_t i, int64_t j) {
       memcpy(base + i * ps, b.scratch + i * ps, static_cast<size_t>((j - i) * ps));
       r.bytes_written += (j - i) * ps;
@@ -245,7 +268,6 @@ LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatc
         r.zeroed_pages += j - i;
       });
     }
-    munmap(m, static_cast<size_t>(n * ps));
     return r;
   }
 
@@ -525,20 +547,9 @@ LoadResult LoadHugePage(const BlockFile& snap, const BlockFile& dst, const PageB
   const int64_t dst_off = On(dst, [&] { return PageOffset(dst, p); });
   const bool present = b.present[p] != 0;
   if (!present && !zero_absent) return r;
-  unsigned char* map = nullptr;
-  if (mmap_target) {
-    // hugetlbfs: pwrite fails with EINVAL; the mapping is of one (huge) page, its memory is the target's
-    void* m = mmap(nullptr, static_cast<size_t>(ps), PROT_READ | PROT_WRITE, MAP_SHARED, dst.fd, dst_off);
-    if (m == MAP_FAILED) throw SysError{errno, "mmap", dst_off, dst.role};
-    map = static_cast<unsigned char*>(m);
-  }
-  struct Unmap {
-    unsigned char* m;
-    int64_t n;
-    ~Unmap() {
-      if (m != nullptr) munmap(m, static_cast<size_t>(n));
-    }
-  } unmap{map, ps};
+  Mapping target;  // hugetlbfs: a mapping of the one (huge) page
+  if (mmap_target) MapWritable(dst, dst_off, ps, &target);
+  unsigned char* map = target.base;
   auto zero_piece = [&](int64_t at, int64_t len) {
     if (map != nullptr) {
       if (!On(dst, [&] { return PunchHole(dst.fd, dst_off + at, len); })) memset(map + at, 0, static_cast<size_t>(len));
@@ -743,18 +754,6 @@ bool Guarded(const unsigned char* lo, size_t len, const unsigned char** fault, F
   tl_jump = nullptr;
   return true;
 }
-
-// A read-only shared mapping of a batch's pages, unmapped when it goes out of scope.
-struct Mapping {
-  unsigned char* base = nullptr;
-  size_t len = 0;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  Mapping() = default;
-  ~Mapping() {
-    if (base != nullptr) munmap(base, len);
-  }
-};
 
 // Maps the batch's pages of src when that is safe and cheap: host-sized pages (a read fault on a
 // hole of a tmpfs or hugetlbfs file would allocate memory; large pages are read instead). False:

@@ -11,7 +11,8 @@ import { checkDeviceStatePlace, placeDeviceState } from './devstate';
 import { snapshotError } from './errors';
 
 export const kMagic = Buffer.from('FIXEDRAM', 'latin1');
-export const kVersion = 1;
+/** The version of the snapshot format (docs/format-v1.md) in the header; the package version is kPackageVersion in cli/program.ts. */
+export const kFormatVersion = 1;
 export const kHeaderBytes = 64;
 export const kEntryBytes = 320;
 export const kMaxNameBytes = 255;
@@ -135,7 +136,7 @@ export function encodeHeader(
 ): Buffer {
   const buf = Buffer.alloc(kHeaderBytes + layout.blocks.length * kEntryBytes);
   kMagic.copy(buf, 0);
-  buf.writeUInt32LE(kVersion, 8);
+  buf.writeUInt32LE(kFormatVersion, 8);
   buf.writeUInt32LE(layout.deviceState ? flags | kFlagDeviceState : flags & ~kFlagDeviceState, 12);
   buf.writeUInt32LE(layout.blocks.length, 16);
   buf.writeUInt32LE(kEntryBytes, 20);
@@ -195,8 +196,8 @@ export function decodeFixedHeader(head: Buffer, fileSize: number): { blockCount:
     throw snapshotError('ERR_SNAPSHOT_INVALID', 'not a fixedram snapshot (bad magic)', { offset: 0 });
   }
   const version = head.readUInt32LE(8);
-  if (version !== kVersion) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported snapshot version ${version} (this fixedram reads ${kVersion})`, { offset: 8 });
+  if (version !== kFormatVersion) {
+    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported snapshot version ${version} (this fixedram reads ${kFormatVersion})`, { offset: 8 });
   }
   const entryBytes = head.readUInt32LE(20);
   const tableOffset = head.readBigUInt64LE(24);
@@ -340,7 +341,7 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     throw snapshotError('ERR_SNAPSHOT_INVALID', `snapshot has ${fileSize - declaredSize} unexpected bytes after offset 0x${declaredSize.toString(16)}`, { offset: declaredSize });
   }
   return {
-    version: kVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums,
+    version: kFormatVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums,
     ...(deviceState ? { deviceState } : {}),
   };
 }

@@ -30,6 +30,50 @@ export const kBadChecksum = 1;
 export const kAbsentNotZero = 2;
 export const kDiffersFromLive = 3;
 
+/** A batch of pages [firstPage, firstPage + pageCount) of one block and its tables (every page mover). */
+export interface PageBatchOptions {
+  pageSize: number;
+  firstPage: number;
+  pageCount: number;
+  /** Room for the batch's pages (one piece for a page moved in pieces). */
+  scratch: Uint8Array;
+  /** The block's checksum table and present bytes (indexed by page of the block). */
+  csums: Uint8Array;
+  present: Uint8Array;
+  flags: number;
+}
+
+/** savePages and updatePages: page i of the source at srcBase + i × pageSize goes to dstBase + i × pageSize. */
+export interface SavePagesOptions extends PageBatchOptions {
+  srcFd: number;
+  srcBase: number;
+  dstFd: number;
+  dstBase: number;
+  /** One byte per page of the block (with kSaveMask; may be empty otherwise). */
+  mask: Uint8Array;
+}
+
+/** loadPages: page i of the snapshot at snapBase + i × pageSize goes to dstBase + i × pageSize. */
+export interface LoadPagesOptions extends PageBatchOptions {
+  snapFd: number;
+  snapBase: number;
+  dstFd: number;
+  dstBase: number;
+}
+
+/** verifyPages: the snapshot's pages, and a live file to compare them with (againstFd -1: none). */
+export interface VerifyPagesOptions extends PageBatchOptions {
+  snapFd: number;
+  snapBase: number;
+  againstFd: number;
+  againstBase: number;
+  scratch2: Uint8Array;
+  /** Receives (page, kind, actual hash) triples. */
+  bad: BigUint64Array;
+  /** With kVerifyDataMask: one byte per page, 1 where the slot holds data. */
+  mask: Uint8Array;
+}
+
 export interface Native {
   /** The flag and kind values of native/pages.h, by the names used here. */
   constants: Record<string, number>;
@@ -39,34 +83,18 @@ export interface Native {
   /** XXH3-64 (seed 0). */
   hash64: (bytes: Uint8Array) => bigint; // a plain function: callers pass it on unbound
   /** → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages] */
-  savePages(
-    srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
-    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
-    mask: Uint8Array, flags: number,
-  ): [number, number, number, number, number, number];
+  savePages(o: SavePagesOptions): [number, number, number, number, number, number];
   /**
-   * The --update mover (flags must hold kSaveUpdate): the arguments of savePages; reads and hashes
+   * The --update mover (flags must hold kSaveUpdate): the options of savePages; reads and hashes
    * in cache-sized runs, writes only changed pages, never starts write-back itself.
    * → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
    *    readNs, hashNs, writeNs, punchNs, cpuNs] (wall time spent in each phase; the thread's CPU time)
    */
-  updatePages(
-    srcFd: number, srcBase: number, dstFd: number, dstBase: number, pageSize: number,
-    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
-    mask: Uint8Array, flags: number,
-  ): [number, number, number, number, number, number, number, number, number, number, number];
+  updatePages(o: SavePagesOptions): [number, number, number, number, number, number, number, number, number, number, number];
   /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
-  loadPages(
-    snapFd: number, snapBase: number, dstFd: number, dstBase: number, pageSize: number,
-    firstPage: number, pageCount: number, scratch: Uint8Array, csums: Uint8Array, present: Uint8Array,
-    flags: number,
-  ): [number, number, number, number, bigint];
+  loadPages(o: LoadPagesOptions): [number, number, number, number, bigint];
   /** → [bytesRead, badCount]; bad receives (page, kind, actual hash) triples. */
-  verifyPages(
-    snapFd: number, snapBase: number, pageSize: number, firstPage: number, pageCount: number,
-    scratch: Uint8Array, csums: Uint8Array, present: Uint8Array, againstFd: number, againstBase: number,
-    scratch2: Uint8Array, bad: BigUint64Array, flags: number, mask?: Uint8Array,
-  ): [number, number];
+  verifyPages(o: VerifyPagesOptions): [number, number];
   /**
    * Marks in `mask` (one byte per page) the pages [firstPage, firstPage + pageCount) of a block at
    * `base` that overlap data extents, in one SEEK_DATA/SEEK_HOLE walk. False: no hole information

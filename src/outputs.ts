@@ -11,6 +11,7 @@
  *   update does): the new file takes them just before it is renamed over the old one.
  */
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { ExitCode, FixedramError, isSystemError, sysError } from './errors';
 
@@ -63,7 +64,7 @@ export function checkOutputPath(output: string, what = 'output'): ExistingOutput
   } catch (err) {
     throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
   }
-  if (!ds.isDirectory()) throw sysError(20 /* ENOTDIR */, 'stat', { path: dir });
+  if (!ds.isDirectory()) throw sysError(osConstants.errno.ENOTDIR, 'stat', { path: dir });
   return st ? { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } : undefined;
 }
 
@@ -133,7 +134,7 @@ export function makePrivateDir(dir: string): void {
     if (!isSystemError(err) || err.code !== 'ENOENT') throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
   }
   if (st) {
-    if (!st.isDirectory()) throw sysError(20 /* ENOTDIR */, 'mkdir', { path: dir });
+    if (!st.isDirectory()) throw sysError(osConstants.errno.ENOTDIR, 'mkdir', { path: dir });
     return;
   }
   const parent = path.dirname(dir);

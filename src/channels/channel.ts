@@ -5,6 +5,7 @@
  * a job of a single batch, where starting a thread would cost more than the work.
  */
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { reopenChecked } from '../blocks';
 import { integrityError, toRecord } from '../errors';
 import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native } from '../native';
@@ -65,8 +66,10 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const where = { block: b.name };
       const once = (): void => {
         if (job.kind === 'save' && (b.flags & kSaveUpdate) !== 0) {
-          const r = addon.updatePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
-            scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);
+          const r = addon.updatePages({
+            srcFd: liveFd(blockIndex, b), srcBase: b.liveBase, dstFd: snapFd, dstBase: b.snapBase, pageSize: b.pageSize,
+            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, mask: b.mask ?? kNoMask, flags: b.flags,
+          });
           stats.presentPages += r[0];
           stats.bytesRead += r[1];
           stats.bytesWritten += r[2];
@@ -79,8 +82,10 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           stats.punchNs += r[9];
           stats.cpuNs += r[10];
         } else if (job.kind === 'save') {
-          const r = addon.savePages(liveFd(blockIndex, b), b.liveBase, snapFd, b.snapBase, b.pageSize, first, count,
-            scratch, b.csums, b.present, b.mask ?? kNoMask, b.flags);
+          const r = addon.savePages({
+            srcFd: liveFd(blockIndex, b), srcBase: b.liveBase, dstFd: snapFd, dstBase: b.snapBase, pageSize: b.pageSize,
+            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, mask: b.mask ?? kNoMask, flags: b.flags,
+          });
           stats.presentPages += r[0];
           stats.bytesRead += r[1];
           stats.bytesWritten += r[2];
@@ -88,8 +93,10 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           stats.punchedPages += r[4];
           stats.unchangedPages += r[5];
         } else if (job.kind === 'load') {
-          const r = addon.loadPages(snapFd, b.snapBase, liveFd(blockIndex, b), b.liveBase, b.pageSize, first, count,
-            scratch, b.csums, b.present, b.flags);
+          const r = addon.loadPages({
+            snapFd, snapBase: b.snapBase, dstFd: liveFd(blockIndex, b), dstBase: b.liveBase, pageSize: b.pageSize,
+            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, flags: b.flags,
+          });
           stats.bytesRead += r[0];
           stats.bytesWritten += r[1];
           stats.zeroedPages += r[2];
@@ -103,8 +110,11 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           }
         } else {
           const fd = b.liveFd !== undefined || b.liveIno !== undefined ? liveFd(blockIndex, b) : -1;
-          const r = addon.verifyPages(snapFd, b.snapBase, b.pageSize, first, count, scratch, b.csums, b.present,
-            fd, b.liveBase, scratch2, bad, b.flags, b.mask ?? kNoMask);
+          const r = addon.verifyPages({
+            snapFd, snapBase: b.snapBase, pageSize: b.pageSize, firstPage: first, pageCount: count, scratch,
+            csums: b.csums, present: b.present, againstFd: fd, againstBase: b.liveBase, scratch2, bad, flags: b.flags,
+            mask: b.mask ?? kNoMask,
+          });
           stats.bytesRead += r[0];
           const reported = Math.min(r[1], job.badCapacity - stats.bad.length);
           for (let k = 0; k < reported; k++) {
@@ -130,7 +140,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           // O_DIRECT refused on this file system or for this transfer: go on buffered, once.
           const e = err as { errno?: number; file?: number };
           const snapRole = job.kind === 'save' ? 1 : 0;
-          if (!direct || e.errno !== 22 || e.file !== snapRole) throw err;
+          if (!direct || e.errno !== osConstants.errno.EINVAL || e.file !== snapRole) throw err;
           direct = false;
           fs.closeSync(snapFd);
           snapFd = -1;

@@ -16,7 +16,8 @@ import { kCommands } from './commands';
 import { addGlobalOptions, type GlobalFlags } from './options';
 import { cliExitCodeOf, errorEnvelope, errorLine, guardStdout, resultEnvelope, StderrLines } from './output';
 
-const kVersion: string = (require('../../../package.json') as { version: string }).version;
+/** The version of the package (--version); the snapshot format has its own, kFormatVersion in format.ts. */
+const kPackageVersion: string = (require('../../../package.json') as { version: string }).version;
 
 export const kExitHelp = `
 Exit status:
@@ -68,7 +69,7 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
   program
     .name('fixedram')
     .description(kDescription)
-    .version(kVersion)
+    .version(kPackageVersion)
     .usage('<command> [options]')
     .addHelpText('after', kExitHelp)
     .exitOverride()
