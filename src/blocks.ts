@@ -1,21 +1,19 @@
 /**
- * RAM block files: parsing `NAME=PATH`, opening sources and targets safely, recognising hugetlbfs,
- * and the injective name → file name encoding used by `load --dir`.
+ * RAM block files: opening sources and targets safely (type, size, identity, beneath a directory
+ * for `load --dir`), recognising hugetlbfs, the page size a block uses, the checks that a file is
+ * still what was opened, and the O_DIRECT probe. Parsing `NAME=PATH` is block-args.ts, the
+ * name → file name encoding block-names.ts.
  */
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
-import { nameProblem } from './format';
+import type { BlockArg } from './block-args';
 import { native } from './native';
 import { checkPageSize } from './options';
 
 export const kHugetlbfsMagic = 0x958458f6;
 export const kTmpfsMagic = 0x01021994;
 export const kDefaultPageSize = 4096;
-
-export interface BlockArg {
-  name: string;
-  path: string;
-}
 
 /** Identity of an open file, to detect replacement and aliasing. */
 export interface FileIdentity {
@@ -50,49 +48,6 @@ export interface FileOptions {
   followSymlinks?: boolean;
   /** Accept block devices (their size comes from BLKGETSIZE64). */
   allowDevice?: boolean;
-}
-
-/** Parses `NAME=PATH` (split at the first '='). */
-export function parseBlockArg(arg: string): BlockArg {
-  const eq = arg.indexOf('=');
-  if (eq <= 0 || eq === arg.length - 1) throw usageError(`block must be NAME=PATH (got '${arg}')`);
-  const name = arg.slice(0, eq);
-  const problem = nameProblem(name);
-  if (problem) throw usageError(`${problem}: '${name}'`);
-  if (name.includes('\uFFFD') && argvHasInvalidUtf8()) {
-    // Node decodes argv as UTF-8 and turns invalid bytes into U+FFFD: a name we cannot store exactly
-    throw usageError(`a block name must be valid UTF-8: '${name}' (U+FFFD marks the bytes that are not)`);
-  }
-  return { name, path: arg.slice(eq + 1) };
-}
-
-let rawArgvInvalid: boolean | undefined;
-
-/**
- * Whether this process's command line, as the kernel holds it (/proc/self/cmdline: the bytes
- * before Node decoded them), has an argument that is not valid UTF-8. Where it cannot be read, a
- * U+FFFD is taken as the mark of one (refusing is the safe side).
- */
-function argvHasInvalidUtf8(): boolean {
-  if (rawArgvInvalid !== undefined) return rawArgvInvalid;
-  try {
-    const raw = fs.readFileSync('/proc/self/cmdline');
-    const decoder = new TextDecoder('utf-8', { fatal: true });
-    rawArgvInvalid = false;
-    let start = 0;
-    for (let i = 0; i <= raw.length; i++) {
-      if (i < raw.length && raw[i] !== 0) continue;
-      try {
-        decoder.decode(raw.subarray(start, i));
-      } catch {
-        rawArgvInvalid = true;
-      }
-      start = i + 1;
-    }
-  } catch {
-    rawArgvInvalid = true;
-  }
-  return rawArgvInvalid;
 }
 
 function describeType(st: fs.BigIntStats): string {
@@ -267,39 +222,6 @@ export function identityOf(file: string): FileIdentity | undefined {
 export const sameFile = (a: FileIdentity, b: FileIdentity): boolean => a.dev === b.dev && a.ino === b.ino;
 
 /**
- * Encodes a block name as a relative path below a directory, injectively: bytes other than
- * [A-Za-z0-9_.-] become %XX (upper-case hex), a leading '.' becomes %2E, so no component is '.',
- * '..' or hidden and no '/' survives. An encoding longer than 200 bytes is split into 200-byte
- * components, each but the last followed by '+' (which the encoding never produces), so a prefix
- * directory can never collide with a file name.
- */
-export function encodeBlockName(name: string): string {
-  const bytes = Buffer.from(name, 'utf8');
-  let out = '';
-  bytes.forEach((b, i) => {
-    const ch = String.fromCharCode(b);
-    const keep = /[A-Za-z0-9_.-]/.test(ch) && !(i === 0 && ch === '.');
-    out += keep ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
-  });
-  const parts: string[] = [];
-  for (let i = 0; i < out.length; i += 200) parts.push(out.slice(i, i + 200));
-  return parts.map((p, i) => (i < parts.length - 1 ? `${p}+` : p)).join('/');
-}
-
-/** Inverse of {@link encodeBlockName}. */
-export function decodeBlockName(rel: string): string {
-  const joined = rel.split('/').map((p, i, all) => (i < all.length - 1 ? p.slice(0, -1) : p)).join('');
-  const bytes: number[] = [];
-  for (let i = 0; i < joined.length; i++) {
-    if (joined[i] === '%') {
-      bytes.push(parseInt(joined.slice(i + 1, i + 3), 16));
-      i += 2;
-    } else bytes.push(joined.charCodeAt(i));
-  }
-  return Buffer.from(bytes).toString('utf8');
-}
-
-/**
  * Opens `at.rel` below the directory descriptor `at.dirFd` (native openBeneath: openat2
  * RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or openat + O_NOFOLLOW per component): no component may be a
  * symlink and nothing outside the directory can be reached, however the tree changes meanwhile.
@@ -312,7 +234,7 @@ export function openBeneath(at: BeneathPath, flags: number, mode: number, file: 
     const e = err as { errno?: unknown; syscall?: unknown };
     if (typeof e.errno === 'number' && typeof e.syscall === 'string') {
       // a symlink anywhere on the way: openat2 says EXDEV or ELOOP, openat with O_NOFOLLOW ELOOP or ENOTDIR
-      const errno = e.errno === 18 /* EXDEV */ ? 40 /* ELOOP */ : e.errno;
+      const errno = e.errno === osConstants.errno.EXDEV ? osConstants.errno.ELOOP : e.errno;
       throw sysError(errno, e.syscall, { path: file });
     }
     throw err;
@@ -344,4 +266,43 @@ export function probeDirectIo(file: string, flags: number): boolean {
 /** A Node-shaped error for a path, for checks made in TypeScript (e.g. ENOTDIR). */
 export function pathError(errno: number, syscall: string, file: string, block?: string): Error {
   return sysError(errno, syscall, { path: file, ...(block !== undefined ? { block } : {}) });
+}
+
+/**
+ * Opens every source read-only, checks type, size and page size, and closes it again (channels
+ * reopen sources by path and check their identity; see releaseFd).
+ */
+export function openSources(
+  blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
+): OpenFile[] {
+  const opened: OpenFile[] = [];
+  try {
+    for (const b of blocks) {
+      const f = openBlockFile(b.path, fs.constants.O_RDONLY, {
+        block: b.name, followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
+      });
+      opened.push(f);
+      const ps = pageSizeFor(f, opts.pageSize);
+      if (f.size % ps !== 0) {
+        throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`,
+          { block: b.name, path: b.path });
+      }
+      releaseFd(f);
+    }
+    return opened;
+  } catch (err) {
+    for (const f of opened) closeQuietly(f.fd);
+    throw err;
+  }
+}
+
+/** Refuses an output that is one of the given files (same device and inode; hard links too). */
+export function refuseAliasing(output: string, files: readonly { name: string; file: OpenFile }[]): void {
+  const id = identityOf(output);
+  if (!id) return;
+  for (const { name, file } of files) {
+    if (sameFile(id, file)) {
+      throw usageError(`output '${output}' is the same file as block '${name}' ('${file.path}')`, { path: output, block: name });
+    }
+  }
 }

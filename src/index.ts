@@ -14,6 +14,7 @@ export { exportSnapshot, type ExportOptions, type ExportResult, type ExportForma
 export { vmSave, type VmSaveOptions, type VmSaveResult, type VmThen } from './vm/save';
 export { vmRestore, type VmRestoreOptions, type VmRestoreResult } from './vm/restore';
 export { QmpClient, QmpError, type QmpEvent, type QmpOptions } from './qmp';
-export { encodeBlockName, decodeBlockName, parseBlockArg, type BlockArg } from './blocks';
+export { parseBlockArg, type BlockArg } from './block-args';
+export { encodeBlockName, decodeBlockName } from './block-names';
 export { ExitCode, FixedramError, exitCodeOf, type ErrorRecord } from './errors';
 export type { ProgressEvent, ProgressSink } from './progress';

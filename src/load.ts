@@ -9,9 +9,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  closeQuietly, encodeBlockName, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
-  type BeneathPath, type BlockArg, type OpenFile,
+  closeQuietly, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
+  type BeneathPath, type OpenFile,
 } from './blocks';
+import type { BlockArg } from './block-args';
+import { encodeBlockName } from './block-names';
 import type { ChannelBlock } from './channels/messages';
 import { explainInterrupt, ioError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';

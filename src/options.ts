@@ -5,7 +5,7 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { BlockArg } from './blocks';
+import type { BlockArg } from './block-args';
 import { usageError } from './errors';
 import { isPowerOfTwo, kMaxPageSize, kMinPageSize } from './format';
 import { checkOutputPath } from './outputs';

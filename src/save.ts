@@ -16,14 +16,12 @@
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, closeQuietly, identityOf, openBlockFile, pageSizeFor, probeDirectIo, releaseFd,
-  reopenChecked, sameFile, sharedPageBytes,
-  type BlockArg,
-  type OpenFile,
+  checkUnchanged, closeQuietly, openSources, pageSizeFor, probeDirectIo, refuseAliasing, reopenChecked, sharedPageBytes,
 } from './blocks';
+import type { BlockArg } from './block-args';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
-import { explainInterrupt, usageError } from './errors';
+import { explainInterrupt } from './errors';
 import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
 import { writeAt, writeAtomically } from './commit';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
@@ -100,45 +98,6 @@ export interface SaveResult {
   bytesWritten: number;
   channels: number;
   seconds: number;
-}
-
-/**
- * Opens every source read-only, checks type, size and page size, and closes it again (channels
- * reopen sources by path and check their identity; see releaseFd).
- */
-export function openSources(
-  blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
-): OpenFile[] {
-  const opened: OpenFile[] = [];
-  try {
-    for (const b of blocks) {
-      const f = openBlockFile(b.path, fs.constants.O_RDONLY, {
-        block: b.name, followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
-      });
-      opened.push(f);
-      const ps = pageSizeFor(f, opts.pageSize);
-      if (f.size % ps !== 0) {
-        throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`,
-          { block: b.name, path: b.path });
-      }
-      releaseFd(f);
-    }
-    return opened;
-  } catch (err) {
-    for (const f of opened) closeQuietly(f.fd);
-    throw err;
-  }
-}
-
-/** Refuses an output that is one of the given files (same device and inode; hard links too). */
-export function refuseAliasing(output: string, files: readonly { name: string; file: OpenFile }[]): void {
-  const id = identityOf(output);
-  if (!id) return;
-  for (const { name, file } of files) {
-    if (sameFile(id, file)) {
-      throw usageError(`output '${output}' is the same file as block '${name}' ('${file.path}')`, { path: output, block: name });
-    }
-  }
 }
 
 /** Per-block present counts and metadata checksums, as the header stores them. */

@@ -22,7 +22,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { checkUnchanged, closeQuietly, pageSizeFor, reopenChecked, sharedPageBytes, type BlockArg, type OpenFile } from './blocks';
+import {
+  checkUnchanged, closeQuietly, openSources, pageSizeFor, refuseAliasing, reopenChecked, sharedPageBytes, type OpenFile,
+} from './blocks';
+import type { BlockArg } from './block-args';
 import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, placeDeviceState, type DeviceState } from './devstate';
@@ -34,7 +37,7 @@ import { lockOutput } from './lock';
 import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
 import { kWindowPages, planBatches, windowPagesFor } from './plan';
 import type { ProgressSink } from './progress';
-import { openSources, refuseAliasing, writeHeader, writeTables, type MetadataSummary } from './save';
+import { writeHeader, writeTables, type MetadataSummary } from './save';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { walk, type WalkResult } from './walk';

@@ -5,7 +5,8 @@
  */
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
-import { closeQuietly, openBlockFile, type BlockArg, type OpenFile } from './blocks';
+import type { BlockArg } from './block-args';
+import { closeQuietly, openBlockFile, type OpenFile } from './blocks';
 import type { BadPage, ChannelBlock } from './channels/messages';
 import { interruptedError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';

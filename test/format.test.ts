@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { decodeBlockName, encodeBlockName } from '../src/blocks';
+import { decodeBlockName, encodeBlockName } from '../src/block-names';
 import {
   decodeHeader, encodeHeader, kFlagComplete, kHeaderBytes, kPagesAlign, packBitmap, planLayout, unpackBitmap,
 } from '../src/format';

@@ -1,6 +1,6 @@
 /** Option parsers and the global options every command offers (see README "Use"). */
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { parseBlockArg, type BlockArg } from '../blocks';
+import { parseBlockArg, type BlockArg } from '../block-args';
 import { kLogFormats, kLogLevels } from '../log';
 import { defaultChannels, kMaxChannels } from '../options';
 

@@ -1,5 +1,5 @@
 /** `fixedram load`. */
-import type { BlockArg } from '../../blocks';
+import type { BlockArg } from '../../block-args';
 import type { LoadOptions, LoadResult } from '../../load';
 import type { S3CommandOptions } from '../../s3/commands';
 import { defineCommand, withContext } from '../command';

@@ -1,5 +1,5 @@
 /** `fixedram save` (and `save --update`). */
-import type { BlockArg } from '../../blocks';
+import type { BlockArg } from '../../block-args';
 import { ExitCode } from '../../errors';
 import type { SaveOptions, SaveResult } from '../../save';
 import type { S3CommandOptions, S3SaveResult } from '../../s3/commands';

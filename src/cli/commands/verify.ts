@@ -1,5 +1,5 @@
 /** `fixedram verify`. */
-import type { BlockArg } from '../../blocks';
+import type { BlockArg } from '../../block-args';
 import { ExitCode } from '../../errors';
 import type { S3CommandOptions } from '../../s3/commands';
 import type { VerifyOptions, VerifyResult } from '../../verify';
