@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { reopenChecked } from '../blocks';
 import { integrityError, toRecord } from '../errors';
-import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native } from '../native';
+import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native, type Native } from '../native';
 import {
   emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
 } from './messages';
@@ -20,8 +20,16 @@ const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
 
 /** Runs a channel to the end; every outcome is reported through `post`, nothing is thrown. */
 export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): void {
-  const addon = native();
   const control = new Int32Array(job.control);
+  let addon: Native;
+  try {
+    // loading the addon in this thread can fail too (EMFILE under a small `ulimit -n`): a record, like every failure
+    addon = native();
+  } catch (err) {
+    Atomics.store(control, kCtlCancel, 2);
+    post({ type: 'failed', error: toRecord(err) });
+    return;
+  }
   const batches = new Float64Array(job.batches);
   const stats = emptyStats();
   const scratch = job.directIo
