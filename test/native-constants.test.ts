@@ -38,7 +38,7 @@ it('the page movers take one options object: a positional call, a missing or a m
   };
   // the premise: a well-formed empty batch is accepted (no pages, no I/O)
   assert.deepEqual(addon.loadPages(ok).slice(0, 3), [0, 0, 0]);
-  const positional = addon.loadPages as unknown as (...a: unknown[]) => unknown;
+  const positional = addon.loadPages.bind(addon) as unknown as (...a: unknown[]) => unknown;
   assert.match(call(() => positional(-1, 0, -1, 0, 4096, 0, 0, scratch, ok.csums, ok.present, 0)), /the options must be an object/);
   const { dstBase: _omitted, ...missing } = ok;
   assert.match(call(() => addon.loadPages(missing as typeof ok)), /dstBase must be a number/);

@@ -73,33 +73,28 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const b = job.blocks[blockIndex]!;
       const where = { block: b.name };
       const once = (): void => {
-        if (job.kind === 'save' && (b.flags & kSaveUpdate) !== 0) {
-          const r = addon.updatePages({
+        if (job.kind === 'save') {
+          // save and update take the same options and report the same counts first
+          const o = {
             srcFd: liveFd(blockIndex, b), srcBase: b.liveBase, dstFd: snapFd, dstBase: b.snapBase, pageSize: b.pageSize,
             firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, mask: b.mask ?? kNoMask, flags: b.flags,
-          });
+          };
+          const update = (b.flags & kSaveUpdate) !== 0;
+          const r = update ? addon.updatePages(o) : addon.savePages(o);
           stats.presentPages += r[0];
           stats.bytesRead += r[1];
           stats.bytesWritten += r[2];
           stats.writtenPages += r[3];
           stats.punchedPages += r[4];
           stats.unchangedPages += r[5];
-          stats.readNs += r[6];
-          stats.hashNs += r[7];
-          stats.writeNs += r[8];
-          stats.punchNs += r[9];
-          stats.cpuNs += r[10];
-        } else if (job.kind === 'save') {
-          const r = addon.savePages({
-            srcFd: liveFd(blockIndex, b), srcBase: b.liveBase, dstFd: snapFd, dstBase: b.snapBase, pageSize: b.pageSize,
-            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, mask: b.mask ?? kNoMask, flags: b.flags,
-          });
-          stats.presentPages += r[0];
-          stats.bytesRead += r[1];
-          stats.bytesWritten += r[2];
-          stats.writtenPages += r[3];
-          stats.punchedPages += r[4];
-          stats.unchangedPages += r[5];
+          if (update) {
+            // the update mover's phase times (wall) and the thread's CPU time
+            stats.readNs += r[6]!;
+            stats.hashNs += r[7]!;
+            stats.writeNs += r[8]!;
+            stats.punchNs += r[9]!;
+            stats.cpuNs += r[10]!;
+          }
         } else if (job.kind === 'load') {
           const r = addon.loadPages({
             snapFd, snapBase: b.snapBase, dstFd: liveFd(blockIndex, b), dstBase: b.liveBase, pageSize: b.pageSize,
