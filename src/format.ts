@@ -9,6 +9,7 @@
  */
 import { checkDeviceStatePlace, placeDeviceState } from './devstate';
 import { snapshotError } from './errors';
+import { native } from './native';
 
 export const kMagic = Buffer.from('FIXEDRAM', 'latin1');
 /** The version of the snapshot format (docs/format-v1.md) in the header; the package version is kPackageVersion in cli/program.ts. */
@@ -389,9 +390,30 @@ export function paddingOf(layout: SnapshotLayout): Padding[] {
 
 /** Packs one byte per page (non-zero = present) into the v1 bitmap: LE u64 words, bit i = page i. */
 export function packBitmap(present: Uint8Array, pages: number): Buffer {
-  const out = Buffer.alloc(bitmapBytesFor(pages));
-  for (let i = 0; i < pages; i++) if (present[i]) out[i >> 3]! |= 1 << (i & 7);
-  return out;
+  return packBitmapCount(present, pages).bitmap;
+}
+
+/** packBitmap, and the number of pages present. (The loops over pages are native: see native.ts.) */
+export function packBitmapCount(present: Uint8Array, pages: number): { bitmap: Buffer; count: number } {
+  const bitmap = Buffer.alloc(bitmapBytesFor(pages));
+  const count = native().packBits(present, Math.max(0, Math.min(pages, present.length)), bitmap);
+  return { bitmap, count };
+}
+
+/**
+ * Unpacks the first `bytes` bytes of a bitmap into pages [0, 8 * bytes) of `into` (one byte per
+ * page: 1 present, 0 absent). Returns the set bits.
+ */
+export function unpackWholeBytes(bitmap: Uint8Array, bytes: number, into: Uint8Array): number {
+  return native().unpackBits(bitmap, Math.max(0, Math.min(bytes, bitmap.length, into.length >> 3)), into);
+}
+
+/**
+ * The first page of [0, pages) that is absent in `bitmap` but whose 8-byte checksum entry in
+ * `csums` is not 0 (format v1: an absent page's entry is 0), or -1.
+ */
+export function firstAbsentNonZero(bitmap: Uint8Array, csums: Uint8Array, pages: number): number {
+  return native().absentNonZero(bitmap, csums, pages);
 }
 
 /**
@@ -399,8 +421,9 @@ export function packBitmap(present: Uint8Array, pages: number): Buffer {
  * or past `pages` is set.
  */
 export function unpackBitmap(bitmap: Uint8Array, pages: number, into: Uint8Array, block: string, offset: number): number {
-  let count = 0;
-  for (let k = 0; k < bitmap.length; k++) {
+  const whole = Math.min(bitmap.length, pages >> 3, into.length >> 3);
+  let count = unpackWholeBytes(bitmap, whole, into);
+  for (let k = whole; k < bitmap.length; k++) {
     const byte = bitmap[k]!;
     if (byte === 0) continue;
     for (let j = 0; j < 8; j++) {

@@ -82,6 +82,12 @@ export interface Native {
   fstatfs(fd: number): [number, number];
   /** XXH3-64 (seed 0). */
   hash64: (bytes: Uint8Array) => bigint; // a plain function: callers pass it on unbound
+  /** Packs one byte per page (non-zero = present) into bitmap bytes (bit i = page i); → the set bits. */
+  packBits(present: Uint8Array, pages: number, out: Uint8Array): number;
+  /** Unpacks bitmap bytes [0, bytes) into pages [0, 8 * bytes) of `into` (1 or 0 each); → the set bits. */
+  unpackBits(bitmap: Uint8Array, bytes: number, into: Uint8Array): number;
+  /** The first page < pages that is absent in bitmap and whose 8-byte checksum entry is not 0, or -1. */
+  absentNonZero(bitmap: Uint8Array, csums: Uint8Array, pages: number): number;
   /** → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages] */
   savePages(o: SavePagesOptions): [number, number, number, number, number, number];
   /**

@@ -22,7 +22,7 @@ import type { BlockArg } from './block-args';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
 import { explainInterrupt } from './errors';
-import { encodeHeader, kFlagComplete, packBitmap, planLayout, type SnapshotLayout } from './format';
+import { encodeHeader, kFlagComplete, packBitmapCount, planLayout, type SnapshotLayout } from './format';
 import { writeAt, writeAtomically } from './commit';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
@@ -116,10 +116,9 @@ export function writeTables(fd: number, layout: SnapshotLayout, tables: readonly
   layout.blocks.forEach((b, i) => {
     const t = tables[i]!;
     const meta = new Uint8Array(b.bitmapBytes + b.checksumsBytes);
-    meta.set(packBitmap(t.present, b.pages), 0);
+    const { bitmap, count } = packBitmapCount(t.present, b.pages);
+    meta.set(bitmap, 0);
     meta.set(t.csums, b.bitmapBytes);
-    let count = 0;
-    for (let p = 0; p < b.pages; p++) count += t.present[p]!;
     summary.counts.push(count);
     summary.sums.push(hash64(meta));
     writeAt(fd, meta.subarray(0, b.bitmapBytes), b.bitmapOffset);

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { decodeDeviceState, type DecodedDeviceState, type DeviceState } from './devstate';
 import { isSystemError, snapshotError, withPath, type FixedramError } from './errors';
 import {
-  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, paddingOf, unpackBitmap, type BlockLayout,
+  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, firstAbsentNonZero, paddingOf, unpackBitmap, type BlockLayout,
   type Padding, type SnapshotHeader,
 } from './format';
 import { explainAllocation } from './limits';
@@ -155,15 +155,11 @@ export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): B
   }
   // the checksum of an absent page is 0 (format v1); anything else is a corrupt table
   const csums = meta.subarray(b.bitmapBytes);
-  for (let p = 0; p < b.pages; p++) {
-    if (present[p]) continue;
-    for (let k = 8 * p; k < 8 * p + 8; k++) {
-      if (csums[k] !== 0) {
-        throw snapshotError('ERR_SNAPSHOT_INVALID',
-          `corrupt metadata: block '${b.name}' page ${p} is absent but its checksum entry is not 0`,
-          { ...ctx, page: p, offset: b.checksumsOffset + 8 * p });
-      }
-    }
+  const p = firstAbsentNonZero(meta.subarray(0, b.bitmapBytes), csums, b.pages);
+  if (p >= 0) {
+    throw snapshotError('ERR_SNAPSHOT_INVALID',
+      `corrupt metadata: block '${b.name}' page ${p} is absent but its checksum entry is not 0`,
+      { ...ctx, page: p, offset: b.checksumsOffset + 8 * p });
   }
   return { present, csums, presentCount: count };
 }

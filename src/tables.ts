@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import { isSystemError, snapshotError } from './errors';
-import type { BlockLayout } from './format';
+import { firstAbsentNonZero, packBitmapCount, unpackWholeBytes, type BlockLayout } from './format';
 import { fromNativeError, native } from './native';
 import { windowPagesFor } from './plan';
 
@@ -188,9 +188,10 @@ export function readTableWindow(fd: number, file: string, b: BlockLayout, first:
   const bits = Buffer.alloc(words * 8);
   const bitmapAt = b.bitmapOffset + first / 8;
   if (hasData(fd, bitmapAt, bitmapAt + bits.length, file)) readExact(fd, bits, bitmapAt, file);
-  let present = 0;
   into.present.fill(0, 0, count);
-  for (let k = 0; k < bits.length; k++) {
+  const whole = count >> 3;
+  let present = unpackWholeBytes(bits, whole, into.present);
+  for (let k = whole; k < bits.length; k++) {
     const byte = bits[k]!;
     if (byte === 0) continue;
     for (let j = 0; j < 8; j++) {
@@ -212,9 +213,8 @@ export function readTableWindow(fd: number, file: string, b: BlockLayout, first:
   }
   readExact(fd, csums, at, file);
   // the checksum of an absent page is 0 (format v1); anything else is a corrupt table
-  const words32 = new Uint32Array(csums.buffer, csums.byteOffset, 2 * count);
-  for (let i = 0; i < count; i++) {
-    if (into.present[i] || (words32[2 * i] === 0 && words32[2 * i + 1] === 0)) continue;
+  const i = firstAbsentNonZero(bits, csums, count);
+  if (i >= 0) {
     throw corrupt(b, file, `corrupt metadata: block '${b.name}' page ${first + i} is absent but its checksum entry is not 0`,
       { page: first + i, offset: at + 8 * i });
   }
@@ -272,13 +272,7 @@ export function checkTables(fd: number, file: string, b: BlockLayout, expectedSu
  * with `zeroOld` (an update: they may hold old entries), punched. Returns the present pages.
  */
 export function writeTableWindow(fd: number, b: BlockLayout, first: number, count: number, t: WindowTables, zeroOld: boolean): number {
-  const bits = Buffer.alloc(Math.ceil(count / 64) * 8);
-  let present = 0;
-  for (let i = 0; i < count; i++) {
-    if (!t.present[i]) continue;
-    bits[i >> 3]! |= 1 << (i & 7);
-    present++;
-  }
+  const { bitmap: bits, count: present } = packBitmapCount(t.present, count);
   if (present > 0 || zeroOld) writeAll(fd, bits, b.bitmapOffset + first / 8);
   const csums = t.csums.subarray(0, 8 * count);
   const base = b.checksumsOffset + 8 * first;

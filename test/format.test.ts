@@ -2,7 +2,8 @@ import * as assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { decodeBlockName, encodeBlockName } from '../src/block-names';
 import {
-  decodeHeader, encodeHeader, kFlagComplete, kHeaderBytes, kPagesAlign, packBitmap, planLayout, unpackBitmap,
+  decodeHeader, encodeHeader, firstAbsentNonZero, kFlagComplete, kHeaderBytes, kPagesAlign, packBitmap, packBitmapCount, planLayout,
+  unpackBitmap,
 } from '../src/format';
 import { native } from '../src/native';
 
@@ -66,6 +67,55 @@ describe('format v1 layout', () => {
     assert.deepEqual(back, present);
     bm[8] |= 0x40; // page 70: past the end
     assert.throws(() => unpackBitmap(bm, 70, new Uint8Array(70), 'x', 100), { code: 'ERR_SNAPSHOT_INVALID', message: /bit 70/ });
+  });
+
+  it('packs and unpacks (native loops) exactly as bit by bit, at every length around a byte and word edge', () => {
+    // the reference: one page at a time, as the format spec says
+    const refPack = (present: Uint8Array, pages: number): Uint8Array => {
+      const out = new Uint8Array(Math.ceil(pages / 64) * 8);
+      for (let i = 0; i < pages; i++) if (present[i]) out[i >> 3]! |= 1 << (i & 7);
+      return out;
+    };
+    let seed = 7;
+    const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+    for (const pages of [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 1000, 4099]) {
+      // present values other than 1 count as present (the contract is "non-zero")
+      const present = Uint8Array.from({ length: pages }, () => (rnd() < 0.5 ? 0 : 1 + Math.floor(rnd() * 255)));
+      const bm = packBitmapCount(present, pages);
+      assert.deepEqual([...bm.bitmap], [...refPack(present, pages)], `pages ${pages}`);
+      assert.equal(bm.count, present.filter((v) => v !== 0).length, `pages ${pages}`);
+      // unpacking writes 1 and 0 over whatever was there
+      const back = Uint8Array.from({ length: pages }, () => 9);
+      back.fill(0, pages >> 3 << 3);
+      assert.equal(unpackBitmap(bm.bitmap, pages, back, 'x', 0), bm.count);
+      assert.deepEqual([...back], [...present].map((v) => (v ? 1 : 0)), `pages ${pages}`);
+      if (pages % 8 !== 0) {
+        // a bit past the end in the last, partial byte is still refused
+        const bad = Buffer.from(bm.bitmap);
+        bad[pages >> 3]! |= 1 << (pages & 7);
+        assert.throws(() => unpackBitmap(bad, pages, new Uint8Array(pages), 'x', 0), { message: new RegExp(`bit ${pages} `) });
+      }
+    }
+  });
+
+  it('finds the first absent page with a non-zero checksum entry, aligned or not, and none when there is none', () => {
+    const pages = 1000;
+    const present = Uint8Array.from({ length: pages }, (_, i) => (i % 3 === 0 || (i >= 256 && i < 320) ? 1 : 0));
+    const bitmap = packBitmap(present, pages);
+    for (const shift of [0, 1, 4]) {
+      const backing = new Uint8Array(8 * pages + shift);
+      const csums = backing.subarray(shift);
+      for (let p = 0; p < pages; p++) if (present[p]) csums[8 * p + (p % 8)] = 0xa5;  // present: any value
+      assert.equal(firstAbsentNonZero(bitmap, csums, pages), -1);
+      for (const bad of [1, 2, 322, 997, 998]) {
+        assert.equal(present[bad], 0, `page ${bad} is absent`);
+        csums[8 * bad + 7] = 1;  // the last byte of the entry
+        assert.equal(firstAbsentNonZero(bitmap, csums, pages), bad, `page ${bad}, shift ${shift}`);
+        csums[8 * bad + 7] = 0;
+      }
+      // entries of pages past `pages` are not looked at
+      assert.equal(firstAbsentNonZero(bitmap, csums, pages - 1), -1);
+    }
   });
 });
 
