@@ -170,7 +170,8 @@ SaveArgs ReadSaveArgs(const Options& o) {
 // here because a CLI run executes each of them once, cold: in JavaScript a 2 GiB block's 512 Ki
 // pages cost tens of milliseconds per loop before the JIT catches up, here well under one.
 
-// packBits(present, pages, out) -> set bits; bit i of out = (present[i] != 0), for i < pages
+// packBits(present, pages, out) -> set bits; bit i of out = (present[i] != 0), for i < pages (out
+// zeroed by the caller: only its non-zero bytes are written)
 Napi::Value PackBitsJs(const Napi::CallbackInfo& info) {
   const int64_t pages = std::max<int64_t>(0, Int(info, 1, "pages"));
   const unsigned char* present = Bytes(info, 0, "present", pages);
@@ -180,13 +181,14 @@ Napi::Value PackBitsJs(const Napi::CallbackInfo& info) {
     const int64_t n = std::min<int64_t>(8, pages - 8 * k);
     unsigned v = 0;
     for (int64_t j = 0; j < n; ++j) v |= (present[8 * k + j] != 0 ? 1u : 0u) << j;
-    out[k] = static_cast<unsigned char>(v);
+    if (v != 0) out[k] = static_cast<unsigned char>(v);  // out is zeroed: untouched memory stays untouched
     count += __builtin_popcount(v);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(count));
 }
 
-// unpackBits(bitmap, bytes, into) -> set bits; into[i] = bit i (0 or 1) for i < 8 * bytes
+// unpackBits(bitmap, bytes, into) -> set bits; into[i] = bit i (0 or 1) for i < 8 * bytes, except
+// that the pages of a zero byte are left as they are (callers pass zeroed memory)
 Napi::Value UnpackBitsJs(const Napi::CallbackInfo& info) {
   const int64_t bytes = std::max<int64_t>(0, Int(info, 1, "bytes"));
   const unsigned char* bitmap = Bytes(info, 0, "bitmap", bytes);
@@ -194,6 +196,7 @@ Napi::Value UnpackBitsJs(const Napi::CallbackInfo& info) {
   int64_t count = 0;
   for (int64_t k = 0; k < bytes; ++k) {
     const unsigned v = bitmap[k];
+    if (v == 0) continue;  // into is zeroed: a huge sparse block's table stays untouched (its RSS)
     for (int j = 0; j < 8; ++j) into[8 * k + j] = static_cast<unsigned char>((v >> j) & 1u);
     count += __builtin_popcount(v);
   }

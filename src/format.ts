@@ -402,7 +402,8 @@ export function packBitmapCount(present: Uint8Array, pages: number): { bitmap: B
 
 /**
  * Unpacks the first `bytes` bytes of a bitmap into pages [0, 8 * bytes) of `into` (one byte per
- * page: 1 present, 0 absent). Returns the set bits.
+ * page: 1 present, 0 absent; the pages of a zero byte are left as they are, so `into` must be
+ * zeroed, and a huge sparse block's table is never touched). Returns the set bits.
  */
 export function unpackWholeBytes(bitmap: Uint8Array, bytes: number, into: Uint8Array): number {
   return native().unpackBits(bitmap, Math.max(0, Math.min(bytes, bitmap.length, into.length >> 3)), into);

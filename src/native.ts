@@ -2,6 +2,7 @@
  * The one loader of the C++ addon and its typed contract. Every function is synchronous and meant
  * to run on a channel (worker) thread; arguments are validated by the callers in TypeScript.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ExitCode, FixedramError, sysError, type ErrorContext, type SystemError } from './errors';
 
@@ -82,9 +83,12 @@ export interface Native {
   fstatfs(fd: number): [number, number];
   /** XXH3-64 (seed 0). */
   hash64: (bytes: Uint8Array) => bigint; // a plain function: callers pass it on unbound
-  /** Packs one byte per page (non-zero = present) into bitmap bytes (bit i = page i); → the set bits. */
+  /** Packs one byte per page (non-zero = present) into zeroed bitmap bytes (bit i = page i); → the set bits. */
   packBits(present: Uint8Array, pages: number, out: Uint8Array): number;
-  /** Unpacks bitmap bytes [0, bytes) into pages [0, 8 * bytes) of `into` (1 or 0 each); → the set bits. */
+  /**
+   * Unpacks bitmap bytes [0, bytes) into pages [0, 8 * bytes) of `into` (1 or 0 each; the pages of
+   * a zero byte are not touched, so a zeroed `into` of a huge sparse block stays unallocated); → the set bits.
+   */
   unpackBits(bitmap: Uint8Array, bytes: number, into: Uint8Array): number;
   /** The first page < pages that is absent in bitmap and whose 8-byte checksum entry is not 0, or -1. */
   absentNonZero(bitmap: Uint8Array, csums: Uint8Array, pages: number): number;
@@ -160,9 +164,19 @@ export function native(): Native {
     loaded = (require('node-gyp-build') as (dir: string) => Native)(dir);
     return loaded;
   } catch (err) {
-    const first = (err as Error).message.split('\n')[0] ?? '';
+    let first = (err as Error).message.split('\n')[0] ?? '';
+    const resource = /EMFILE|ENFILE|ENOMEM|Too many open files|Cannot allocate memory|failed to map segment/i;
+    if (!resource.test(first)) {
+      // node-gyp-build says "No native build was found" also when it could not read the build
+      // directory for want of a descriptor: open it here to tell the two apart
+      try {
+        fs.closeSync(fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY));
+      } catch (probe) {
+        if (resource.test((probe as Error).message)) first = (probe as Error).message;
+      }
+    }
     // A resource limit (descriptors, memory) is not a missing build: say so instead of "rebuild"
-    if (/EMFILE|ENFILE|ENOMEM|Too many open files|Cannot allocate memory|failed to map segment/i.test(first)) {
+    if (resource.test(first)) {
       throw new FixedramError('ERR_RESOURCE', ExitCode.system,
         `could not load the native addon: ${first} (a resource limit such as \`ulimit -n\` or \`ulimit -v\`)`);
     }
