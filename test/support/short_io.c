@@ -37,6 +37,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <time.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -158,7 +159,11 @@ static int Decide(int fam, int fd, int *err) {
         fclose(f);
       }
     }
-    usleep((useconds_t)g_delay_us);
+    /* the whole delay even when a signal lands on this thread (usleep returns early on EINTR, and
+       a SIGINT sent to the process may be taken by the sleeping channel thread) */
+    struct timespec left = {g_delay_us / 1000000, (g_delay_us % 1000000) * 1000};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
   }
   if (g_direct == 2 && IsDirect(fd)) {
     __atomic_fetch_add(&g_directs, 1, __ATOMIC_RELAXED);
