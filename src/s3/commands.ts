@@ -18,7 +18,7 @@ import type { VerifyOptions, VerifyResult } from '../verify';
 import { makeClient, type S3Options } from './client';
 import { fetchManifest, pull, push, readManifest, type PullResult, type PushResult } from './transfer';
 import { loadS3Direct } from './load';
-import { parseS3Url } from './url';
+import { parseS3Url, type S3Url } from './url';
 import { snapshotError, usageError } from '../errors';
 
 export interface S3CommandOptions {
@@ -58,14 +58,17 @@ export async function saveS3(opts: SaveOptions & S3CommandOptions & { update?: b
   const url = parseS3Url(opts.output);
   const so = s3Opts(opts);
   if (opts.update) await fetchManifest(url, so); // fail before the local save: the key must hold a snapshot
+  const { save } = await import('../save');
+  return writeThenPush(opts, url, { ...so, requireExisting: opts.update ?? false }, (local) => save({ ...opts, output: local, fsync: false }));
+}
+
+/** Writes a snapshot into a private temp file with `write`, then uploads its present chunks to `url`. */
+async function writeThenPush<R extends { seconds: number }>(opts: { output: string; chunkBytes?: number },
+  url: S3Url, pushOpts: Parameters<typeof push>[2], write: (local: string) => Promise<R>): Promise<R & { output: string; s3: PushResult }> {
   return withTempDir(async (dir) => {
     const local = path.join(dir, 'snapshot');
-    const { save } = await import('../save');
-    const r = await save({ ...opts, output: local, fsync: false });
-    const s3 = await push(local, url, {
-      ...so, requireExisting: opts.update ?? false,
-      ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
-    });
+    const r = await write(local);
+    const s3 = await push(local, url, { ...pushOpts, ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}) });
     return { ...r, output: opts.output, seconds: r.seconds + s3.seconds, s3 };
   });
 }
@@ -77,13 +80,8 @@ export interface S3ConvertResult extends ConvertResult {
 /** `convert QEMUFILE -o s3://…`: the snapshot written to a temp file, then its present chunks uploaded. */
 export async function convertS3(opts: ConvertOptions & S3CommandOptions): Promise<S3ConvertResult> {
   const url = parseS3Url(opts.output);
-  return withTempDir(async (dir) => {
-    const local = path.join(dir, 'snapshot');
-    const { convert } = await import('../convert');
-    const r = await convert({ ...opts, output: local, fsync: false });
-    const s3 = await push(local, url, { ...s3Opts(opts), ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}) });
-    return { ...r, output: opts.output, seconds: r.seconds + s3.seconds, s3 };
-  });
+  const { convert } = await import('../convert');
+  return writeThenPush(opts, url, s3Opts(opts), (local) => convert({ ...opts, output: local, fsync: false }));
 }
 
 export interface S3LoadResult extends LoadResult {
