@@ -68,6 +68,17 @@ async function assertLoadsAs(out: string, blocks: { name: string; path: string }
   for (const b of blocks) assert.equal(firstDifferentPage(b.path, path.join(back, b.name)), -1, `block ${b.name}`);
 }
 
+/** The truncation tests' start: a dense 64 MiB block in tmpfs (16 batches of 4 MiB) and its snapshot. */
+const kPages = 16384;
+async function savedDense(t: Parameters<typeof tempDir>[0]): Promise<{ src: string; out: string }> {
+  const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
+  const src = path.join(dir, 'src.ram');
+  denseBlock(src, 1, kPages);
+  const out = path.join(dir, 'snap.fxr');
+  await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
+  return { src, out };
+}
+
 describe('save --update', () => {
   it('writes only the changed pages, punches new zero pages, and loads as the new sources', async (t) => {
     const { dir, blocks, out } = setup(t);
@@ -183,12 +194,7 @@ describe('save --update', () => {
   it('a source truncated while the update hashes it through a mapping: an error naming the short read, no SIGBUS; a re-run repairs', async (t) => {
     const so = shimPath();
     if (!requireSetup(t, so)) return;
-    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
-    const src = path.join(dir, 'src.ram');
-    const kPages = 16384; // 64 MiB, 16 batches of 4 MiB
-    denseBlock(src, 1, kPages);
-    const out = path.join(dir, 'snap.fxr');
-    await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
+    const { src, out } = await savedDense(t);
     denseBlock(src, 1, kPages, { generation: 2 }); // every page changed: each batch writes one run
     // every write of the snapshot sleeps, so the truncation lands while batches remain
     const w = new Watched(['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '1', '--progress', 'json', '--no-fsync'],
@@ -214,13 +220,8 @@ describe('save --update', () => {
     // changed pages out of the mapping (the region a compiler once left unguarded: the update hung).
     const so = shimPath();
     if (!requireSetup(t, so)) return;
-    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
-    const src = path.join(dir, 'src.ram');
-    const kPages = 16384; // 64 MiB, 16 batches of 4 MiB
+    const { src, out } = await savedDense(t);
     const full = kPages * kPage;
-    denseBlock(src, 1, kPages);
-    const out = path.join(dir, 'snap.fxr');
-    await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
     let faults = 0;
     const outcomes: string[] = [];
     for (let run = 0; run < 10; ++run) {
