@@ -47,7 +47,9 @@ function main(): void {
   } finally {
     fs.closeSync(fd);
   }
-  process.stdout.write(`${JSON.stringify({ hashSeconds: Number(hashNs) / 1e9, dataBytes, sink: sink.toString(16) })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ hashSeconds: Number(hashNs) / 1e9, dataBytes, sink: sink.toString(16) })}\n`,
+  );
 }
 
 main();

@@ -18,7 +18,7 @@ export interface Mix {
 }
 
 /** Issue 2: about 35 % zero pages (of which 20 points never-written holes), 35 % random, 30 % text. */
-export const kDefaultMix: Mix = { hole: 0.20, zero: 0.15, random: 0.35, text: 0.30 };
+export const kDefaultMix: Mix = { hole: 0.2, zero: 0.15, random: 0.35, text: 0.3 };
 /** Issue 7: a sparse image with 5 % data, the rest holes. */
 export const kSparseMix: Mix = { hole: 0.95, zero: 0, random: 0.025, text: 0.025 };
 /** A dense image: every page holds data. */
@@ -91,7 +91,15 @@ export function makeImage(file: string, size: number, mix: Mix, seed: number): I
   const cut = [mix.hole / total, (mix.hole + mix.zero) / total, (mix.hole + mix.zero + mix.random) / total];
   const pages = size / kPage;
   const stats: ImageStats = {
-    path: file, size, pages, holePages: 0, zeroPages: 0, randomPages: 0, textPages: 0, dataBytes: 0, seed,
+    path: file,
+    size,
+    pages,
+    holePages: 0,
+    zeroPages: 0,
+    randomPages: 0,
+    textPages: 0,
+    dataBytes: 0,
+    seed,
   };
   fs.rmSync(file, { force: true });
   const fd = fs.openSync(file, 'wx', 0o644);

@@ -90,10 +90,15 @@ function groupAlive(pgid: number): boolean {
 }
 
 /** Runs argv under the rusage wrapper and resolves with its usage, status and output. */
-export function measure(argv: readonly string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export function measure(
+  argv: readonly string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn('python3', ['-c', kWrapper, ...argv], {
-      cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
       detached: true, // its own process group: an interrupted bench kills the wrapper and the command
     });
     current = child;
@@ -116,19 +121,36 @@ export function measure(argv: readonly string[], opts: { cwd?: string; env?: Nod
         return;
       }
       const r = JSON.parse(text) as {
-        wall: number; user: number; sys: number; maxrss_kib: number; oublock: number; inblock: number; status: number;
+        wall: number;
+        user: number;
+        sys: number;
+        maxrss_kib: number;
+        oublock: number;
+        inblock: number;
+        status: number;
         wchar: number;
       };
       resolve({
-        wall: r.wall, user: r.user, sys: r.sys, maxRss: r.maxrss_kib * 1024, diskWrite: r.oublock * 512,
-        diskRead: r.inblock * 512, ...(r.wchar >= 0 ? { written: r.wchar } : {}), status: r.status, stdout: Buffer.concat(out).toString(), stderr,
+        wall: r.wall,
+        user: r.user,
+        sys: r.sys,
+        maxRss: r.maxrss_kib * 1024,
+        diskWrite: r.oublock * 512,
+        diskRead: r.inblock * 512,
+        ...(r.wchar >= 0 ? { written: r.wchar } : {}),
+        status: r.status,
+        stdout: Buffer.concat(out).toString(),
+        stderr,
       });
     });
   });
 }
 
 /** Runs a helper command to completion (not measured); throws with its stderr on failure. */
-export function run(argv: readonly string[], opts: { allowFail?: boolean } = {}): { status: number; stdout: string; stderr: string } {
+export function run(
+  argv: readonly string[],
+  opts: { allowFail?: boolean } = {},
+): { status: number; stdout: string; stderr: string } {
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.error) throw r.error;
   const status = r.status ?? 128;
@@ -145,7 +167,10 @@ export function run(argv: readonly string[], opts: { allowFail?: boolean } = {})
 export function evict(files: readonly string[]): void {
   const existing = files.filter((f) => fs.existsSync(f));
   if (existing.length === 0) return;
-  run(['python3', '-c', `
+  run([
+    'python3',
+    '-c',
+    `
 import os, sys
 for f in sys.argv[1:]:
     fd = os.open(f, os.O_RDONLY)
@@ -154,7 +179,9 @@ for f in sys.argv[1:]:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-`, ...existing]);
+`,
+    ...existing,
+  ]);
 }
 
 /** Flushes the dirty data of the file system holding dir (before a measurement, not timed). */

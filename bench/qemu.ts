@@ -54,7 +54,10 @@ export function reportedAccelerator(): string | undefined {
 class Qmp {
   private buf = '';
   private nextId = 1;
-  private readonly pending = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; cmd: string }>();
+  private readonly pending = new Map<
+    string,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; cmd: string }
+  >();
   private readonly listeners: ((ev: Json) => void)[] = [];
   private closed = false;
 
@@ -122,7 +125,8 @@ class Qmp {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    if ('error' in msg) p.reject(new Error(`${p.cmd}: ${(msg.error as { desc?: string }).desc ?? JSON.stringify(msg.error)}`));
+    if ('error' in msg)
+      p.reject(new Error(`${p.cmd}: ${(msg.error as { desc?: string }).desc ?? JSON.stringify(msg.error)}`));
     else p.resolve(msg.return);
   }
 
@@ -154,25 +158,32 @@ class Qmp {
       };
       const onStatus = (status: string, desc?: string): void => {
         if (status === 'completed') finish();
-        else if (status === 'failed' || status === 'cancelled') finish(new Error(`migration ${status}${desc ? `: ${desc}` : ''}`));
+        else if (status === 'failed' || status === 'cancelled')
+          finish(new Error(`migration ${status}${desc ? `: ${desc}` : ''}`));
       };
       const listener = (ev: Json): void => {
         if (ev.event === 'QMP_CLOSED') finish(new Error('QEMU exited during the migration (see its log)'));
         if (ev.event === 'MIGRATION') onStatus(String((ev.data as { status?: string }).status));
       };
       this.listeners.push(listener);
-      const timer = setTimeout(() => finish(new Error(`migration did not finish within ${timeoutMs / 1000} s`)), timeoutMs);
+      const timer = setTimeout(
+        () => finish(new Error(`migration did not finish within ${timeoutMs / 1000} s`)),
+        timeoutMs,
+      );
       let inFlight = false;
       const poll = setInterval(() => {
         if (inFlight || done) return;
         inFlight = true;
-        this.cmd('query-migrate').then((r) => {
-          inFlight = false;
-          const st = r as { status?: string; 'error-desc'?: string };
-          if (st.status) onStatus(st.status, st['error-desc']);
-        }, () => {
-          inFlight = false;
-        });
+        this.cmd('query-migrate').then(
+          (r) => {
+            inFlight = false;
+            const st = r as { status?: string; 'error-desc'?: string };
+            if (st.status) onStatus(st.status, st['error-desc']);
+          },
+          () => {
+            inFlight = false;
+          },
+        );
       }, 250);
     });
   }
@@ -194,12 +205,21 @@ interface Instance {
 const live = new Set<string>();
 
 export class QemuPeer {
-  constructor(private readonly work: string, private readonly ramBytes: number) {}
+  constructor(
+    private readonly work: string,
+    private readonly ramBytes: number,
+  ) {}
 
   private memArgs(backing: string): string[] {
     const mib = `${this.ramBytes / 2 ** 20}M`;
-    return ['-m', mib, '-object', `memory-backend-file,id=mem0,size=${mib},mem-path=${backing},share=on`,
-      '-numa', 'node,memdev=mem0'];
+    return [
+      '-m',
+      mib,
+      '-object',
+      `memory-backend-file,id=mem0,size=${mib},mem-path=${backing},share=on`,
+      '-numa',
+      'node,memdev=mem0',
+    ];
   }
 
   private async start(tag: string, extra: string[]): Promise<Instance> {
@@ -208,8 +228,19 @@ export class QemuPeer {
     const log = path.join(this.work, `${tag}.log`);
     fs.rmSync(pidfile, { force: true });
     fs.rmSync(sock, { force: true });
-    const args = ['-machine', `q35,accel=${process.env.ACCEL ?? 'kvm:tcg'}`, '-display', 'none', '-S', ...extra,
-      '-qmp', `unix:${sock},server=on,wait=off`, '-daemonize', '-pidfile', pidfile];
+    const args = [
+      '-machine',
+      `q35,accel=${process.env.ACCEL ?? 'kvm:tcg'}`,
+      '-display',
+      'none',
+      '-S',
+      ...extra,
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-daemonize',
+      '-pidfile',
+      pidfile,
+    ];
     const logFd = fs.openSync(log, 'a');
     try {
       const code = await new Promise<number>((resolve, reject) => {
@@ -218,7 +249,9 @@ export class QemuPeer {
         child.on('close', (c) => resolve(c ?? 128));
       });
       if (code !== 0) {
-        throw new Error(`QEMU did not start (exit ${code}): ${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ')}`);
+        throw new Error(
+          `QEMU did not start (exit ${code}): ${fs.readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ')}`,
+        );
       }
     } finally {
       fs.closeSync(logFd);
@@ -248,11 +281,15 @@ export class QemuPeer {
   private async setUp(q: Instance, channels: number, save: boolean): Promise<void> {
     await q.qmp.cmd('migrate-set-capabilities', {
       capabilities: [
-        { capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true },
+        { capability: 'mapped-ram', state: true },
+        { capability: 'multifd', state: true },
         { capability: 'events', state: true },
       ],
     });
-    await q.qmp.cmd('migrate-set-parameters', { 'multifd-channels': channels, ...(save ? { 'max-bandwidth': 0 } : {}) });
+    await q.qmp.cmd('migrate-set-parameters', {
+      'multifd-channels': channels,
+      ...(save ? { 'max-bandwidth': 0 } : {}),
+    });
   }
 
   /**
@@ -279,7 +316,12 @@ export class QemuPeer {
       const wall = (performance.now() - t0) / 1000;
       const cpu = procCpu(q.pid) - cpu0;
       return {
-        wall, user: cpu, sys: 0, maxRss: procPeakRss(q.pid), diskWrite: procIo(q.pid, 'write_bytes') - wb0, diskRead: 0,
+        wall,
+        user: cpu,
+        sys: 0,
+        maxRss: procPeakRss(q.pid),
+        diskWrite: procIo(q.pid, 'write_bytes') - wb0,
+        diskRead: 0,
         written: procIo(q.pid, 'wchar') - wc0,
       };
     } finally {

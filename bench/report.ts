@@ -58,11 +58,27 @@ export interface Row {
   note?: string;
 }
 
-const f = (x: number | undefined, digits: number): string => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(digits));
+const f = (x: number | undefined, digits: number): string =>
+  x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(digits);
 
 /** Renders one section table. */
-export function table(title: string, rows: Row[], lookup: (key: string) => Measured | undefined, peerName: string): string {
-  const head = ['what', 'median s', 'min–max s', 'RAM GB/s', 'CPU s/GiB', 'peak RSS MiB', 'written MiB', 'disk write MiB', `time ÷ ${peerName}`];
+export function table(
+  title: string,
+  rows: Row[],
+  lookup: (key: string) => Measured | undefined,
+  peerName: string,
+): string {
+  const head = [
+    'what',
+    'median s',
+    'min–max s',
+    'RAM GB/s',
+    'CPU s/GiB',
+    'peak RSS MiB',
+    'written MiB',
+    'disk write MiB',
+    `time ÷ ${peerName}`,
+  ];
   const body: string[][] = [];
   const notes: string[] = [];
   for (const r of rows) {
@@ -91,8 +107,13 @@ export function table(title: string, rows: Row[], lookup: (key: string) => Measu
     if (r.m?.error) notes.push(`${label}: ${r.m.error}`);
   }
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
-  const out = [`\n## ${title}\n`, line(head), `|${widths.map((w, i) => (i === 0 ? ':' : '') + '-'.repeat(w + 1) + (i === 0 ? '' : ':')).join('|')}|`];
+  const line = (cells: string[]): string =>
+    `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
+  const out = [
+    `\n## ${title}\n`,
+    line(head),
+    `|${widths.map((w, i) => (i === 0 ? ':' : '') + '-'.repeat(w + 1) + (i === 0 ? '' : ':')).join('|')}|`,
+  ];
   for (const row of body) out.push(line(row));
   for (const n of notes) out.push(`  error: ${n}`);
   return `${out.join('\n')}\n`;
@@ -102,8 +123,13 @@ export function table(title: string, rows: Row[], lookup: (key: string) => Measu
 export function plainTable(title: string, head: string[], leftColumns: number, body: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)));
   const left = (i: number): boolean => i < leftColumns;
-  const line = (cells: string[]): string => `| ${head.map((_, i) => (left(i) ? (cells[i] ?? '').padEnd(widths[i]!) : (cells[i] ?? '').padStart(widths[i]!))).join(' | ')} |`;
-  const out = [`\n## ${title}\n`, line(head), `|${widths.map((w, i) => (left(i) ? ':' : '') + '-'.repeat(w + 1) + (left(i) ? '' : ':')).join('|')}|`];
+  const line = (cells: string[]): string =>
+    `| ${head.map((_, i) => (left(i) ? (cells[i] ?? '').padEnd(widths[i]!) : (cells[i] ?? '').padStart(widths[i]!))).join(' | ')} |`;
+  const out = [
+    `\n## ${title}\n`,
+    line(head),
+    `|${widths.map((w, i) => (left(i) ? ':' : '') + '-'.repeat(w + 1) + (left(i) ? '' : ':')).join('|')}|`,
+  ];
   for (const row of body) out.push(line(row));
   return `${out.join('\n')}\n`;
 }

@@ -60,16 +60,48 @@ function killOurs(pid: number, dir: string): void {
   }
 }
 
-async function startVm(dir: string, tag: string, kernel: GuestKernel, memPath: string, mib: number, incoming: boolean): Promise<Vm> {
+async function startVm(
+  dir: string,
+  tag: string,
+  kernel: GuestKernel,
+  memPath: string,
+  mib: number,
+  incoming: boolean,
+): Promise<Vm> {
   const sock = path.join(dir, `${tag}.qmp`);
   const fxQmp = path.join(dir, `${tag}.fx.qmp`);
   const pidfile = path.join(dir, `${tag}.pid`);
-  const r = spawnSync(qemuBinary, [
-    '-machine', 'q35', '-accel', accel(), '-nodefaults', '-display', 'none', '-m', `${mib}M`,
-    '-object', `memory-backend-file,id=mem0,size=${mib}M,mem-path=${memPath},share=on`, '-machine', 'memory-backend=mem0',
-    '-kernel', kernel.elf, '-serial', `file:${path.join(dir, `${tag}.serial`)}`, ...(incoming ? ['-incoming', 'defer'] : []),
-    '-qmp', `unix:${sock},server=on,wait=off`, '-qmp', `unix:${fxQmp},server=on,wait=off`, '-daemonize', '-pidfile', pidfile,
-  ], { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(
+    qemuBinary,
+    [
+      '-machine',
+      'q35',
+      '-accel',
+      accel(),
+      '-nodefaults',
+      '-display',
+      'none',
+      '-m',
+      `${mib}M`,
+      '-object',
+      `memory-backend-file,id=mem0,size=${mib}M,mem-path=${memPath},share=on`,
+      '-machine',
+      'memory-backend=mem0',
+      '-kernel',
+      kernel.elf,
+      '-serial',
+      `file:${path.join(dir, `${tag}.serial`)}`,
+      ...(incoming ? ['-incoming', 'defer'] : []),
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-qmp',
+      `unix:${fxQmp},server=on,wait=off`,
+      '-daemonize',
+      '-pidfile',
+      pidfile,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
   if (r.error || r.status !== 0) throw new Error(`QEMU ${tag} did not start: ${r.error?.message ?? ''}${r.stderr}`);
   const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
   try {
@@ -102,7 +134,8 @@ async function waitMigration(q: QmpClient): Promise<void> {
   for (;;) {
     const st = await q.execute<{ status: string; 'error-desc'?: string }>('query-migrate');
     if (st.status === 'completed') return;
-    if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`QEMU migration ${st.status}: ${st['error-desc'] ?? ''}`);
+    if (st.status === 'failed' || st.status === 'cancelled')
+      throw new Error(`QEMU migration ${st.status}: ${st['error-desc'] ?? ''}`);
     await sleep(2);
   }
 }
@@ -121,7 +154,9 @@ async function waitCounting(serial: string, after: number): Promise<number> {
     const c = fs.existsSync(serial) ? lastCount(serial) : -1;
     if (c > after) return c;
     if (Date.now() > deadline) {
-      const tail = fs.existsSync(serial) ? JSON.stringify(fs.readFileSync(serial, 'latin1').slice(-80)) : 'no serial file';
+      const tail = fs.existsSync(serial)
+        ? JSON.stringify(fs.readFileSync(serial, 'latin1').slice(-80))
+        : 'no serial file';
       throw new Error(`the guest did not count past ${after} within 60 s (${serial}: ${tail})`);
     }
     await sleep(20);
@@ -155,7 +190,20 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       // fixedram vm save (fsync included: the snapshot is on disk before the VM resumes)
       fs.rmSync(fxr, { force: true });
       quiesce(o.disk);
-      const res: RunResult = await measure([...o.fixedram, 'vm', 'save', '--qmp', a.fxQmp, '-o', fxr, '-j', '2', '--json', '--progress', 'none']);
+      const res: RunResult = await measure([
+        ...o.fixedram,
+        'vm',
+        'save',
+        '--qmp',
+        a.fxQmp,
+        '-o',
+        fxr,
+        '-j',
+        '2',
+        '--json',
+        '--progress',
+        'none',
+      ]);
       if (res.status !== 0) throw new Error(`fixedram vm save failed: ${res.stderr.trim()}`);
       const j = JSON.parse(res.stdout.trim().split('\n').pop()!) as { downtimeSeconds: number };
       rows.fxSave.push({ wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys });
@@ -167,8 +215,13 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       const t0 = now();
       await a.qmp.execute('stop');
       const stopped = now();
-      await a.qmp.execute('migrate-set-capabilities', { capabilities: [
-        { capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true }, { capability: 'x-ignore-shared', state: false }] });
+      await a.qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'mapped-ram', state: true },
+          { capability: 'multifd', state: true },
+          { capability: 'x-ignore-shared', state: false },
+        ],
+      });
       await a.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2, 'max-bandwidth': 0 });
       await a.qmp.execute('migrate', { uri: `file:${mig}` });
       await waitMigration(a.qmp);
@@ -176,11 +229,17 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       const resumed = now();
       run(['sync', mig]);
       const t1 = now();
-      await a.qmp.execute('migrate-set-capabilities', { capabilities: [
-        { capability: 'mapped-ram', state: false }, { capability: 'multifd', state: false }] });
+      await a.qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'mapped-ram', state: false },
+          { capability: 'multifd', state: false },
+        ],
+      });
       rows.qSave.push({ wall: t1 - t0, downtime: resumed - stopped });
-      o.log(`vm: run ${r + 1}: vm save ${res.wall.toFixed(3)} s (downtime ${j.downtimeSeconds.toFixed(3)} s), ` +
-        `QEMU save ${(t1 - t0).toFixed(3)} s (downtime ${(resumed - stopped).toFixed(3)} s)`);
+      o.log(
+        `vm: run ${r + 1}: vm save ${res.wall.toFixed(3)} s (downtime ${j.downtimeSeconds.toFixed(3)} s), ` +
+          `QEMU save ${(t1 - t0).toFixed(3)} s (downtime ${(resumed - stopped).toFixed(3)} s)`,
+      );
       count = await waitCounting(path.join(work, 'a.serial'), count);
 
       // fixedram vm restore into a fresh QEMU waiting with -incoming defer
@@ -188,7 +247,19 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       const b = await startVm(work, `b${r}`, kernel, dstF, mib, true);
       vms.push(b);
       evict([fxr]);
-      const rr = await measure([...o.fixedram, 'vm', 'restore', '--qmp', b.fxQmp, fxr, '-j', '2', '--json', '--progress', 'none']);
+      const rr = await measure([
+        ...o.fixedram,
+        'vm',
+        'restore',
+        '--qmp',
+        b.fxQmp,
+        fxr,
+        '-j',
+        '2',
+        '--json',
+        '--progress',
+        'none',
+      ]);
       if (rr.status !== 0) throw new Error(`fixedram vm restore failed: ${rr.stderr.trim()}`);
       const jr = JSON.parse(rr.stdout.trim().split('\n').pop()!) as { downtimeSeconds: number };
       rows.fxRestore.push({ wall: rr.wall, downtime: jr.downtimeSeconds, cpu: rr.user + rr.sys });
@@ -201,8 +272,12 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       const c = await startVm(work, `c${r}`, kernel, dstQ, mib, true);
       vms.push(c);
       evict([mig]);
-      await c.qmp.execute('migrate-set-capabilities', { capabilities: [
-        { capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true }] });
+      await c.qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'mapped-ram', state: true },
+          { capability: 'multifd', state: true },
+        ],
+      });
       await c.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
       const q0 = now();
       await c.qmp.execute('migrate-incoming', { uri: `file:${mig}` });
@@ -231,14 +306,34 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
   const frD = med(rows.fxRestore.map((x) => x.downtime));
   const qr1 = med(rows.qRestore.map((x) => x.wall));
   const ac = reportedAccelerator() ?? `not reported (asked for ${accel()})`;
-  const title = `vm: ${mib} MiB guest (memory-backend-file in /dev/shm, running, ${ac}) to disk and back: ` +
+  const title =
+    `vm: ${mib} MiB guest (memory-backend-file in /dev/shm, running, ${ac}) to disk and back: ` +
     `fixedram -j 2 vs QEMU mapped-ram + multifd 2 ch`;
-  const text = plainTable(title, ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', `time ÷ QEMU (${ac})`, `downtime ÷ QEMU (${ac})`], 1, [
-    ['vm save (+ fsync)', fmt(fs1, 3), fmt(fsD, 3), fmt(qs1, 3), fmt(qsD, 3), `${fmt(fs1 / qs1)}×`, `${fmt(fsD / qsD)}×`],
-    ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
-  ]) + `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram's at cont once the RAM is copied, before its metadata and fsync. Accelerator: ${ac}.\n`;
+  const text =
+    plainTable(
+      title,
+      ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', `time ÷ QEMU (${ac})`, `downtime ÷ QEMU (${ac})`],
+      1,
+      [
+        [
+          'vm save (+ fsync)',
+          fmt(fs1, 3),
+          fmt(fsD, 3),
+          fmt(qs1, 3),
+          fmt(qsD, 3),
+          `${fmt(fs1 / qs1)}×`,
+          `${fmt(fsD / qsD)}×`,
+        ],
+        ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
+      ],
+    ) +
+    `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram's at cont once the RAM is copied, before its metadata and fsync. Accelerator: ${ac}.\n`;
   const t = (what: string, target: string, v: number, ok: boolean): Target => ({
-    issue: '12', what: `${what} (${ac})`, target, measured: `${fmt(v)}×`, verdict: ok ? 'PASS' : 'MISS',
+    issue: '12',
+    what: `${what} (${ac})`,
+    target,
+    measured: `${fmt(v)}×`,
+    verdict: ok ? 'PASS' : 'MISS',
   });
   return {
     text,
@@ -246,7 +341,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
     targets: [
       t('vm save vs QEMU mapped-ram + multifd 2 ch (+ fsync)', '≥ 2× faster', qs1 / fs1, qs1 / fs1 >= 2),
       t('vm restore vs QEMU mapped-ram + multifd 2 ch', '≥ 2× faster', qr1 / fr1, qr1 / fr1 >= 2),
-      { ...t('vm save downtime vs QEMU\'s', '≤ 0.5×', fsD / qsD, fsD / qsD <= 0.5), measured: `${fmt(fsD / qsD)}×` },
+      { ...t("vm save downtime vs QEMU's", '≤ 0.5×', fsD / qsD, fsD / qsD <= 0.5), measured: `${fmt(fsD / qsD)}×` },
     ],
   };
 }

@@ -25,7 +25,10 @@ export function encodeBlockName(name: string): string {
 
 /** Inverse of {@link encodeBlockName}. */
 export function decodeBlockName(rel: string): string {
-  const joined = rel.split('/').map((p, i, all) => (i < all.length - 1 ? p.slice(0, -1) : p)).join('');
+  const joined = rel
+    .split('/')
+    .map((p, i, all) => (i < all.length - 1 ? p.slice(0, -1) : p))
+    .join('');
   const bytes: number[] = [];
   for (let i = 0; i < joined.length; i++) {
     if (joined[i] === '%') {

@@ -65,7 +65,8 @@ function describeType(st: fs.BigIntStats): string {
  * regular files. O_NONBLOCK keeps a FIFO from blocking the open; it changes nothing for files.
  */
 export function openBlockFile(
-  file: string, flags: number,
+  file: string,
+  flags: number,
   opts: FileOptions & { block: string; create?: boolean; mode?: number; at?: BeneathPath; mkdirMode?: number },
 ): OpenFile {
   const c = fs.constants;
@@ -73,11 +74,17 @@ export function openBlockFile(
   if (opts.create) f |= c.O_CREAT | c.O_EXCL;
   let fd: number;
   try {
-    fd = opts.at ? openBeneath(opts.at, f, opts.mode ?? 0o600, file, opts.mkdirMode ?? -1) : fs.openSync(file, f, opts.mode ?? 0o600);
+    fd = opts.at
+      ? openBeneath(opts.at, f, opts.mode ?? 0o600, file, opts.mkdirMode ?? -1)
+      : fs.openSync(file, f, opts.mode ?? 0o600);
   } catch (err) {
     if (isSystemError(err) && err.code === 'EISDIR') {
-      throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage, `'${file}' (block '${opts.block}') is a directory, not a regular file`,
-        { path: file, block: opts.block });
+      throw new FixedramError(
+        'ERR_NOT_REGULAR',
+        ExitCode.usage,
+        `'${file}' (block '${opts.block}') is a directory, not a regular file`,
+        { path: file, block: opts.block },
+      );
     }
     if (isSystemError(err) && (err.code === 'ENXIO' || err.code === 'EOPNOTSUPP')) {
       // a socket (or a device without a driver): one rule for every kind that is not a file
@@ -88,18 +95,29 @@ export function openBlockFile(
         st = undefined;
       }
       if (st && !st.isFile() && !st.isBlockDevice()) {
-        throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
-          `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file`, { path: file, block: opts.block });
+        throw new FixedramError(
+          'ERR_NOT_REGULAR',
+          ExitCode.usage,
+          `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file`,
+          { path: file, block: opts.block },
+        );
       }
     }
     if (isSystemError(err) && err.code === 'ELOOP' && opts.at) {
-      throw new FixedramError('ERR_SYMLINK', ExitCode.usage,
+      throw new FixedramError(
+        'ERR_SYMLINK',
+        ExitCode.usage,
         `'${file}' (block '${opts.block}') is or lies behind a symbolic link inside the --dir directory; refused`,
-        { path: file, block: opts.block });
+        { path: file, block: opts.block },
+      );
     }
     if (isSystemError(err) && err.code === 'ELOOP' && !opts.followSymlinks) {
-      throw new FixedramError('ERR_SYMLINK', ExitCode.usage,
-        `'${file}' (block '${opts.block}') is a symbolic link; use option followSymlinks to accept it`, { path: file, block: opts.block });
+      throw new FixedramError(
+        'ERR_SYMLINK',
+        ExitCode.usage,
+        `'${file}' (block '${opts.block}') is a symbolic link; use option followSymlinks to accept it`,
+        { path: file, block: opts.block },
+      );
     }
     if (isSystemError(err)) Object.assign(err, { block: opts.block });
     throw err;
@@ -109,15 +127,27 @@ export function openBlockFile(
     const device = st.isBlockDevice() && opts.allowDevice === true;
     if (!st.isFile() && !device) {
       const hint = st.isBlockDevice() ? ' (use option allowDevice to accept a block device)' : '';
-      throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
-        `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`, { path: file, block: opts.block });
+      throw new FixedramError(
+        'ERR_NOT_REGULAR',
+        ExitCode.usage,
+        `'${file}' (block '${opts.block}') is ${describeType(st)}, not a regular file${hint}`,
+        { path: file, block: opts.block },
+      );
     }
     const [fsType, bsize] = native().fstatfs(fd);
     const hugetlbfs = !device && fsType === kHugetlbfsMagic;
     const size = device ? native().blockDeviceSize(fd) : Number(st.size);
     return {
-      path: file, fd, follow: opts.followSymlinks === true, size, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, hugetlbfs,
-      device, ...(opts.at ? { at: opts.at } : {}),
+      path: file,
+      fd,
+      follow: opts.followSymlinks === true,
+      size,
+      dev: st.dev,
+      ino: st.ino,
+      mtimeNs: st.mtimeNs,
+      hugetlbfs,
+      device,
+      ...(opts.at ? { at: opts.at } : {}),
       ...(hugetlbfs ? { hugePageSize: bsize } : {}),
     };
   } catch (err) {
@@ -141,7 +171,9 @@ export function pageSizeFor(file: OpenFile, requested: number | undefined): numb
   checkPageSize(requested);
   if (requested !== undefined) {
     if (file.hugePageSize !== undefined && requested % file.hugePageSize !== 0) {
-      throw usageError(`option pageSize ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`);
+      throw usageError(
+        `option pageSize ${requested} is smaller than the huge page size ${file.hugePageSize} of '${file.path}'`,
+      );
     }
     return requested;
   }
@@ -164,14 +196,23 @@ export function releaseFd(file: OpenFile): void {
  * @throws ERR_SOURCE_CHANGED when it was replaced or removed in between.
  */
 export function reopenChecked(
-  file: string, flags: number, id: { dev: bigint; ino: bigint; follow: boolean }, block: string, at?: BeneathPath,
+  file: string,
+  flags: number,
+  id: { dev: bigint; ino: bigint; follow: boolean },
+  block: string,
+  at?: BeneathPath,
 ): number {
   const c = fs.constants;
-  const changed = (): Error => ioError('ERR_SOURCE_CHANGED',
-    `'${file}' (block '${block}') was replaced or removed during the operation`, { path: file, block });
+  const changed = (): Error =>
+    ioError('ERR_SOURCE_CHANGED', `'${file}' (block '${block}') was replaced or removed during the operation`, {
+      path: file,
+      block,
+    });
   let fd: number;
   try {
-    fd = at ? openBeneath(at, flags | c.O_NONBLOCK, 0, file, -1) : fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
+    fd = at
+      ? openBeneath(at, flags | c.O_NONBLOCK, 0, file, -1)
+      : fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
   } catch (err) {
     if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
     throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
@@ -198,13 +239,18 @@ export function checkUnchanged(file: OpenFile, block: string): void {
     now = undefined;
   }
   if (!now || now.ino !== file.ino || now.dev !== file.dev) {
-    throw ioError('ERR_SOURCE_CHANGED', `source of block '${block}' was replaced or removed during the operation ('${file.path}')`,
-      { path: file.path, block });
+    throw ioError(
+      'ERR_SOURCE_CHANGED',
+      `source of block '${block}' was replaced or removed during the operation ('${file.path}')`,
+      { path: file.path, block },
+    );
   }
   if (!file.device && Number(now.size) !== file.size) {
-    throw ioError('ERR_SOURCE_CHANGED',
+    throw ioError(
+      'ERR_SOURCE_CHANGED',
       `source of block '${block}' changed size during the operation ('${file.path}': ${file.size} -> ${now.size} bytes)`,
-      { path: file.path, block });
+      { path: file.path, block },
+    );
   }
 }
 
@@ -273,19 +319,24 @@ export function pathError(errno: number, syscall: string, file: string, block?: 
  * reopen sources by path and check their identity; see releaseFd).
  */
 export function openSources(
-  blocks: readonly BlockArg[], opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
+  blocks: readonly BlockArg[],
+  opts: { pageSize?: number; followSymlinks?: boolean; allowDevice?: boolean },
 ): OpenFile[] {
   const opened: OpenFile[] = [];
   try {
     for (const b of blocks) {
       const f = openBlockFile(b.path, fs.constants.O_RDONLY, {
-        block: b.name, followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
+        block: b.name,
+        followSymlinks: opts.followSymlinks ?? false,
+        allowDevice: opts.allowDevice ?? false,
       });
       opened.push(f);
       const ps = pageSizeFor(f, opts.pageSize);
       if (f.size % ps !== 0) {
-        throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`,
-          { block: b.name, path: b.path });
+        throw usageError(`block '${b.name}': '${b.path}' is ${f.size} bytes, not a multiple of the page size ${ps}`, {
+          block: b.name,
+          path: b.path,
+        });
       }
       releaseFd(f);
     }
@@ -302,7 +353,10 @@ export function refuseAliasing(output: string, files: readonly { name: string; f
   if (!id) return;
   for (const { name, file } of files) {
     if (sameFile(id, file)) {
-      throw usageError(`output '${output}' is the same file as block '${name}' ('${file.path}')`, { path: output, block: name });
+      throw usageError(`output '${output}' is the same file as block '${name}' ('${file.path}')`, {
+        path: output,
+        block: name,
+      });
     }
   }
 }

@@ -64,7 +64,11 @@ export interface AtomicWriteOptions {
  * @throws ERR_NOT_REGULAR (exit 2) for an output that is not a regular file, ERR_LOCKED, system
  *   errors naming the temp file or the output, and whatever `fill` throws (the output is unchanged then).
  */
-export async function writeAtomically<R>(output: string, opts: AtomicWriteOptions, fill: (file: TempFile) => Promise<R>): Promise<R> {
+export async function writeAtomically<R>(
+  output: string,
+  opts: AtomicWriteOptions,
+  fill: (file: TempFile) => Promise<R>,
+): Promise<R> {
   checkOutputPath(output);
   const lock = lockOutput(output);
   let tmp: string | undefined;

@@ -79,21 +79,31 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const image = openImage(input);
   try {
     if (image.format !== 'qemu-mapped-ram') {
-      throw usageError(`'${opts.input}' is a ${image.format} snapshot already, not a QEMU mapped-ram file`, { path: input });
+      throw usageError(`'${opts.input}' is a ${image.format} snapshot already, not a QEMU mapped-ram file`, {
+        path: input,
+      });
     }
     if (image.incomplete) throw image.incomplete;
     const id = fs.fstatSync(image.fd, { bigint: true });
     const out = identityOf(output);
-    if (out && sameFile(out, id)) throw usageError(`output '${opts.output}' is the input file itself`, { path: output });
+    if (out && sameFile(out, id))
+      throw usageError(`output '${opts.output}' is the input file itself`, { path: output });
     for (const b of image.blocks) {
       if (b.pageSize < kMinPageSize) {
-        throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+        throw snapshotError(
+          'ERR_SNAPSHOT_UNSUPPORTED',
           `block '${b.name}' has ${b.pageSize}-byte pages; a fixedram snapshot needs pages of at least ${kMinPageSize} bytes`,
-          { block: b.name, path: input });
+          { block: b.name, path: input },
+        );
       }
     }
     const sources = image.blocks.map((b, i): SnapshotSource => ({
-      name: b.name, length: b.length, pageSize: b.pageSize, fd: image.fd, path: input, base: b.pagesOffset,
+      name: b.name,
+      length: b.length,
+      pageSize: b.pageSize,
+      fd: image.fd,
+      path: input,
+      base: b.pagesOffset,
       // QEMU's bitmap, one window at a time
       maskWindow: (first: number, count: number): Uint8Array => {
         const into = { present: new Uint8Array(count), csums: new Uint8Array(8 * count) };
@@ -106,7 +116,11 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     opts.logger?.debug({ input, output, blocks: sources.length, machineType: details.machineType }, 'converting');
 
     const w = await writeSnapshot(output, sources, {
-      command: 'convert', channels, fsync, directIo: opts.directIo ?? false, batchBytes,
+      command: 'convert',
+      channels,
+      fsync,
+      directIo: opts.directIo ?? false,
+      batchBytes,
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
@@ -116,16 +130,29 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });
     const blocks = w.layout.blocks.map((b, i): SavedBlock => ({
-      name: b.name, path: input, length: b.length, pageSize: b.pageSize, pages: b.pages,
-      presentPages: w.summary.counts[i]!, zeroPages: b.pages - w.summary.counts[i]!, pagesOffset: b.pagesOffset,
+      name: b.name,
+      path: input,
+      length: b.length,
+      pageSize: b.pageSize,
+      pages: b.pages,
+      presentPages: w.summary.counts[i]!,
+      zeroPages: b.pages - w.summary.counts[i]!,
+      pagesOffset: b.pagesOffset,
     }));
     return {
-      command: 'convert', input, inputFormat: 'qemu-mapped-ram', machineType: details.machineType ?? '',
-      output, fileSize: w.layout.fileSize, blocks,
+      command: 'convert',
+      input,
+      inputFormat: 'qemu-mapped-ram',
+      machineType: details.machineType ?? '',
+      output,
+      fileSize: w.layout.fileSize,
+      blocks,
       presentPages: blocks.reduce((s, b) => s + b.presentPages, 0),
       zeroPages: blocks.reduce((s, b) => s + b.zeroPages, 0),
       deviceStateBytes: w.layout.deviceState?.bytes ?? 0,
-      bytesRead: w.bytesRead, bytesWritten: w.bytesWritten, channels: w.channels,
+      bytesRead: w.bytesRead,
+      bytesWritten: w.bytesWritten,
+      channels: w.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {
@@ -142,10 +169,14 @@ function checkInputUnchanged(fd: number, input: string, before: fs.BigIntStats):
     throw isSystemError(err) ? Object.assign(err, { path: input }) : err;
   }
   if (now.size !== before.size || now.mtimeNs !== before.mtimeNs) {
-    throw ioError('ERR_SOURCE_CHANGED', `input '${input}' changed while it was converted (size or modification time)`, { path: input });
+    throw ioError('ERR_SOURCE_CHANGED', `input '${input}' changed while it was converted (size or modification time)`, {
+      path: input,
+    });
   }
   const named = identityOf(input);
   if (!named || !sameFile(named, now)) {
-    throw ioError('ERR_SOURCE_CHANGED', `input '${input}' was replaced or removed while it was converted`, { path: input });
+    throw ioError('ERR_SOURCE_CHANGED', `input '${input}' was replaced or removed while it was converted`, {
+      path: input,
+    });
   }
 }

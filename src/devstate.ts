@@ -28,7 +28,10 @@ export const kMaxParts = 8;
 export const kKindQemuMappedRam = 1;
 export const kKindQemuStream = 2;
 export type DeviceStateKind = 'qemu-mapped-ram' | 'qemu-stream';
-const kKinds: Record<number, DeviceStateKind> = { [kKindQemuMappedRam]: 'qemu-mapped-ram', [kKindQemuStream]: 'qemu-stream' };
+const kKinds: Record<number, DeviceStateKind> = {
+  [kKindQemuMappedRam]: 'qemu-mapped-ram',
+  [kKindQemuStream]: 'qemu-stream',
+};
 
 /** Part types. */
 export const kPartOrigin = 1;
@@ -97,13 +100,18 @@ function partsOf(ds: DeviceState): { type: number; bytes: Uint8Array }[] {
   const origin = Buffer.from(JSON.stringify(ds.origin), 'utf8');
   const parts: { type: number; bytes: Uint8Array }[] = [{ type: kPartOrigin, bytes: origin }];
   if (ds.kind === 'qemu-mapped-ram') {
-    if (!ds.head || !ds.tail || !ds.ramSection) throw new RangeError('a qemu-mapped-ram device state needs head, ramSection and tail');
+    if (!ds.head || !ds.tail || !ds.ramSection)
+      throw new RangeError('a qemu-mapped-ram device state needs head, ramSection and tail');
     const rs = Buffer.alloc(kRamSectionPartBytes);
     rs.writeUInt32LE(ds.ramSection.sectionId, 0);
     rs.writeUInt32LE(ds.ramSection.instanceId, 4);
     rs.writeUInt32LE(ds.ramSection.version, 8);
     rs.writeUInt32LE(ds.ramSection.footers ? 1 : 0, 12);
-    parts.push({ type: kPartQemuHead, bytes: ds.head }, { type: kPartQemuRamSection, bytes: rs }, { type: kPartQemuTail, bytes: ds.tail });
+    parts.push(
+      { type: kPartQemuHead, bytes: ds.head },
+      { type: kPartQemuRamSection, bytes: rs },
+      { type: kPartQemuTail, bytes: ds.tail },
+    );
   } else if (ds.kind === 'qemu-stream') {
     if (!ds.stream) throw new RangeError('a qemu-stream device state needs stream');
     parts.push({ type: kPartQemuStream, bytes: ds.stream });
@@ -117,15 +125,20 @@ function partsOf(ds: DeviceState): { type: number; bytes: Uint8Array }[] {
 /** Size of the encoded record of `ds` (checks the bounds). */
 export function deviceStateBytes(ds: DeviceState): number {
   const parts = partsOf(ds);
-  checkPartBounds(parts.map((p) => ({ type: p.type, bytes: p.bytes.length })), (m) => new RangeError(m));
+  checkPartBounds(
+    parts.map((p) => ({ type: p.type, bytes: p.bytes.length })),
+    (m) => new RangeError(m),
+  );
   return kDeviceStateHeaderBytes + parts.length * kPartEntryBytes + parts.reduce((s, p) => s + p.bytes.length, 0);
 }
 
 function checkPartBounds(parts: { type: number; bytes: number }[], fail: (m: string) => Error): void {
   let total = kDeviceStateHeaderBytes + parts.length * kPartEntryBytes;
   for (const p of parts) {
-    if (p.type === kPartOrigin && p.bytes > kMaxOriginBytes) throw fail(`the device-state origin is ${p.bytes} bytes (at most ${kMaxOriginBytes})`);
-    if (p.type === kPartLibvirt && p.bytes > kMaxLibvirtBytes) throw fail(`the libvirt data is ${p.bytes} bytes (at most ${kMaxLibvirtBytes})`);
+    if (p.type === kPartOrigin && p.bytes > kMaxOriginBytes)
+      throw fail(`the device-state origin is ${p.bytes} bytes (at most ${kMaxOriginBytes})`);
+    if (p.type === kPartLibvirt && p.bytes > kMaxLibvirtBytes)
+      throw fail(`the libvirt data is ${p.bytes} bytes (at most ${kMaxLibvirtBytes})`);
     total += p.bytes;
   }
   if (total > kMaxDeviceStateBytes) throw fail(`the device state is ${total} bytes (at most ${kMaxDeviceStateBytes})`);
@@ -158,22 +171,34 @@ export function encodeDeviceState(ds: DeviceState, hash64: (b: Uint8Array) => bi
  * the header to the end of the file). Structural problems throw ERR_SNAPSHOT_* (exit 3); a checksum
  * mismatch does not throw: `checksumOk` says it (verify reports it as an integrity failure).
  */
-export function decodeDeviceState(buf: Uint8Array, offset: number, hash64: (b: Uint8Array) => bigint): DecodedDeviceState {
+export function decodeDeviceState(
+  buf: Uint8Array,
+  offset: number,
+  hash64: (b: Uint8Array) => bigint,
+): DecodedDeviceState {
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
-  const bad = (m: string, at = 0): Error => snapshotError('ERR_SNAPSHOT_INVALID', `corrupt device-state record: ${m}`, { offset: offset + at });
-  if (b.length < kDeviceStateHeaderBytes) throw bad(`${b.length} bytes, shorter than its ${kDeviceStateHeaderBytes}-byte header`);
+  const bad = (m: string, at = 0): Error =>
+    snapshotError('ERR_SNAPSHOT_INVALID', `corrupt device-state record: ${m}`, { offset: offset + at });
+  if (b.length < kDeviceStateHeaderBytes)
+    throw bad(`${b.length} bytes, shorter than its ${kDeviceStateHeaderBytes}-byte header`);
   if (!b.subarray(0, 8).equals(kDeviceStateMagic)) throw bad('bad magic');
   const version = b.readUInt32LE(8);
   if (version !== kDeviceStateVersion) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported device-state record version ${version} (this fixedram reads ${kDeviceStateVersion})`,
-      { offset: offset + 8 });
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `unsupported device-state record version ${version} (this fixedram reads ${kDeviceStateVersion})`,
+      { offset: offset + 8 },
+    );
   }
   const kind = kKinds[b.readUInt32LE(12)];
   if (!kind) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported device-state kind ${b.readUInt32LE(12)}`, { offset: offset + 12 });
+    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported device-state kind ${b.readUInt32LE(12)}`, {
+      offset: offset + 12,
+    });
   }
   const recordBytes = b.readBigUInt64LE(16);
-  if (recordBytes !== BigInt(b.length)) throw bad(`it says ${recordBytes} bytes, the file holds ${b.length} from its offset`, 16);
+  if (recordBytes !== BigInt(b.length))
+    throw bad(`it says ${recordBytes} bytes, the file holds ${b.length} from its offset`, 16);
   const count = b.readUInt32LE(24);
   if (count < 1 || count > kMaxParts) throw bad(`${count} parts (1 to ${kMaxParts})`, 24);
   if (b.readUInt32LE(28) !== 0 || b.subarray(40, 64).some((x) => x !== 0)) throw bad('reserved bytes are not zero', 28);
@@ -202,13 +227,21 @@ export function decodeDeviceState(buf: Uint8Array, offset: number, hash64: (b: U
     const p = parts.find((x) => x.type === type);
     return p ? b.subarray(p.at, p.at + p.bytes) : undefined;
   };
-  const allowed = kind === 'qemu-mapped-ram'
-    ? [kPartOrigin, kPartQemuHead, kPartQemuRamSection, kPartQemuTail, kPartLibvirt]
-    : [kPartOrigin, kPartQemuStream, kPartLibvirt];
-  const required = kind === 'qemu-mapped-ram' ? [kPartOrigin, kPartQemuHead, kPartQemuRamSection, kPartQemuTail] : [kPartOrigin, kPartQemuStream];
+  const allowed =
+    kind === 'qemu-mapped-ram'
+      ? [kPartOrigin, kPartQemuHead, kPartQemuRamSection, kPartQemuTail, kPartLibvirt]
+      : [kPartOrigin, kPartQemuStream, kPartLibvirt];
+  const required =
+    kind === 'qemu-mapped-ram'
+      ? [kPartOrigin, kPartQemuHead, kPartQemuRamSection, kPartQemuTail]
+      : [kPartOrigin, kPartQemuStream];
   for (const p of parts) {
     if (!allowed.includes(p.type)) {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported device-state part type ${p.type} in a ${kind} record`, { offset: offset + p.at });
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
+        `unsupported device-state part type ${p.type} in a ${kind} record`,
+        { offset: offset + p.at },
+      );
     }
   }
   for (const t of required) if (!get(t)) throw bad(`a ${kind} record needs part type ${t}`);
@@ -224,14 +257,24 @@ export function decodeDeviceState(buf: Uint8Array, offset: number, hash64: (b: U
     throw bad('the origin is not a JSON object with a "source"');
   }
   const ds: DecodedDeviceState = {
-    kind, origin, recordBytes: b.length, checksum: stored, checksumOk, streamBytes: 0,
+    kind,
+    origin,
+    recordBytes: b.length,
+    checksum: stored,
+    checksumOk,
+    streamBytes: 0,
   };
   if (kind === 'qemu-mapped-ram') {
     const rs = get(kPartQemuRamSection)!;
     if (rs.length !== kRamSectionPartBytes || rs.readUInt32LE(12) > 1) throw bad('malformed RAM section part');
     ds.head = get(kPartQemuHead)!;
     ds.tail = get(kPartQemuTail)!;
-    ds.ramSection = { sectionId: rs.readUInt32LE(0), instanceId: rs.readUInt32LE(4), version: rs.readUInt32LE(8), footers: rs.readUInt32LE(12) === 1 };
+    ds.ramSection = {
+      sectionId: rs.readUInt32LE(0),
+      instanceId: rs.readUInt32LE(4),
+      version: rs.readUInt32LE(8),
+      footers: rs.readUInt32LE(12) === 1,
+    };
     ds.streamBytes = ds.head.length + ds.tail.length;
   } else {
     ds.stream = get(kPartQemuStream)!;
@@ -256,11 +299,16 @@ export function placeDeviceState(end: number, recordBytes: number): { offset: nu
  * its size within the bound. `declaredSize` is the header's fileSize (the record runs to it).
  */
 export function checkDeviceStatePlace(offset: number, end: number, declaredSize: number): void {
-  const bad = (m: string): Error => snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: device-state record ${m}`, { offset: 48 });
-  if (offset % kDeviceStateAlign !== 0) throw bad(`offset 0x${offset.toString(16)} is not a multiple of ${kDeviceStateAlign}`);
-  if (offset < end) throw bad(`at 0x${offset.toString(16)} overlaps the regions before it (they end at 0x${end.toString(16)})`);
-  if (offset + kDeviceStateHeaderBytes > declaredSize) throw bad(`at 0x${offset.toString(16)} does not fit before the declared size 0x${declaredSize.toString(16)}`);
-  if (declaredSize - offset > kMaxDeviceStateBytes) throw bad(`is ${declaredSize - offset} bytes (at most ${kMaxDeviceStateBytes})`);
+  const bad = (m: string): Error =>
+    snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: device-state record ${m}`, { offset: 48 });
+  if (offset % kDeviceStateAlign !== 0)
+    throw bad(`offset 0x${offset.toString(16)} is not a multiple of ${kDeviceStateAlign}`);
+  if (offset < end)
+    throw bad(`at 0x${offset.toString(16)} overlaps the regions before it (they end at 0x${end.toString(16)})`);
+  if (offset + kDeviceStateHeaderBytes > declaredSize)
+    throw bad(`at 0x${offset.toString(16)} does not fit before the declared size 0x${declaredSize.toString(16)}`);
+  if (declaredSize - offset > kMaxDeviceStateBytes)
+    throw bad(`is ${declaredSize - offset} bytes (at most ${kMaxDeviceStateBytes})`);
 }
 
 /** A short description for inspect and logs. */

@@ -33,7 +33,10 @@ export function escapingWriter(out: NodeJS.WritableStream): NodeJS.WritableStrea
   const write = (chunk: unknown, ...rest: unknown[]): boolean => {
     const s = typeof chunk === 'string' ? chunk : Buffer.isBuffer(chunk) ? chunk.toString('utf8') : String(chunk);
     const body = s.endsWith('\n') ? s.slice(0, -1) : s;
-    return (out.write as (c: string, ...r: unknown[]) => boolean)(`${escapeControls(body)}${s.endsWith('\n') ? '\n' : ''}`, ...rest);
+    return (out.write as (c: string, ...r: unknown[]) => boolean)(
+      `${escapeControls(body)}${s.endsWith('\n') ? '\n' : ''}`,
+      ...rest,
+    );
   };
   return new Proxy(out, {
     get(target, prop, receiver) {

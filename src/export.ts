@@ -63,7 +63,15 @@ export interface ExportResult {
   fileSize: number;
   /** Offset of the QEMU stream in the output (the libvirt part's size, else 0). */
   streamOffset: number;
-  blocks: { name: string; length: number; pageSize: number; pages: number; presentPages: number; zeroPages: number; pagesOffset: number }[];
+  blocks: {
+    name: string;
+    length: number;
+    pageSize: number;
+    pages: number;
+    presentPages: number;
+    zeroPages: number;
+    pagesOffset: number;
+  }[];
   /** Bytes of the stream that are not pages (head, records, bitmaps, device sections). */
   deviceStateBytes: number;
   bytesRead: number;
@@ -93,80 +101,126 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
   const image = openImage(path.resolve(opts.snapshot));
   try {
     if (image.format !== 'fixedram') {
-      throw usageError(`'${opts.snapshot}' is a QEMU mapped-ram file already; export reads fixedram snapshots`, { path: image.path });
+      throw usageError(`'${opts.snapshot}' is a QEMU mapped-ram file already; export reads fixedram snapshots`, {
+        path: image.path,
+      });
     }
     if (image.incomplete) throw image.incomplete;
     const ds = image.readDeviceState?.();
     if (!ds) {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
         `'${opts.snapshot}' holds no device state (CPU and device state of a VM): it is a plain save of RAM files, which QEMU cannot ` +
-          'restore a VM from; export needs a snapshot made by `fixedram convert` of a QEMU file or by `fixedram vm save`', { path: image.path });
+          'restore a VM from; export needs a snapshot made by `fixedram convert` of a QEMU file or by `fixedram vm save`',
+        { path: image.path },
+      );
     }
     if (!ds.checksumOk) {
-      throw integrityError(`the device state of '${opts.snapshot}' fails its checksum; nothing was exported`, { path: image.path });
+      throw integrityError(`the device state of '${opts.snapshot}' fails its checksum; nothing was exported`, {
+        path: image.path,
+      });
     }
     if (ds.kind !== 'qemu-mapped-ram') {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
         `the device state of '${opts.snapshot}' is a complete QEMU stream (${ds.kind}) whose RAM lives in the VM's own backend files; ` +
-          'restore it with `fixedram vm restore`, not export', { path: image.path });
+          'restore it with `fixedram vm restore`, not export',
+        { path: image.path },
+      );
     }
     const format: ExportFormat = opts.format ?? (ds.libvirt ? 'libvirt' : 'qemu');
     if (format === 'libvirt' && !ds.libvirt) {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
         `'${opts.snapshot}' did not come from a libvirt save image: it holds no libvirt header and domain XML to write; use --format qemu`,
-        { path: image.path });
+        { path: image.path },
+      );
     }
     const snapId = fs.fstatSync(image.fd, { bigint: true });
     const outId = identityOf(output);
-    if (outId && sameFile(outId, snapId)) throw usageError(`output '${opts.output}' is the snapshot itself`, { path: output });
+    if (outId && sameFile(outId, snapId))
+      throw usageError(`output '${opts.output}' is the snapshot itself`, { path: output });
 
     const tables = image.blocks.map((_, i) => image.readTables(i));
     let plan: ReturnType<typeof planMappedRamStream>;
     try {
-      plan = planMappedRamStream(ds, image.blocks, image.blocks.map((b, i) => packBitmap(tables[i]!.present, b.pages)), { libvirt: format === 'libvirt' });
+      plan = planMappedRamStream(
+        ds,
+        image.blocks,
+        image.blocks.map((b, i) => packBitmap(tables[i]!.present, b.pages)),
+        { libvirt: format === 'libvirt' },
+      );
     } catch (err) {
       if (!(err instanceof RangeError)) throw err;
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `cannot export '${opts.snapshot}': ${err.message}`, { path: image.path });
+      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `cannot export '${opts.snapshot}': ${err.message}`, {
+        path: image.path,
+      });
     }
     opts.logger?.debug({ output, format, fileSize: plan.fileSize, blocks: plan.blocks.length }, 'stream planned');
 
     const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
-    const { stats, batches } = await writeAtomically(output, {
-      size: plan.fileSize, fsync, ...(opts.logger ? { logger: opts.logger } : {}),
-      provisional: (fd) => {
-        for (const p of plan.pieces) writeAt(fd, p.bytes, p.offset);
+    const { stats, batches } = await writeAtomically(
+      output,
+      {
+        size: plan.fileSize,
+        fsync,
+        ...(opts.logger ? { logger: opts.logger } : {}),
+        provisional: (fd) => {
+          for (const p of plan.pieces) writeAt(fd, p.bytes, p.offset);
+        },
       },
-    }, async ({ fd, path: tmp }) => {
-      const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
-        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        liveFd: fd, livePath: tmp, liveBase: plan.blocks[i]!.pagesOffset,
-        present: tables[i]!.present, csums: tables[i]!.csums,
-        flags: kLoadVerify,
-      }));
-      const batches = planBatches(blocks, batchBytes);
-      const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
-      opts.onProgress?.({ command: 'export', bytesDone: 0, bytesTotal: total });
-      const stats = await runChannels({
-        kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, blocks, plan: batches,
-        onWarning: (message) => opts.logger?.warn(message),
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        onProgress: (done) => opts.onProgress?.({ command: 'export', bytesDone: done, bytesTotal: total }),
-      }).catch((err: unknown) => {
-        throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
-      });
-      return { stats, batches };
-    });
+      async ({ fd, path: tmp }) => {
+        const blocks: ChannelBlock[] = image.blocks.map((b, i) => ({
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: b.pages,
+          snapBase: b.pagesOffset,
+          liveFd: fd,
+          livePath: tmp,
+          liveBase: plan.blocks[i]!.pagesOffset,
+          present: tables[i]!.present,
+          csums: tables[i]!.csums,
+          flags: kLoadVerify,
+        }));
+        const batches = planBatches(blocks, batchBytes);
+        const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
+        opts.onProgress?.({ command: 'export', bytesDone: 0, bytesTotal: total });
+        const stats = await runChannels({
+          kind: 'load',
+          channels,
+          snapshotFd: image.fd,
+          snapshotPath: image.path,
+          blocks,
+          plan: batches,
+          onWarning: (message) => opts.logger?.warn(message),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          onProgress: (done) => opts.onProgress?.({ command: 'export', bytesDone: done, bytesTotal: total }),
+        }).catch((err: unknown) => {
+          throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
+        });
+        return { stats, batches };
+      },
+    );
     return {
-      command: 'export', snapshot: image.path, output,
+      command: 'export',
+      snapshot: image.path,
+      output,
       outputFormat: format === 'libvirt' ? 'libvirt-save-image' : 'qemu-mapped-ram',
       machineType: typeof ds.origin.machineType === 'string' ? ds.origin.machineType : '',
-      fileSize: plan.fileSize, streamOffset: plan.streamOffset,
+      fileSize: plan.fileSize,
+      streamOffset: plan.streamOffset,
       blocks: image.blocks.map((b, i) => ({
-        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, presentPages: tables[i]!.presentCount,
-        zeroPages: b.pages - tables[i]!.presentCount, pagesOffset: plan.blocks[i]!.pagesOffset,
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        pages: b.pages,
+        presentPages: tables[i]!.presentCount,
+        zeroPages: b.pages - tables[i]!.presentCount,
+        pagesOffset: plan.blocks[i]!.pagesOffset,
       })),
       deviceStateBytes: metaBytes,
-      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + metaBytes,
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten + metaBytes,
       channels: Math.min(channels, Math.max(batches.count, 1)),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };

@@ -72,7 +72,8 @@ export interface SnapshotHeader extends SnapshotLayout {
 
 export const roundUp = (v: number, a: number): number => Math.ceil(v / a) * a;
 export const bitmapBytesFor = (pages: number): number => Math.ceil(pages / 64) * 8;
-export const isPowerOfTwo = (v: number): boolean => Number.isSafeInteger(v) && v > 0 && (v & (v - 1)) === 0 && v <= 2 ** 30;
+export const isPowerOfTwo = (v: number): boolean =>
+  Number.isSafeInteger(v) && v > 0 && (v & (v - 1)) === 0 && v <= 2 ** 30;
 
 /** Problem with a block name, or undefined when it is acceptable (UTF-8, 1–255 bytes, no NUL). */
 export function nameProblem(name: string): string | undefined {
@@ -108,8 +109,14 @@ export function planLayout(specs: readonly BlockSpec[], deviceStateBytes?: numbe
     const checksumsBytes = pages * 8;
     pos = checksumsOffset + checksumsBytes;
     blocks.push({
-      ...s, nameBytes: Buffer.from(s.name, 'utf8'), pages,
-      bitmapOffset, bitmapBytes, checksumsOffset, checksumsBytes, pagesOffset: 0,
+      ...s,
+      nameBytes: Buffer.from(s.name, 'utf8'),
+      pages,
+      bitmapOffset,
+      bitmapBytes,
+      checksumsOffset,
+      checksumsBytes,
+      pagesOffset: 0,
     });
   }
   const metadataEnd = pos;
@@ -174,7 +181,8 @@ function u64(buf: Buffer, at: number, what: string, offset: number): number {
 
 /** A 64-bit value read from a file as a number, refusing values a double cannot hold exactly (exit 3). */
 export function safeU64(v: bigint, what: string, ctx: { offset: number; block?: string }): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is out of range (${v})`, ctx);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is out of range (${v})`, ctx);
   return Number(v);
 }
 
@@ -190,15 +198,22 @@ export function decodeUtf8(bytes: Uint8Array): string | undefined {
 /** Reads and checks the 64-byte file header; returns the block count and table size. */
 export function decodeFixedHeader(head: Buffer, fileSize: number): { blockCount: number; tableBytes: number } {
   if (fileSize < kHeaderBytes || head.length < kHeaderBytes) {
-    throw snapshotError('ERR_SNAPSHOT_TRUNCATED',
-      `truncated snapshot: the ${kHeaderBytes}-byte header is cut at offset ${fileSize}`, { offset: fileSize });
+    throw snapshotError(
+      'ERR_SNAPSHOT_TRUNCATED',
+      `truncated snapshot: the ${kHeaderBytes}-byte header is cut at offset ${fileSize}`,
+      { offset: fileSize },
+    );
   }
   if (!head.subarray(0, 8).equals(kMagic)) {
     throw snapshotError('ERR_SNAPSHOT_INVALID', 'not a fixedram snapshot (bad magic)', { offset: 0 });
   }
   const version = head.readUInt32LE(8);
   if (version !== kFormatVersion) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported snapshot version ${version} (this fixedram reads ${kFormatVersion})`, { offset: 8 });
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `unsupported snapshot version ${version} (this fixedram reads ${kFormatVersion})`,
+      { offset: 8 },
+    );
   }
   const entryBytes = head.readUInt32LE(20);
   const tableOffset = head.readBigUInt64LE(24);
@@ -207,13 +222,17 @@ export function decodeFixedHeader(head: Buffer, fileSize: number): { blockCount:
     throw snapshotError('ERR_SNAPSHOT_INVALID', 'corrupt header: bad block table geometry', { offset: 20 });
   }
   if (blockCount > kMaxBlocks) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: block count ${blockCount} exceeds ${kMaxBlocks}`, { offset: 16 });
+    throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: block count ${blockCount} exceeds ${kMaxBlocks}`, {
+      offset: 16,
+    });
   }
   const tableBytes = blockCount * kEntryBytes;
   if (kHeaderBytes + tableBytes > fileSize) {
-    throw snapshotError('ERR_SNAPSHOT_TRUNCATED',
+    throw snapshotError(
+      'ERR_SNAPSHOT_TRUNCATED',
       `truncated snapshot: the block table needs ${tableBytes} bytes at offset ${kHeaderBytes}, file size is ${fileSize}`,
-      { offset: fileSize });
+      { offset: fileSize },
+    );
   }
   return { blockCount, tableBytes };
 }
@@ -248,7 +267,11 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     const at = { offset: o };
     const nameLen = table.readUInt16LE(o);
     if (nameLen < 1 || nameLen > kMaxNameBytes || table.readUInt16LE(o + 2) !== 0) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt block table: entry ${i} has a bad name length ${nameLen}`, at);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `corrupt block table: entry ${i} has a bad name length ${nameLen}`,
+        at,
+      );
     }
     const nameBytes = Buffer.from(table.subarray(o + 64, o + 64 + nameLen));
     let name: string;
@@ -260,23 +283,36 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     if (nameBytes.includes(0) || table.subarray(o + 64 + nameLen, o + kEntryBytes).some((b) => b !== 0)) {
       throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt block table: entry ${i} has a malformed name`, at);
     }
-    if (names.has(name)) throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt block table: duplicate block name '${name}'`, at);
+    if (names.has(name))
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt block table: duplicate block name '${name}'`, at);
     names.add(name);
     const ctx = { block: name, offset: o };
     const pageSize = table.readUInt32LE(o + 4);
     if (!isPowerOfTwo(pageSize) || pageSize < kMinPageSize) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': page size ${pageSize} is not a power of two >= ${kMinPageSize}`, ctx);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `block '${name}': page size ${pageSize} is not a power of two >= ${kMinPageSize}`,
+        ctx,
+      );
     }
     const length = u64(table, o + 8, `block '${name}' length`, 0);
     if (length % pageSize !== 0) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': length ${length} is not a multiple of page size ${pageSize}`, ctx);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `block '${name}': length ${length} is not a multiple of page size ${pageSize}`,
+        ctx,
+      );
     }
     if (length > kMaxBlockLength) {
       throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': length ${length} exceeds the maximum 2^50`, ctx);
     }
     const pages = length / pageSize;
     const b: BlockLayout = {
-      name, nameBytes, length, pageSize, pages,
+      name,
+      nameBytes,
+      length,
+      pageSize,
+      pages,
       bitmapOffset: u64(table, o + 16, `block '${name}' bitmap offset`, 0),
       bitmapBytes: bitmapBytesFor(pages),
       checksumsOffset: u64(table, o + 24, `block '${name}' checksum table offset`, 0),
@@ -284,9 +320,18 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
       pagesOffset: u64(table, o + 32, `block '${name}' pages offset`, 0),
     };
     const present = u64(table, o + 40, `block '${name}' present pages`, 0);
-    if (present > pages) throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': ${present} present pages but only ${pages} pages`, ctx);
+    if (present > pages)
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `block '${name}': ${present} present pages but only ${pages} pages`,
+        ctx,
+      );
     if (b.bitmapOffset % 8 !== 0 || b.checksumsOffset % 8 !== 0 || b.pagesOffset % kPagesAlign !== 0) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${name}': misaligned bitmap, checksum table or pages offset`, ctx);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `block '${name}': misaligned bitmap, checksum table or pages offset`,
+        ctx,
+      );
     }
     blocks.push(b);
     presentPages.push(present);
@@ -298,10 +343,17 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
   const regions: Region[] = [{ start: 0, end: tableEnd, what: 'header and block table' }];
   for (const b of blocks) {
     regions.push({ start: b.bitmapOffset, end: b.bitmapOffset + b.bitmapBytes, what: 'bitmap', block: b.name });
-    regions.push({ start: b.checksumsOffset, end: b.checksumsOffset + b.checksumsBytes, what: 'checksum table', block: b.name });
+    regions.push({
+      start: b.checksumsOffset,
+      end: b.checksumsOffset + b.checksumsBytes,
+      what: 'checksum table',
+      block: b.name,
+    });
     regions.push({ start: b.pagesOffset, end: b.pagesOffset + b.length, what: 'pages', block: b.name });
     if (b.checksumsOffset + b.checksumsBytes > metadataEnd || b.bitmapOffset + b.bitmapBytes > metadataEnd) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${b.name}': metadata lies past the metadata end`, { block: b.name });
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${b.name}': metadata lies past the metadata end`, {
+        block: b.name,
+      });
     }
     if (b.length > 0 && b.pagesOffset < metadataEnd) {
       throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${b.name}': pages overlap the metadata`, { block: b.name });
@@ -312,9 +364,12 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
     if (cur.start < prev.end) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID',
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
         `overlapping regions: ${cur.what}${cur.block ? ` of '${cur.block}'` : ''} at 0x${cur.start.toString(16)} and ` +
-          `${prev.what}${prev.block ? ` of '${prev.block}'` : ''}`, { offset: cur.start, ...(cur.block ? { block: cur.block } : {}) });
+          `${prev.what}${prev.block ? ` of '${prev.block}'` : ''}`,
+        { offset: cur.start, ...(cur.block ? { block: cur.block } : {}) },
+      );
     }
   }
   // a loop, not Math.max(...): with tens of thousands of blocks the spread overflows the stack
@@ -329,20 +384,38 @@ export function decodeHeader(buf: Buffer, fileSize: number, hash64: (b: Uint8Arr
     end = declaredSize;
   }
   if (metadataEnd > declaredSize || end > declaredSize) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `corrupt header: regions end at 0x${end.toString(16)} past the declared size 0x${declaredSize.toString(16)}`, { offset: 40 });
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
+      `corrupt header: regions end at 0x${end.toString(16)} past the declared size 0x${declaredSize.toString(16)}`,
+      { offset: 40 },
+    );
   }
   if (fileSize < declaredSize) {
     const cut = sorted.find((r) => r.end > fileSize);
-    const where = cut ? ` ${cut.start < fileSize ? 'inside' : 'before'} the ${cut.what}${cut.block ? ` of block '${cut.block}'` : ''}` : '';
-    throw snapshotError('ERR_SNAPSHOT_TRUNCATED',
+    const where = cut
+      ? ` ${cut.start < fileSize ? 'inside' : 'before'} the ${cut.what}${cut.block ? ` of block '${cut.block}'` : ''}`
+      : '';
+    throw snapshotError(
+      'ERR_SNAPSHOT_TRUNCATED',
       `truncated snapshot: file size is ${fileSize} (0x${fileSize.toString(16)}), expected ${declaredSize}${where}`,
-      { offset: fileSize, ...(cut?.block ? { block: cut.block } : {}) });
+      { offset: fileSize, ...(cut?.block ? { block: cut.block } : {}) },
+    );
   }
   if (fileSize > declaredSize) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `snapshot has ${fileSize - declaredSize} unexpected bytes after offset 0x${declaredSize.toString(16)}`, { offset: declaredSize });
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
+      `snapshot has ${fileSize - declaredSize} unexpected bytes after offset 0x${declaredSize.toString(16)}`,
+      { offset: declaredSize },
+    );
   }
   return {
-    version: kFormatVersion, flags, blocks, metadataEnd, fileSize: declaredSize, presentPages, metadataChecksums,
+    version: kFormatVersion,
+    flags,
+    blocks,
+    metadataEnd,
+    fileSize: declaredSize,
+    presentPages,
+    metadataChecksums,
     ...(deviceState ? { deviceState } : {}),
   };
 }
@@ -364,12 +437,28 @@ export interface Padding {
  */
 export function paddingOf(layout: SnapshotLayout): Padding[] {
   const tableEnd = kHeaderBytes + layout.blocks.length * kEntryBytes;
-  const regions = [{ start: 0, end: tableEnd, block: '', what: layout.blocks.length ? 'the block table' : 'the header' }];
+  const regions = [
+    { start: 0, end: tableEnd, block: '', what: layout.blocks.length ? 'the block table' : 'the header' },
+  ];
   for (const b of layout.blocks) {
-    regions.push({ start: b.bitmapOffset, end: b.bitmapOffset + b.bitmapBytes, block: b.name, what: `the bitmap of '${b.name}'` });
-    regions.push({ start: b.checksumsOffset, end: b.checksumsOffset + b.checksumsBytes, block: b.name,
-      what: `the checksum table of '${b.name}'` });
-    regions.push({ start: b.pagesOffset, end: b.pagesOffset + b.length, block: b.name, what: `the pages of '${b.name}'` });
+    regions.push({
+      start: b.bitmapOffset,
+      end: b.bitmapOffset + b.bitmapBytes,
+      block: b.name,
+      what: `the bitmap of '${b.name}'`,
+    });
+    regions.push({
+      start: b.checksumsOffset,
+      end: b.checksumsOffset + b.checksumsBytes,
+      block: b.name,
+      what: `the checksum table of '${b.name}'`,
+    });
+    regions.push({
+      start: b.pagesOffset,
+      end: b.pagesOffset + b.length,
+      block: b.name,
+      what: `the pages of '${b.name}'`,
+    });
   }
   if (layout.deviceState) {
     const d = layout.deviceState;
@@ -380,11 +469,13 @@ export function paddingOf(layout: SnapshotLayout): Padding[] {
   let pos = 0;
   let last = used[0]!;
   for (const r of used) {
-    if (r.start > pos) out.push({ start: pos, end: r.start, block: r.block, where: `between ${last.what} and ${r.what}` });
+    if (r.start > pos)
+      out.push({ start: pos, end: r.start, block: r.block, where: `between ${last.what} and ${r.what}` });
     pos = Math.max(pos, r.end);
     last = r;
   }
-  if (pos < layout.fileSize) out.push({ start: pos, end: layout.fileSize, block: last.block, where: `after ${last.what}` });
+  if (pos < layout.fileSize)
+    out.push({ start: pos, end: layout.fileSize, block: last.block, where: `after ${last.what}` });
   return out;
 }
 
@@ -421,7 +512,13 @@ export function firstAbsentNonZero(bitmap: Uint8Array, csums: Uint8Array, pages:
  * Unpacks a bitmap into one byte per page. Returns the number of set bits, or throws when a bit at
  * or past `pages` is set.
  */
-export function unpackBitmap(bitmap: Uint8Array, pages: number, into: Uint8Array, block: string, offset: number): number {
+export function unpackBitmap(
+  bitmap: Uint8Array,
+  pages: number,
+  into: Uint8Array,
+  block: string,
+  offset: number,
+): number {
   const whole = Math.min(bitmap.length, pages >> 3, into.length >> 3);
   let count = unpackWholeBytes(bitmap, whole, into);
   for (let k = whole; k < bitmap.length; k++) {
@@ -431,8 +528,11 @@ export function unpackBitmap(bitmap: Uint8Array, pages: number, into: Uint8Array
       if (!(byte & (1 << j))) continue;
       const page = k * 8 + j;
       if (page >= pages) {
-        throw snapshotError('ERR_SNAPSHOT_INVALID', `block '${block}': bitmap bit ${page} is set past the last page ${pages - 1}`,
-          { block, offset: offset + k });
+        throw snapshotError(
+          'ERR_SNAPSHOT_INVALID',
+          `block '${block}': bitmap bit ${page} is set past the last page ${pages - 1}`,
+          { block, offset: offset + k },
+        );
       }
       into[page] = 1;
       count++;

@@ -26,10 +26,16 @@ export function openImage(file: string): RamImage {
   if (magic.length >= 8 && magic.subarray(0, 8).equals(kMagic)) return fixedramImage(openSnapshot(file));
   if (isQemuMagic(magic)) return openQemuImage(file);
   if (n < 8) {
-    throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `'${file}' is too short (${n} bytes) to be a snapshot`, { path: file, offset: n });
+    throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `'${file}' is too short (${n} bytes) to be a snapshot`, {
+      path: file,
+      offset: n,
+    });
   }
-  throw snapshotError('ERR_SNAPSHOT_INVALID', `'${file}' is not a fixedram snapshot or a QEMU mapped-ram file (unknown magic)`,
-    { path: file, offset: 0 });
+  throw snapshotError(
+    'ERR_SNAPSHOT_INVALID',
+    `'${file}' is not a fixedram snapshot or a QEMU mapped-ram file (unknown magic)`,
+    { path: file, offset: 0 },
+  );
 }
 
 /** A {@link ByteSource} over an open file: positioned reads, EINTR retried, short only at end of file. */
@@ -73,8 +79,13 @@ export function openQemuImage(file: string): RamImage {
       fd,
       size,
       blocks: p.blocks.map((b) => ({
-        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
-        bitmapOffset: b.bitmapOffset, presentPages: b.presentPages,
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        pages: b.pages,
+        pagesOffset: b.pagesOffset,
+        bitmapOffset: b.bitmapOffset,
+        presentPages: b.presentPages,
       })),
       hasChecksums: false,
       state: p.incomplete ? 'incomplete' : 'complete',
@@ -101,11 +112,15 @@ export function openQemuImage(file: string): RamImage {
         const { head, tail, libvirt } = p.parts;
         const total = head.length + tail.length + (libvirt?.length ?? 0);
         if (total > kMaxDeviceStateBytes) {
-          throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
-            `the device state of '${file}' is ${total} bytes; a snapshot keeps at most ${kMaxDeviceStateBytes}`, { path: file });
+          throw snapshotError(
+            'ERR_SNAPSHOT_UNSUPPORTED',
+            `the device state of '${file}' is ${total} bytes; a snapshot keeps at most ${kMaxDeviceStateBytes}`,
+            { path: file },
+          );
         }
         return qemuDeviceState(p.details, {
-          head: src.read(head.offset, head.length), tail: src.read(tail.offset, tail.length),
+          head: src.read(head.offset, head.length),
+          tail: src.read(tail.offset, tail.length),
           ...(libvirt ? { libvirt: src.read(libvirt.offset, libvirt.length) } : {}),
         });
       },
@@ -118,13 +133,17 @@ export function openQemuImage(file: string): RamImage {
   } catch (err) {
     fs.closeSync(fd);
     // (FixedramError declares `path`, so the property exists even when it is undefined)
-    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined)
+      Object.assign(err, { path: file });
     throw err;
   }
 }
 
 /** The device state of a parsed mapped-ram stream, with its origin. */
-function qemuDeviceState(d: QemuDetails, bytes: { head: Uint8Array; tail: Uint8Array; libvirt?: Uint8Array }): DeviceState {
+function qemuDeviceState(
+  d: QemuDetails,
+  bytes: { head: Uint8Array; tail: Uint8Array; libvirt?: Uint8Array },
+): DeviceState {
   const lv = d.libvirt;
   return {
     kind: 'qemu-mapped-ram',
@@ -133,10 +152,24 @@ function qemuDeviceState(d: QemuDetails, bytes: { head: Uint8Array; tail: Uint8A
       machineType: d.machineType,
       capabilities: d.capabilities,
       targetPageSize: d.targetPageSize,
-      ...(lv ? { libvirt: { ...(lv.domainName !== undefined ? { domainName: lv.domainName } : {}), wasRunning: lv.wasRunning, version: lv.version, format: lv.format } } : {}),
+      ...(lv
+        ? {
+            libvirt: {
+              ...(lv.domainName !== undefined ? { domainName: lv.domainName } : {}),
+              wasRunning: lv.wasRunning,
+              version: lv.version,
+              format: lv.format,
+            },
+          }
+        : {}),
     },
     head: bytes.head,
-    ramSection: { sectionId: d.ramSectionId, instanceId: d.ramInstanceId, version: d.ramSectionVersion, footers: d.sectionFooters ?? false },
+    ramSection: {
+      sectionId: d.ramSectionId,
+      instanceId: d.ramInstanceId,
+      version: d.ramSectionVersion,
+      footers: d.sectionFooters ?? false,
+    },
     tail: bytes.tail,
     ...(bytes.libvirt ? { libvirt: bytes.libvirt } : {}),
   };
@@ -182,8 +215,12 @@ export function openImageShared(file: string): RamImage {
   try {
     if (!native().flock(lockFd, false)) {
       const pid = updaterPid(file);
-      throw ioError('ERR_LOCKED', `'${file}' is being updated in place by ${pid !== undefined ? `pid ${pid}` : 'another process'} ` +
-        '(save --update); try again when it is done', { path: file });
+      throw ioError(
+        'ERR_LOCKED',
+        `'${file}' is being updated in place by ${pid !== undefined ? `pid ${pid}` : 'another process'} ` +
+          '(save --update); try again when it is done',
+        { path: file },
+      );
     }
     const image = openImage(file);
     const a = fs.fstatSync(lockFd);

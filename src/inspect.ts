@@ -46,8 +46,14 @@ export function inspect(file: string): InspectResult {
       ...(image.details ?? {}),
       ...(ds ? { deviceState: describeDeviceState(ds) } : {}),
       blocks: image.blocks.map((b) => ({
-        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
-        bitmapOffset: b.bitmapOffset, presentPages: b.presentPages, zeroPages: b.pages - b.presentPages,
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        pages: b.pages,
+        pagesOffset: b.pagesOffset,
+        bitmapOffset: b.bitmapOffset,
+        presentPages: b.presentPages,
+        zeroPages: b.pages - b.presentPages,
       })),
     };
   } finally {

@@ -9,8 +9,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  closeQuietly, openBlockFile, probeDirectIo, releaseFd, reopenChecked, sameFile, unlinkBeneath,
-  type BeneathPath, type OpenFile,
+  closeQuietly,
+  openBlockFile,
+  probeDirectIo,
+  releaseFd,
+  reopenChecked,
+  sameFile,
+  unlinkBeneath,
+  type BeneathPath,
+  type OpenFile,
 } from './blocks';
 import type { BlockArg } from './block-args';
 import { encodeBlockName } from './block-names';
@@ -77,8 +84,12 @@ interface Target {
 /** Refuses a hugetlbfs target whose length is not a whole number of huge pages. */
 function checkHugeMultiple(f: OpenFile, block: string, length: number): void {
   if (f.hugePageSize !== undefined && length % f.hugePageSize !== 0) {
-    throw ioError('ERR_PAGE_SIZE', `block '${block}' (${length} bytes) cannot be loaded into hugetlbfs file '${f.path}': ` +
-      `its length is not a multiple of the huge page size ${f.hugePageSize}`, { path: f.path, block });
+    throw ioError(
+      'ERR_PAGE_SIZE',
+      `block '${block}' (${length} bytes) cannot be loaded into hugetlbfs file '${f.path}': ` +
+        `its length is not a multiple of the huge page size ${f.hugePageSize}`,
+      { path: f.path, block },
+    );
   }
 }
 
@@ -98,13 +109,18 @@ export function removeCreated(f: OpenFile): void {
  * directories are made 0700; a created target is 0600.
  */
 export function openTarget(
-  file: string, block: string, length: number, opts: { followSymlinks: boolean; allowDevice: boolean }, at?: BeneathPath,
+  file: string,
+  block: string,
+  length: number,
+  opts: { followSymlinks: boolean; allowDevice: boolean },
+  at?: BeneathPath,
 ): { file: OpenFile; created: boolean } {
   let existing: OpenFile | undefined;
   try {
     existing = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, ...(at ? { at } : {}) });
   } catch (err) {
-    if (!isSystemError(err) || err.code !== 'ENOENT') throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+    if (!isSystemError(err) || err.code !== 'ENOENT')
+      throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
   }
   if (existing) {
     const f = existing;
@@ -118,13 +134,20 @@ export function openTarget(
     }
     if (f.size !== length) {
       closeQuietly(f.fd);
-      throw usageError(`target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
-        'remove it or give a target of the right size', { path: file, block });
+      throw usageError(
+        `target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
+          'remove it or give a target of the right size',
+        { path: file, block },
+      );
     }
     return { file: f, created: false };
   }
   const f = openBlockFile(file, fs.constants.O_RDWR, {
-    block, ...opts, create: true, mode: kPrivateFileMode, ...(at ? { at, mkdirMode: kPrivateDirMode } : {}),
+    block,
+    ...opts,
+    create: true,
+    mode: kPrivateFileMode,
+    ...(at ? { at, mkdirMode: kPrivateDirMode } : {}),
   });
   try {
     fs.fchmodSync(f.fd, kPrivateFileMode); // private whatever the umask
@@ -148,8 +171,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const channels = checkChannels(opts.channels);
   const wantVerify = opts.verify ?? true;
   const requestedBatchBytes = checkBatchBytes(opts.batchBytes);
-  if (!opts.blocks?.length && opts.dir === undefined) throw usageError('give the targets: option blocks (NAME=PATH ...) or option dir');
-  if (opts.blocks?.length && opts.dir !== undefined) throw usageError('option blocks and option dir cannot be used together');
+  if (!opts.blocks?.length && opts.dir === undefined)
+    throw usageError('give the targets: option blocks (NAME=PATH ...) or option dir');
+  if (opts.blocks?.length && opts.dir !== undefined)
+    throw usageError('option blocks and option dir cannot be used together');
   if (opts.blocks) checkUniqueNames(opts.blocks);
 
   // validate the image before touching anything
@@ -166,8 +191,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       for (const a of opts.blocks) {
         const index = byName.get(a.name);
         if (index === undefined) {
-          throw usageError(`block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
-            { block: a.name });
+          throw usageError(
+            `block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
+            { block: a.name },
+          );
         }
         chosen.push({ index, path: path.resolve(a.path) });
       }
@@ -196,18 +223,28 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     // targets: all opened and checked before any data moves
     chosen.forEach((c) => {
       const b = image.blocks[c.index]!;
-      const t = openTarget(c.path, b.name, b.length, {
-        followSymlinks: opts.followSymlinks ?? false, allowDevice: opts.allowDevice ?? false,
-      }, c.at);
+      const t = openTarget(
+        c.path,
+        b.name,
+        b.length,
+        {
+          followSymlinks: opts.followSymlinks ?? false,
+          allowDevice: opts.allowDevice ?? false,
+        },
+        c.at,
+      );
       targets.push({ index: c.index, file: t.file, created: t.created, presentPages: 0 });
       releaseFd(t.file);
-      if (sameFile(t.file, snapId)) throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
+      if (sameFile(t.file, snapId))
+        throw usageError(`target '${c.path}' is the snapshot itself`, { path: c.path, block: b.name });
       // two targets that are one file (same path, a hard link, a followed symlink): refuse
       const twin = targets.slice(0, -1).find((o) => sameFile(o.file, t.file));
       if (twin) {
         const other = image.blocks[twin.index]!.name;
-        throw usageError(`targets of blocks '${other}' and '${b.name}' are the same file ('${twin.file.path}' and '${c.path}')`,
-          { path: c.path, block: b.name });
+        throw usageError(
+          `targets of blocks '${other}' and '${b.name}' are the same file ('${twin.file.path}' and '${c.path}')`,
+          { path: c.path, block: b.name },
+        );
       }
     });
     dataStarted = true;
@@ -226,14 +263,30 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     }
     // a created target is all holes: only present pages need a channel; an existing target may hold
     // old data, and only where it holds data (SEEK_DATA) must absent pages be made zero
-    const cursors = new Map(targets.filter((t) => !t.created).map((t) => [t.index,
-      new ExtentCursor(() => reopenChecked(t.file.path, fs.constants.O_RDONLY, t.file, image.blocks[t.index]!.name), t.file.path, 0,
-        image.blocks[t.index]!.length)]));
+    const cursors = new Map(
+      targets
+        .filter((t) => !t.created)
+        .map((t) => [
+          t.index,
+          new ExtentCursor(
+            () => reopenChecked(t.file.path, fs.constants.O_RDONLY, t.file, image.blocks[t.index]!.name),
+            t.file.path,
+            0,
+            image.blocks[t.index]!.length,
+          ),
+        ]),
+    );
     const stats = await walk({
-      kind: 'load', channels, snapshotFd: image.fd, snapshotPath: image.path, directIo,
+      kind: 'load',
+      channels,
+      snapshotFd: image.fd,
+      snapshotPath: image.path,
+      directIo,
       onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: image.blocks, batchBytes, select: (i) => byBlock.has(i),
+      blocks: image.blocks,
+      batchBytes,
+      select: (i) => byBlock.has(i),
       prepare: (seg) => {
         const b = image.blocks[seg.block]!;
         const t = seg.tables;
@@ -252,20 +305,34 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         const b = image.blocks[seg.block]!;
         const t = byBlock.get(seg.block)!;
         return {
-          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
-          livePath: t.file.path, liveDev: t.file.dev, liveIno: t.file.ino, liveFollow: t.file.follow,
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: seg.count,
+          snapBase: b.pagesOffset + seg.first * b.pageSize,
+          livePath: t.file.path,
+          liveDev: t.file.dev,
+          liveIno: t.file.ino,
+          liveFollow: t.file.follow,
           ...(t.file.at ? { liveDirFd: t.file.at.dirFd, liveRel: t.file.at.rel } : {}),
-          liveBase: seg.first * b.pageSize, liveMmap: t.file.hugetlbfs,
-          present: seg.tables.present, csums: seg.tables.csums,
-          flags: (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
+          liveBase: seg.first * b.pageSize,
+          liveMmap: t.file.hugetlbfs,
+          present: seg.tables.present,
+          csums: seg.tables.csums,
+          flags:
+            (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
         };
       },
       onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
-    }).finally(() => {
-      for (const c of cursors.values()) c.close();
-    }).catch((err: unknown) => {
-      throw explainInterrupt(err, `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`);
-    });
+    })
+      .finally(() => {
+        for (const c of cursors.values()) c.close();
+      })
+      .catch((err: unknown) => {
+        throw explainInterrupt(
+          err,
+          `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`,
+        );
+      });
     return {
       command: 'load',
       snapshot: image.path,
@@ -273,8 +340,13 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       blocks: targets.map((t) => {
         const b = image.blocks[t.index]!;
         return {
-          name: b.name, path: t.file.path, length: b.length, pageSize: b.pageSize,
-          presentPages: t.presentPages, zeroPages: b.pages - t.presentPages, created: t.created,
+          name: b.name,
+          path: t.file.path,
+          length: b.length,
+          pageSize: b.pageSize,
+          presentPages: t.presentPages,
+          zeroPages: b.pages - t.presentPages,
+          created: t.created,
         };
       }),
       bytesRead: stats.bytesRead,

@@ -28,7 +28,11 @@ export function lockOutput(output: string): OutputLock {
   for (let attempt = 0; attempt < 10; attempt++) {
     let fd: number;
     try {
-      fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, kPrivateFileMode);
+      fd = fs.openSync(
+        lockPath,
+        fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+        kPrivateFileMode,
+      );
     } catch (err) {
       throw isSystemError(err) ? Object.assign(err, { path: lockPath }) : err;
     }
@@ -40,9 +44,11 @@ export function lockOutput(output: string): OutputLock {
         /* unreadable: report without a pid */
       }
       fs.closeSync(fd);
-      throw ioError('ERR_LOCKED',
+      throw ioError(
+        'ERR_LOCKED',
         `'${output}' is locked by ${/^\d+$/.test(holder) ? `pid ${holder}` : 'another process'} (another fixedram is using it)`,
-        { path: output });
+        { path: output },
+      );
     }
     const mine = fs.fstatSync(fd);
     let current: fs.Stats | undefined;

@@ -10,8 +10,23 @@ export type LogLevel = (typeof kLogLevels)[number];
 export const kLogFormats = ['auto', 'human', 'json'] as const;
 export type LogFormat = (typeof kLogFormats)[number];
 
-const kOrder: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity };
-const kHumanName: Record<string, string> = { fatal: 'error', error: 'error', warn: 'warning', info: 'info', debug: 'debug', trace: 'trace' };
+const kOrder: Record<LogLevel, number> = {
+  trace: 10,
+  debug: 20,
+  info: 30,
+  warn: 40,
+  error: 50,
+  fatal: 60,
+  silent: Infinity,
+};
+const kHumanName: Record<string, string> = {
+  fatal: 'error',
+  error: 'error',
+  warn: 'warning',
+  info: 'info',
+  debug: 'debug',
+  trace: 'trace',
+};
 
 /** Where log lines go: a function that writes one line (it clears a progress bar first). */
 export type LineSink = (line: string) => void;
@@ -55,9 +70,10 @@ function humanText(args: unknown[]): string {
 export function makeHumanLogger(level: LogLevel, sink: LineSink): Logger {
   const methods: Record<string, (...args: unknown[]) => void> = {};
   for (const name of ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const) {
-    methods[name] = kOrder[name] < kOrder[level]
-      ? () => undefined
-      : (...args: unknown[]) => sink(`fixedram: ${kHumanName[name]}: ${humanText(args)}`);
+    methods[name] =
+      kOrder[name] < kOrder[level]
+        ? () => undefined
+        : (...args: unknown[]) => sink(`fixedram: ${kHumanName[name]}: ${humanText(args)}`);
   }
   const logger: Record<string, unknown> = {
     ...methods,

@@ -100,7 +100,9 @@ export interface Native {
    * → [presentPages, bytesRead, bytesWritten, writtenPages, punchedPages, unchangedPages,
    *    readNs, hashNs, writeNs, punchNs, cpuNs] (wall time spent in each phase; the thread's CPU time)
    */
-  updatePages(o: SavePagesOptions): [number, number, number, number, number, number, number, number, number, number, number];
+  updatePages(
+    o: SavePagesOptions,
+  ): [number, number, number, number, number, number, number, number, number, number, number];
   /** → [bytesRead, bytesWritten, zeroedPages, badPage (-1: none), badActual] */
   loadPages(o: LoadPagesOptions): [number, number, number, number, bigint];
   /** → [bytesRead, badCount]; bad receives (page, kind, actual hash) triples. */
@@ -112,7 +114,14 @@ export interface Native {
    */
   markData(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): boolean;
   /** markData on a libuv pool thread (mask must not be used until the promise settles). */
-  markDataAsync(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): Promise<boolean>;
+  markDataAsync(
+    fd: number,
+    base: number,
+    pageSize: number,
+    firstPage: number,
+    pageCount: number,
+    mask: Uint8Array,
+  ): Promise<boolean>;
   /**
    * XXH3-64 streamed over byte ranges of a file ([offset, length, offset, length, ...]) as if they
    * were one buffer; holes are hashed as zeros without being read. → [hash, bits set in the first range]
@@ -177,8 +186,11 @@ export function native(): Native {
     }
     // A resource limit (descriptors, memory) is not a missing build: say so instead of "rebuild"
     if (resource.test(first)) {
-      throw new FixedramError('ERR_RESOURCE', ExitCode.system,
-        `could not load the native addon: ${first} (a resource limit such as \`ulimit -n\` or \`ulimit -v\`)`);
+      throw new FixedramError(
+        'ERR_RESOURCE',
+        ExitCode.system,
+        `could not load the native addon: ${first} (a resource limit such as \`ulimit -n\` or \`ulimit -v\`)`,
+      );
     }
     throw new Error(
       `fixedram: could not load the native addon from ${dir}: ${(err as Error).message.split('\n')[0]}\n` +
@@ -190,8 +202,12 @@ export function native(): Native {
 
 /** True when err came from the addon's syscall wrappers. */
 export function isRawNativeError(err: unknown): err is RawNativeError {
-  return err instanceof Error && typeof (err as RawNativeError).errno === 'number' &&
-    typeof (err as RawNativeError).syscall === 'string' && (err as { code?: unknown }).code === undefined;
+  return (
+    err instanceof Error &&
+    typeof (err as RawNativeError).errno === 'number' &&
+    typeof (err as RawNativeError).syscall === 'string' &&
+    (err as { code?: unknown }).code === undefined
+  );
 }
 
 /**

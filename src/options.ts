@@ -34,7 +34,8 @@ export function checkChannels(n: number | undefined): number {
 /** Option batchBytes: the bytes of pages a batch covers (at least one page is always taken); default kDefaultBatchBytes. */
 export function checkBatchBytes(n: number | undefined): number {
   const v = n ?? kDefaultBatchBytes;
-  if (!Number.isSafeInteger(v) || v < 0) throw usageError(`option batchBytes must be a non-negative integer (got ${n})`);
+  if (!Number.isSafeInteger(v) || v < 0)
+    throw usageError(`option batchBytes must be a non-negative integer (got ${n})`);
   return v;
 }
 
@@ -44,7 +45,9 @@ export const checkFsync = (v: boolean | undefined): boolean => v ?? true;
 /** Option pageSize, when given: a power of two from kMinPageSize to kMaxPageSize (1 GiB). */
 export function checkPageSize(requested: number | undefined): number | undefined {
   if (requested !== undefined && (!isPowerOfTwo(requested) || requested < kMinPageSize || requested > kMaxPageSize)) {
-    throw usageError(`option pageSize must be a power of two from ${kMinPageSize} to 1 GiB (${kMaxPageSize}) (got ${requested})`);
+    throw usageError(
+      `option pageSize must be a power of two from ${kMinPageSize} to 1 GiB (${kMaxPageSize}) (got ${requested})`,
+    );
   }
   return requested;
 }
@@ -70,7 +73,8 @@ export function requireOption(value: string | undefined, message: string): strin
  * @returns the channel count and the absolute output path.
  */
 export function checkWriteOptions(opts: { output: string; blocks: readonly BlockArg[]; channels?: number }): {
-  channels: number; output: string;
+  channels: number;
+  output: string;
 } {
   const channels = checkChannels(opts.channels);
   requireOption(opts.output, 'an output file is required (-o FILE)');

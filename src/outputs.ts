@@ -54,8 +54,12 @@ export function checkOutputPath(output: string, what = 'output'): ExistingOutput
     }
   }
   if (st && !st.isFile()) {
-    throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
-      `${what} '${output}' is ${describeKind(st)}, not a regular file; refusing to replace it`, { path: output });
+    throw new FixedramError(
+      'ERR_NOT_REGULAR',
+      ExitCode.usage,
+      `${what} '${output}' is ${describeKind(st)}, not a regular file; refusing to replace it`,
+      { path: output },
+    );
   }
   const dir = path.dirname(output);
   let ds: fs.Stats;
@@ -116,8 +120,12 @@ export function recheckOutputPath(output: string, what = 'output'): void {
     return;
   }
   if (!st.isFile()) {
-    throw new FixedramError('ERR_NOT_REGULAR', ExitCode.usage,
-      `${what} '${output}' is ${describeKind(st)}, not a regular file; refusing to replace it`, { path: output });
+    throw new FixedramError(
+      'ERR_NOT_REGULAR',
+      ExitCode.usage,
+      `${what} '${output}' is ${describeKind(st)}, not a regular file; refusing to replace it`,
+      { path: output },
+    );
   }
 }
 
@@ -131,7 +139,8 @@ export function makePrivateDir(dir: string): void {
   try {
     st = fs.statSync(dir);
   } catch (err) {
-    if (!isSystemError(err) || err.code !== 'ENOENT') throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
+    if (!isSystemError(err) || err.code !== 'ENOENT')
+      throw isSystemError(err) ? Object.assign(err, { path: dir }) : err;
   }
   if (st) {
     if (!st.isDirectory()) throw sysError(osConstants.errno.ENOTDIR, 'mkdir', { path: dir });

@@ -93,8 +93,10 @@ export function renderBar(e: ProgressEvent, elapsedMs: number, width: number): s
 /** One plain progress line for a stderr that is not a terminal. */
 export function renderPlain(e: ProgressEvent, elapsedMs: number): string {
   const f = figures(e, elapsedMs);
-  return `fixedram: ${e.command}: ${f.pct}% ${formatBytes(f.done)}/${formatBytes(f.total)}` +
-    `${f.rate !== undefined ? `, ${formatBytes(f.rate)}/s` : ''}, ${formatDuration(f.secs)} elapsed`;
+  return (
+    `fixedram: ${e.command}: ${f.pct}% ${formatBytes(f.done)}/${formatBytes(f.total)}` +
+    `${f.rate !== undefined ? `, ${formatBytes(f.rate)}/s` : ''}, ${formatDuration(f.secs)} elapsed`
+  );
 }
 
 const kClear = '\r\x1b[K';
@@ -104,9 +106,13 @@ const kClear = '\r\x1b[K';
  * non-terminal falls back to plain lines (at most one a second, and the last one); `json` writes
  * one `{"event":"progress",…,"elapsedMs":…}` object per line at most every 100 ms and at the end.
  */
-export function progressReporter(mode: ProgressMode, stream: ProgressStream = process.stderr,
-  now: () => number = () => performance.now()): ProgressReporter {
-  const effective = mode === 'auto' ? (stream.isTTY ? 'bar' : 'none') : mode === 'bar' && !stream.isTTY ? 'plain' : mode;
+export function progressReporter(
+  mode: ProgressMode,
+  stream: ProgressStream = process.stderr,
+  now: () => number = () => performance.now(),
+): ProgressReporter {
+  const effective =
+    mode === 'auto' ? (stream.isTTY ? 'bar' : 'none') : mode === 'bar' && !stream.isTTY ? 'plain' : mode;
   const none: ProgressReporter = { sink: () => undefined, clear: () => undefined, stop: () => undefined };
   if (effective === 'none') return none;
   const t0 = now();
@@ -126,8 +132,16 @@ export function progressReporter(mode: ProgressMode, stream: ProgressStream = pr
   if (effective === 'json') {
     const write = (e: ProgressEvent): void => {
       pending = undefined;
-      stream.write(`${JSON.stringify({ event: 'progress', schemaVersion: 1, command: e.command,
-        bytesDone: e.bytesDone, bytesTotal: e.bytesTotal, elapsedMs: elapsed() })}\n`);
+      stream.write(
+        `${JSON.stringify({
+          event: 'progress',
+          schemaVersion: 1,
+          command: e.command,
+          bytesDone: e.bytesDone,
+          bytesTotal: e.bytesTotal,
+          elapsedMs: elapsed(),
+        })}\n`,
+      );
     };
     return {
       sink: (e) => {

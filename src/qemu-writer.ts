@@ -20,7 +20,14 @@
 import type { DeviceState } from './devstate';
 import { bitmapBytesFor, kPagesAlign, roundUp } from './format';
 import {
-  kDefaultTargetPageSize, kMappedRamHeaderBytes, kMappedRamVersion, kQevm, kRamFlagEos, kRamFlagMemSize, kSecEnd, kSecFooter,
+  kDefaultTargetPageSize,
+  kMappedRamHeaderBytes,
+  kMappedRamVersion,
+  kQevm,
+  kRamFlagEos,
+  kRamFlagMemSize,
+  kSecEnd,
+  kSecFooter,
   kSecStart,
 } from './qemu';
 
@@ -69,12 +76,16 @@ const name8 = (s: string): Buffer => {
  * @throws RangeError when the device state cannot make a mapped-ram stream or a block does not fit it.
  */
 export function planMappedRamStream(
-  ds: DeviceState, blocks: readonly StreamBlock[], bitmaps: readonly Uint8Array[], opts: { libvirt: boolean },
+  ds: DeviceState,
+  blocks: readonly StreamBlock[],
+  bitmaps: readonly Uint8Array[],
+  opts: { libvirt: boolean },
 ): PlannedStream {
   if (ds.kind !== 'qemu-mapped-ram' || !ds.head || !ds.tail || !ds.ramSection) {
     throw new RangeError(`a device state of kind '${ds.kind}' does not hold the parts of a mapped-ram stream`);
   }
-  if (ds.head.length < 9 || !Buffer.from(ds.head.subarray(0, 4)).equals(kQevm)) throw new RangeError('the stored stream head does not start with QEVM');
+  if (ds.head.length < 9 || !Buffer.from(ds.head.subarray(0, 4)).equals(kQevm))
+    throw new RangeError('the stored stream head does not start with QEVM');
   if (opts.libvirt && !ds.libvirt) throw new RangeError('the device state holds no libvirt header and domain XML');
   const pageSize = typeof ds.origin.targetPageSize === 'number' ? ds.origin.targetPageSize : kDefaultTargetPageSize;
   const rs = ds.ramSection;
@@ -89,16 +100,29 @@ export function planMappedRamStream(
   put(ds.head);
   const total = blocks.reduce((s, b) => s + b.length, 0);
   if (!Number.isSafeInteger(total)) throw new RangeError('the blocks are too large');
-  put(Buffer.concat([Buffer.from([kSecStart]), be32(rs.sectionId), name8('ram'), be32(rs.instanceId), be32(rs.version),
-    be64(BigInt(total) | kRamFlagMemSize)]));
+  put(
+    Buffer.concat([
+      Buffer.from([kSecStart]),
+      be32(rs.sectionId),
+      name8('ram'),
+      be32(rs.instanceId),
+      be32(rs.version),
+      be64(BigInt(total) | kRamFlagMemSize),
+    ]),
+  );
   const planned: PlannedBlock[] = [];
   blocks.forEach((b, i) => {
-    if (b.pageSize !== pageSize) throw new RangeError(`block '${b.name}' has ${b.pageSize}-byte pages; the stream's target page size is ${pageSize}`);
-    if (b.length % b.pageSize !== 0) throw new RangeError(`block '${b.name}' length is not a multiple of its page size`);
+    if (b.pageSize !== pageSize)
+      throw new RangeError(
+        `block '${b.name}' has ${b.pageSize}-byte pages; the stream's target page size is ${pageSize}`,
+      );
+    if (b.length % b.pageSize !== 0)
+      throw new RangeError(`block '${b.name}' length is not a multiple of its page size`);
     const pages = b.length / b.pageSize;
     const bitmapBytes = bitmapBytesFor(pages);
     const bitmap = bitmaps[i];
-    if (!bitmap || bitmap.length !== bitmapBytes) throw new RangeError(`block '${b.name}' needs a bitmap of ${bitmapBytes} bytes`);
+    if (!bitmap || bitmap.length !== bitmapBytes)
+      throw new RangeError(`block '${b.name}' needs a bitmap of ${bitmapBytes} bytes`);
     const entryOffset = pos;
     const head = Buffer.concat([name8(b.name), be64(b.length)]);
     const bitmapOffset = entryOffset + head.length + kMappedRamHeaderBytes;
@@ -110,7 +134,9 @@ export function planMappedRamStream(
     pos = pagesOffset + b.length;
   });
   const footer = rs.footers ? Buffer.concat([Buffer.from([kSecFooter]), be32(rs.sectionId)]) : Buffer.alloc(0);
-  put(Buffer.concat([be64(kRamFlagEos), footer, Buffer.from([kSecEnd]), be32(rs.sectionId), be64(kRamFlagEos), footer]));
+  put(
+    Buffer.concat([be64(kRamFlagEos), footer, Buffer.from([kSecEnd]), be32(rs.sectionId), be64(kRamFlagEos), footer]),
+  );
   put(ds.tail);
   if (!Number.isSafeInteger(pos)) throw new RangeError('the stream would exceed 2^53 bytes');
   return { streamOffset, fileSize: pos, blocks: planned, pieces };
@@ -125,7 +151,8 @@ export function materializeStream(plan: PlannedStream, pageData: (block: number)
   for (const p of plan.pieces) p.bytes.copy(out, p.offset);
   plan.blocks.forEach((b, i) => {
     const data = pageData(i);
-    if (data.length !== b.length) throw new RangeError(`block '${b.name}': ${data.length} bytes of pages, expected ${b.length}`);
+    if (data.length !== b.length)
+      throw new RangeError(`block '${b.name}': ${data.length} bytes of pages, expected ${b.length}`);
     out.set(data, b.pagesOffset);
   });
   return out;

@@ -24,7 +24,16 @@
  * QEMU's own checks are in shared/reference/qemu-mapped-ram.md.
  */
 import { FixedramError, snapshotError } from './errors';
-import { bitmapBytesFor, decodeUtf8, kMaxBlocks, kMaxPageSize, kMinPageSize, nameProblem, safeU64, unpackBitmap } from './format';
+import {
+  bitmapBytesFor,
+  decodeUtf8,
+  kMaxBlocks,
+  kMaxPageSize,
+  kMinPageSize,
+  nameProblem,
+  safeU64,
+  unpackBitmap,
+} from './format';
 
 /** Where the parser reads from: `read` returns exactly `length` bytes, or fewer only at the end of the data. */
 export interface ByteSource {
@@ -64,7 +73,10 @@ export const kMappedRamHeaderBytes = 28;
 /** QEMU's target page size when the stream has no configuration/target-page-bits (x86 and most targets). */
 export const kDefaultTargetPageSize = 4096;
 /** Commands that may sit between the RAM blocks and the END record: ping, switchover start. */
-const kHarmlessCommands = new Map([[2, 'ping'], [11, 'switchover-start']]);
+const kHarmlessCommands = new Map([
+  [2, 'ping'],
+  [11, 'switchover-start'],
+]);
 /** libvirt's header: magic, version, data_len, was_running, format, cookie offset, 14 unused u32. */
 export const kLibvirtHeaderBytes = 92;
 const kLibvirtFormats = ['raw', 'gzip', 'bzip2', 'xz', 'lzop', 'zstd', 'sparse'];
@@ -82,8 +94,10 @@ const kMaxVmdescDepth = 32;
 /** True when the first bytes of a file are a QEMU stream or a libvirt save image. */
 export function isQemuMagic(head: Uint8Array): boolean {
   const h = Buffer.from(head.buffer, head.byteOffset, head.length);
-  return (h.length >= 4 && h.subarray(0, 4).equals(kQevm)) ||
-    (h.length >= 16 && (h.subarray(0, 16).equals(kLibvirt) || h.subarray(0, 16).equals(kLibvirtPart)));
+  return (
+    (h.length >= 4 && h.subarray(0, 4).equals(kQevm)) ||
+    (h.length >= 16 && (h.subarray(0, 16).equals(kLibvirt) || h.subarray(0, 16).equals(kLibvirtPart)))
+  );
 }
 
 /** The libvirt save-image wrapper in front of the QEMU stream. */
@@ -180,11 +194,18 @@ const hex = (v: number): string => `0x${v.toString(16)}`;
 const buf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.length);
 
 function truncated(what: string, size: number, ctx: { offset: number; block?: string }): FixedramError {
-  return snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated QEMU file: ${what}, file size is ${size} (${hex(size)})`, ctx);
+  return snapshotError(
+    'ERR_SNAPSHOT_TRUNCATED',
+    `truncated QEMU file: ${what}, file size is ${size} (${hex(size)})`,
+    ctx,
+  );
 }
 
 const invalid = (m: string, offset: number, block?: string): FixedramError =>
-  snapshotError('ERR_SNAPSHOT_INVALID', `corrupt QEMU file: ${m}`, { offset, ...(block !== undefined ? { block } : {}) });
+  snapshotError('ERR_SNAPSHOT_INVALID', `corrupt QEMU file: ${m}`, {
+    offset,
+    ...(block !== undefined ? { block } : {}),
+  });
 const unsupported = (m: string, offset: number): FixedramError =>
   snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported QEMU file: ${m}`, { offset });
 
@@ -193,19 +214,30 @@ function readExact(src: ByteSource, offset: number, length: number, what: string
   const where = block !== undefined ? `block '${block}' ` : '';
   const ctx = { offset, ...(block !== undefined ? { block } : {}) };
   if (offset > src.size || length > src.size - offset) {
-    throw truncated(`${where}${what} needs ${length} byte${length === 1 ? '' : 's'} at offset ${hex(offset)}`, src.size, ctx);
+    throw truncated(
+      `${where}${what} needs ${length} byte${length === 1 ? '' : 's'} at offset ${hex(offset)}`,
+      src.size,
+      ctx,
+    );
   }
   const b = src.read(offset, length);
   if (b.length !== length) {
-    throw truncated(`${where}${what}: end of file at offset ${hex(offset + b.length)} (the file shrank while it was read)`, src.size,
-      { ...ctx, offset: offset + b.length });
+    throw truncated(
+      `${where}${what}: end of file at offset ${hex(offset + b.length)} (the file shrank while it was read)`,
+      src.size,
+      { ...ctx, offset: offset + b.length },
+    );
   }
   return buf(b);
 }
 
 /** Sequential reader of the stream records. */
 class Cursor {
-  constructor(readonly src: ByteSource, public pos: number, private block?: string) {}
+  constructor(
+    readonly src: ByteSource,
+    public pos: number,
+    private block?: string,
+  ) {}
 
   forBlock(name: string | undefined): this {
     this.block = name;
@@ -251,20 +283,33 @@ function readLibvirt(src: ByteSource): LibvirtWrapper {
   const version = h.readUInt32LE(16);
   if (version !== 1 && version !== 2) {
     const swapped = h.readUInt32BE(16);
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', swapped === 1 || swapped === 2
-      ? 'unsupported libvirt save image: its header was written on a host of the other byte order'
-      : `unsupported libvirt save image: header version ${version}`, { offset: 16 });
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      swapped === 1 || swapped === 2
+        ? 'unsupported libvirt save image: its header was written on a host of the other byte order'
+        : `unsupported libvirt save image: header version ${version}`,
+      { offset: 16 },
+    );
   }
   const formatCode = h.readUInt32LE(28);
   const format = kLibvirtFormats[formatCode] ?? `unknown (${formatCode})`;
   if (formatCode !== kLibvirtSparse) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
       `unsupported libvirt save image: format '${format}' carries an ordinary (not mapped-ram) QEMU stream; ` +
-        "only the 'sparse' format (virsh save --image-format sparse) is a mapped-ram file", { offset: 28 });
+        "only the 'sparse' format (virsh save --image-format sparse) is a mapped-ram file",
+      { offset: 28 },
+    );
   }
   const dataLen = h.readUInt32LE(20);
   const wrapper: LibvirtWrapper = {
-    magic, version, dataLen, wasRunning: h.readUInt32LE(24) !== 0, format, formatCode, cookieOffset: h.readUInt32LE(32),
+    magic,
+    version,
+    dataLen,
+    wasRunning: h.readUInt32LE(24) !== 0,
+    format,
+    formatCode,
+    cookieOffset: h.readUInt32LE(32),
   };
   // the domain name, from the start of the XML (bounded: the XML is small, the rest is padding)
   const xmlBytes = Math.min(dataLen, 1 << 16, Math.max(0, src.size - kLibvirtHeaderBytes));
@@ -279,10 +324,12 @@ function readLibvirt(src: ByteSource): LibvirtWrapper {
 /** Reads the configuration section: machine type, then subsections while the next byte is 05. */
 function readConfiguration(c: Cursor, d: Partial<QemuDetails>): number {
   const len = c.be32('machine type length');
-  if (len === 0 || len > kMaxMachineTypeBytes) throw invalid(`machine type length ${len} at offset ${hex(c.pos - 4)}`, c.pos - 4);
+  if (len === 0 || len > kMaxMachineTypeBytes)
+    throw invalid(`machine type length ${len} at offset ${hex(c.pos - 4)}`, c.pos - 4);
   const machine = decodeUtf8(c.take(len, 'machine type'));
   // eslint-disable-next-line no-control-regex -- control characters are what we refuse
-  if (machine === undefined || /[\0-\x1f]/.test(machine)) throw invalid('the machine type is not printable text', c.pos - len);
+  if (machine === undefined || /[\0-\x1f]/.test(machine))
+    throw invalid('the machine type is not printable text', c.pos - len);
   d.machineType = machine;
   d.capabilities = [];
   for (let n = 0; ; n++) {
@@ -299,7 +346,8 @@ function readConfiguration(c: Cursor, d: Partial<QemuDetails>): number {
         const capAt = c.pos;
         const cap = decodeUtf8(c.name('capability'));
         // eslint-disable-next-line no-control-regex -- control characters are what we refuse
-        if (cap === undefined || cap.length === 0 || /[\0-\x1f]/.test(cap)) throw invalid('malformed capability name', capAt);
+        if (cap === undefined || cap.length === 0 || /[\0-\x1f]/.test(cap))
+          throw invalid('malformed capability name', capAt);
         d.capabilities.push(cap);
       }
     } else if (sub === 'configuration/target-page-bits') {
@@ -308,7 +356,10 @@ function readConfiguration(c: Cursor, d: Partial<QemuDetails>): number {
       if (bits < 9 || bits > 30) throw invalid(`target page bits ${bits}`, bitsAt);
       d.targetPageBits = bits;
     } else if (sub === 'configuration/uuid') {
-      d.uuid = c.take(16, 'uuid').toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');
+      d.uuid = c
+        .take(16, 'uuid')
+        .toString('hex')
+        .replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');
     } else {
       throw unsupported(`unknown configuration subsection '${sub}'`, at);
     }
@@ -327,9 +378,14 @@ export function parseQemu(src: ByteSource): QemuParsed {
     // a libvirt image still marked LibvirtQemudPart that is cut short: libvirt did not finish the save
     if (!(err instanceof FixedramError) || err.code !== 'ERR_SNAPSHOT_TRUNCATED' || src.size < 16) throw err;
     if (!readExact(src, 0, 16, 'magic').equals(kLibvirtPart)) throw err;
-    throw snapshotError('ERR_SNAPSHOT_INCOMPLETE',
+    throw snapshotError(
+      'ERR_SNAPSHOT_INCOMPLETE',
       `incomplete libvirt save image (still marked LibvirtQemudPart, libvirt did not finish the save): ${err.message}`,
-      { ...(err.block !== undefined ? { block: err.block } : {}), ...(err.offset !== undefined ? { offset: err.offset } : {}) });
+      {
+        ...(err.block !== undefined ? { block: err.block } : {}),
+        ...(err.offset !== undefined ? { offset: err.offset } : {}),
+      },
+    );
   }
 }
 
@@ -345,45 +401,66 @@ function parseStream(src: ByteSource): QemuParsed {
   const c = new Cursor(src, streamOffset);
   const magic = c.take(4, libvirt ? 'QEMU stream after the libvirt header' : 'magic');
   if (!magic.equals(kQevm)) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `not a QEMU migration stream at offset ${hex(streamOffset)} (bad magic)`, { offset: streamOffset });
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
+      `not a QEMU migration stream at offset ${hex(streamOffset)} (bad magic)`,
+      { offset: streamOffset },
+    );
   }
   const version = c.be32('stream version');
   if (version !== kStreamVersion) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `unsupported QEMU stream version ${version} (fixedram reads version ${kStreamVersion})`,
-      { offset: streamOffset + 4 });
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `unsupported QEMU stream version ${version} (fixedram reads version ${kStreamVersion})`,
+      { offset: streamOffset + 4 },
+    );
   }
   const d: Partial<QemuDetails> = {};
   let kind = c.u8('section type');
-  if (kind !== kSecConfig) throw unsupported('no configuration section, so nothing says it was saved with mapped-ram', c.pos - 1);
+  if (kind !== kSecConfig)
+    throw unsupported('no configuration section, so nothing says it was saved with mapped-ram', c.pos - 1);
   kind = readConfiguration(c, d);
   const caps = d.capabilities!;
   if (!caps.includes('mapped-ram')) {
-    throw unsupported(`not saved with the mapped-ram capability (capabilities: ${caps.length ? caps.join(', ') : 'none'})`, streamOffset);
+    throw unsupported(
+      `not saved with the mapped-ram capability (capabilities: ${caps.length ? caps.join(', ') : 'none'})`,
+      streamOffset,
+    );
   }
   if (caps.includes('x-ignore-shared')) {
     // QEMU <= 10 writes an extra be64 per block that its own loader does not read, and fails the save
     // anyway; QEMU 11 changed the layout for this combination. Refuse rather than guess.
-    throw unsupported('saved with x-ignore-shared, whose mapped-ram layout differs between QEMU versions', streamOffset);
+    throw unsupported(
+      'saved with x-ignore-shared, whose mapped-ram layout differs between QEMU versions',
+      streamOffset,
+    );
   }
   const targetPageSize = d.targetPageBits !== undefined ? 2 ** d.targetPageBits : kDefaultTargetPageSize;
 
   // START of section "ram"
   const startAt = c.pos - 1;
   if (kind !== kSecStart) {
-    throw unsupported(`expected the START of section 'ram' at offset ${hex(startAt)}, found record type 0x${kind.toString(16)}`, startAt);
+    throw unsupported(
+      `expected the START of section 'ram' at offset ${hex(startAt)}, found record type 0x${kind.toString(16)}`,
+      startAt,
+    );
   }
   const sid = c.be32('section id');
   const secName = c.name('section name').toString('latin1');
   const instance = c.be32('instance id');
   const secVersion = c.be32('section version');
   if (secName !== 'ram') throw unsupported(`the first section is '${secName}', not 'ram'`, startAt);
-  if (secVersion !== kRamSectionVersion) throw unsupported(`section 'ram' version ${secVersion} (expected ${kRamSectionVersion})`, startAt);
+  if (secVersion !== kRamSectionVersion)
+    throw unsupported(`section 'ram' version ${secVersion} (expected ${kRamSectionVersion})`, startAt);
   const pageBits = Math.min(d.targetPageBits ?? 12, 12);
   const flagMask = (1n << BigInt(pageBits)) - 1n;
   const sizeAt = c.pos;
   const word = c.be64('RAM size record');
   if ((word & flagMask) !== kRamFlagMemSize) {
-    throw invalid(`expected the RAM size record at offset ${hex(sizeAt)}, found flags 0x${(word & flagMask).toString(16)}`, sizeAt);
+    throw invalid(
+      `expected the RAM size record at offset ${hex(sizeAt)}, found flags 0x${(word & flagMask).toString(16)}`,
+      sizeAt,
+    );
   }
   const ramTotal = safeU64(word & ~flagMask, 'corrupt QEMU file: the RAM total', { offset: sizeAt });
 
@@ -404,56 +481,105 @@ function parseStream(src: ByteSource): QemuParsed {
     names.add(name);
     c.forBlock(name);
     const lengthAt = c.pos;
-    const length = safeU64(c.be64('used_length'), `corrupt QEMU file: block '${name}' used_length`, { block: name, offset: lengthAt });
+    const length = safeU64(c.be64('used_length'), `corrupt QEMU file: block '${name}' used_length`, {
+      block: name,
+      offset: lengthAt,
+    });
     const headerOffset = c.pos;
     const h = c.take(kMappedRamHeaderBytes, 'mapped-ram header');
     const hctx = { block: name, offset: headerOffset };
     const hv = h.readUInt32BE(0);
     if (hv !== kMappedRamVersion) {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
-        `unsupported QEMU file: block '${name}' has mapped-ram header version ${hv} (fixedram reads version ${kMappedRamVersion})`, hctx);
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
+        `unsupported QEMU file: block '${name}' has mapped-ram header version ${hv} (fixedram reads version ${kMappedRamVersion})`,
+        hctx,
+      );
     }
     const pageSize = safeU64(h.readBigUInt64BE(4), `corrupt QEMU file: block '${name}' page size`, hctx);
     const bitmapOffset = safeU64(h.readBigUInt64BE(12), `corrupt QEMU file: block '${name}' bitmap_offset`, hctx);
     const pagesOffset = safeU64(h.readBigUInt64BE(20), `corrupt QEMU file: block '${name}' pages_offset`, hctx);
     if (pageSize !== targetPageSize) {
       // QEMU places and reads pages with its target page size, whatever this field says
-      throw invalid(`block '${name}' page size ${pageSize} differs from the target page size ${targetPageSize}` +
-        `${d.targetPageBits === undefined ? ' (no target-page-bits in the configuration: 4096)' : ''}`, headerOffset, name);
+      throw invalid(
+        `block '${name}' page size ${pageSize} differs from the target page size ${targetPageSize}` +
+          `${d.targetPageBits === undefined ? ' (no target-page-bits in the configuration: 4096)' : ''}`,
+        headerOffset,
+        name,
+      );
     }
     if (pageSize < kMinPageSize || pageSize > kMaxPageSize) {
-      throw unsupported(`block '${name}' has ${pageSize}-byte pages (fixedram handles ${kMinPageSize} to ${kMaxPageSize})`, headerOffset);
+      throw unsupported(
+        `block '${name}' has ${pageSize}-byte pages (fixedram handles ${kMinPageSize} to ${kMaxPageSize})`,
+        headerOffset,
+      );
     }
-    if (length % pageSize !== 0) throw invalid(`block '${name}' used_length ${length} is not a multiple of its page size ${pageSize}`, lengthAt, name);
+    if (length % pageSize !== 0)
+      throw invalid(
+        `block '${name}' used_length ${length} is not a multiple of its page size ${pageSize}`,
+        lengthAt,
+        name,
+      );
     if (length > remaining) {
-      throw invalid(`block '${name}' used_length ${length} exceeds what is left of the RAM total (${remaining} of ${ramTotal})`, lengthAt, name);
+      throw invalid(
+        `block '${name}' used_length ${length} exceeds what is left of the RAM total (${remaining} of ${ramTotal})`,
+        lengthAt,
+        name,
+      );
     }
     const pages = length / pageSize;
     const bitmapBytes = bitmapBytesFor(pages);
     if (bitmapOffset !== headerOffset + kMappedRamHeaderBytes) {
-      throw invalid(`block '${name}' bitmap_offset ${hex(bitmapOffset)} is not right after its header (${hex(headerOffset + kMappedRamHeaderBytes)})`,
-        headerOffset, name);
+      throw invalid(
+        `block '${name}' bitmap_offset ${hex(bitmapOffset)} is not right after its header (${hex(headerOffset + kMappedRamHeaderBytes)})`,
+        headerOffset,
+        name,
+      );
     }
     if (pagesOffset % pageSize !== 0) {
-      throw invalid(`block '${name}' pages_offset ${hex(pagesOffset)} is not aligned to its page size ${pageSize}`, headerOffset, name);
+      throw invalid(
+        `block '${name}' pages_offset ${hex(pagesOffset)} is not aligned to its page size ${pageSize}`,
+        headerOffset,
+        name,
+      );
     }
     if (pagesOffset < bitmapOffset + bitmapBytes) {
-      throw invalid(`block '${name}' pages_offset ${hex(pagesOffset)} overlaps its bitmap (${bitmapBytes} bytes at ${hex(bitmapOffset)})`,
-        headerOffset, name);
+      throw invalid(
+        `block '${name}' pages_offset ${hex(pagesOffset)} overlaps its bitmap (${bitmapBytes} bytes at ${hex(bitmapOffset)})`,
+        headerOffset,
+        name,
+      );
     }
     // every region inside the file before anything is read from it
     if (bitmapBytes > src.size - Math.min(bitmapOffset, src.size)) {
-      throw truncated(`block '${name}' bitmap needs ${bitmapBytes} bytes at offset ${hex(bitmapOffset)}`, src.size, { block: name, offset: bitmapOffset });
+      throw truncated(`block '${name}' bitmap needs ${bitmapBytes} bytes at offset ${hex(bitmapOffset)}`, src.size, {
+        block: name,
+        offset: bitmapOffset,
+      });
     }
     if (pagesOffset > src.size || length > src.size - pagesOffset) {
       const end = BigInt(pagesOffset) + BigInt(length);
-      throw truncated(`block '${name}' pages end at offset 0x${end.toString(16)} (${length} bytes at ${hex(pagesOffset)})`, src.size,
-        { block: name, offset: Math.min(src.size, pagesOffset) });
+      throw truncated(
+        `block '${name}' pages end at offset 0x${end.toString(16)} (${length} bytes at ${hex(pagesOffset)})`,
+        src.size,
+        { block: name, offset: Math.min(src.size, pagesOffset) },
+      );
     }
     const bitmap = readExact(src, bitmapOffset, bitmapBytes, 'bitmap', name);
     // popcount, and bits of the last word past the last page must be clear (QEMU does not check this)
     const presentPages = countBits(bitmap, pages, name, bitmapOffset);
-    blocks.push({ name, length, pageSize, pages, pagesOffset, bitmapOffset, presentPages, entryOffset, headerOffset, bitmapBytes });
+    blocks.push({
+      name,
+      length,
+      pageSize,
+      pages,
+      pagesOffset,
+      bitmapOffset,
+      presentPages,
+      entryOffset,
+      headerOffset,
+      bitmapBytes,
+    });
     bitmaps.push(bitmap);
     remaining -= length;
     // the next block's name (or the end-of-section marker) follows this block's pages
@@ -461,11 +587,18 @@ function parseStream(src: ByteSource): QemuParsed {
   }
   c.forBlock(undefined);
   const details: QemuDetails = {
-    streamVersion: version, streamOffset, machineType: d.machineType!, capabilities: caps,
+    streamVersion: version,
+    streamOffset,
+    machineType: d.machineType!,
+    capabilities: caps,
     ...(d.targetPageBits !== undefined ? { targetPageBits: d.targetPageBits } : {}),
     targetPageSize,
     ...(d.uuid !== undefined ? { uuid: d.uuid } : {}),
-    ramSectionId: sid, ramInstanceId: instance, ramSectionVersion: secVersion, ramTotal, ramEndOffset: c.pos,
+    ramSectionId: sid,
+    ramInstanceId: instance,
+    ramSectionVersion: secVersion,
+    ramTotal,
+    ramEndOffset: c.pos,
   };
 
   // after the blocks: EOS, then PART records and commands up to the END record of "ram"
@@ -473,8 +606,11 @@ function parseStream(src: ByteSource): QemuParsed {
   let incomplete: FixedramError | undefined;
   let parts: QemuStreamParts | undefined;
   if (end.incomplete) {
-    incomplete = snapshotError('ERR_SNAPSHOT_INCOMPLETE',
-      `incomplete QEMU file: ${end.incomplete}; the save did not finish and the page bitmaps are not valid`, { offset: end.at });
+    incomplete = snapshotError(
+      'ERR_SNAPSHOT_INCOMPLETE',
+      `incomplete QEMU file: ${end.incomplete}; the save did not finish and the page bitmaps are not valid`,
+      { offset: end.at },
+    );
   } else {
     // the rest of the stream: device sections, end of stream, device description
     walkDevices(src, details);
@@ -484,12 +620,21 @@ function parseStream(src: ByteSource): QemuParsed {
       tail: { offset: details.ramSectionEnd!, length: src.size - details.ramSectionEnd! },
     };
     if (libvirt?.magic === 'LibvirtQemudPart') {
-      incomplete = snapshotError('ERR_SNAPSHOT_INCOMPLETE',
-        'incomplete libvirt save image: the header still says LibvirtQemudPart (libvirt did not finish the save)', { offset: 0 });
+      incomplete = snapshotError(
+        'ERR_SNAPSHOT_INCOMPLETE',
+        'incomplete libvirt save image: the header still says LibvirtQemudPart (libvirt did not finish the save)',
+        { offset: 0 },
+      );
     }
   }
   if (libvirt) details.libvirt = libvirt;
-  return { details, blocks, bitmaps, ...(incomplete ? { incomplete } : {}), ...(parts && !incomplete ? { parts } : {}) };
+  return {
+    details,
+    blocks,
+    bitmaps,
+    ...(incomplete ? { incomplete } : {}),
+    ...(parts && !incomplete ? { parts } : {}),
+  };
 }
 
 /** Set bits of a bitmap (format.ts's unpacking: refuses bits at or past `pages`). */
@@ -515,7 +660,11 @@ function walkToRamEnd(c: Cursor, sid: number, d: QemuDetails): { incomplete?: st
     need(8);
     const at = c.pos;
     const w = c.be64(what);
-    if (w !== kRamFlagEos) throw invalid(`expected the end-of-section marker 0x10 of section 'ram' at offset ${hex(at)}, found 0x${w.toString(16)}`, at);
+    if (w !== kRamFlagEos)
+      throw invalid(
+        `expected the end-of-section marker 0x10 of section 'ram' at offset ${hex(at)}, found 0x${w.toString(16)}`,
+        at,
+      );
   };
   let footers: boolean | undefined;
   const footer = (): void => {
@@ -528,7 +677,8 @@ function walkToRamEnd(c: Cursor, sid: number, d: QemuDetails): { incomplete?: st
     }
     need(5);
     const f = c.take(5, 'section footer');
-    if (f[0] !== kSecFooter || f.readUInt32BE(1) !== sid) throw invalid(`bad section footer of 'ram' at offset ${hex(at)}`, at);
+    if (f[0] !== kSecFooter || f.readUInt32BE(1) !== sid)
+      throw invalid(`bad section footer of 'ram' at offset ${hex(at)}`, at);
   };
   const commands: string[] = [];
   let passes = 0;
@@ -544,8 +694,11 @@ function walkToRamEnd(c: Cursor, sid: number, d: QemuDetails): { incomplete?: st
         need(4);
         const id = c.be32('section id');
         if (id !== sid) {
-          throw unsupported(`a record of another iterable section (id ${id}) at offset ${hex(at)} before the END of section 'ram'; ` +
-            "fixedram reads files whose only iterable section is 'ram'", at);
+          throw unsupported(
+            `a record of another iterable section (id ${id}) at offset ${hex(at)} before the END of section 'ram'; ` +
+              "fixedram reads files whose only iterable section is 'ram'",
+            at,
+          );
         }
         eos(kind === kSecEnd ? 'END record of ram' : 'PART record of ram');
         footer();
@@ -562,15 +715,22 @@ function walkToRamEnd(c: Cursor, sid: number, d: QemuDetails): { incomplete?: st
         const cmd = c.be16('command');
         const len = c.be16('command length');
         const known = kHarmlessCommands.get(cmd);
-        if (known === undefined) throw unsupported(`migration command ${cmd} at offset ${hex(at)} before the END of section 'ram'`, at);
+        if (known === undefined)
+          throw unsupported(`migration command ${cmd} at offset ${hex(at)} before the END of section 'ram'`, at);
         need(len);
         c.pos += len;
         commands.push(known);
       } else if (kind === kSecStart || kind === kSecFull) {
-        throw unsupported(`another section starts at offset ${hex(at)} before the END of section 'ram'; ` +
-          "fixedram reads files whose only iterable section is 'ram'", at);
+        throw unsupported(
+          `another section starts at offset ${hex(at)} before the END of section 'ram'; ` +
+            "fixedram reads files whose only iterable section is 'ram'",
+          at,
+        );
       } else {
-        throw invalid(`unexpected record type 0x${kind.toString(16)} at offset ${hex(at)} before the END of section 'ram'`, at);
+        throw invalid(
+          `unexpected record type 0x${kind.toString(16)} at offset ${hex(at)} before the END of section 'ram'`,
+          at,
+        );
       }
     }
   } catch (err) {
@@ -604,9 +764,13 @@ function findVmdesc(src: ByteSource, from: number): { eof: number; json: Buffer 
   const window = Math.min(whole, kMaxVmdescBytes + 6);
   const start = src.size - window;
   const tail = readExact(src, start, window, 'device description');
-  const missing = (why: string): FixedramError => snapshotError('ERR_SNAPSHOT_TRUNCATED',
-    `truncated QEMU file: the device state after the RAM section (${whole} bytes from offset ${hex(from)}) ${why}; ` +
-      'the stream is cut or damaged after its RAM', { offset: src.size });
+  const missing = (why: string): FixedramError =>
+    snapshotError(
+      'ERR_SNAPSHOT_TRUNCATED',
+      `truncated QEMU file: the device state after the RAM section (${whole} bytes from offset ${hex(from)}) ${why}; ` +
+        'the stream is cut or damaged after its RAM',
+      { offset: src.size },
+    );
   for (let p = tail.lastIndexOf(kSecVmdesc); p >= 1; p = tail.lastIndexOf(kSecVmdesc, p - 1)) {
     if (tail[p - 1] !== kSecEof) continue;
     if (p + 5 > tail.length) break;
@@ -636,12 +800,16 @@ function walkDevices(src: ByteSource, d: QemuDetails): void {
     throw invalid(`the device description at offset ${hex(eof + 6)} has no device list`, eof + 6);
   }
   if (desc.page_size !== undefined && desc.page_size !== d.targetPageSize) {
-    throw invalid(`the device description says the target page size is ${JSON.stringify(desc.page_size)}, the stream implies ${d.targetPageSize}`, eof + 6);
+    throw invalid(
+      `the device description says the target page size is ${JSON.stringify(desc.page_size)}, the stream implies ${d.targetPageSize}`,
+      eof + 6,
+    );
   }
   const c = new Cursor(src, from);
   const bad = (m: string, at: number): FixedramError => invalid(`device state: ${m}`, at);
   const int = (v: unknown, what: string, at: number): number => {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw bad(`the description gives ${what} as ${JSON.stringify(v)}`, at);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      throw bad(`the description gives ${what} as ${JSON.stringify(v)}`, at);
     return v;
   };
   // bytes of one (sub)section's contents, its subsections walked in the stream
@@ -652,16 +820,22 @@ function walkDevices(src: ByteSource, d: QemuDetails): void {
     let bytes = 0;
     for (const f of fields as { size?: unknown; array_len?: unknown }[]) {
       if (typeof f !== 'object' || f === null) throw bad(`the description of '${owner}' has a malformed field`, c.pos);
-      bytes += int(f.size, `a field size of '${owner}'`, c.pos) * (f.array_len === undefined ? 1 : int(f.array_len, `an array length of '${owner}'`, c.pos));
+      bytes +=
+        int(f.size, `a field size of '${owner}'`, c.pos) *
+        (f.array_len === undefined ? 1 : int(f.array_len, `an array length of '${owner}'`, c.pos));
       if (!Number.isSafeInteger(bytes) || c.pos + bytes > eof) {
-        throw bad(`section '${owner}' at offset ${hex(c.pos)} needs more bytes than lie before the end-of-stream marker at ${hex(eof)}`, c.pos);
+        throw bad(
+          `section '${owner}' at offset ${hex(c.pos)} needs more bytes than lie before the end-of-stream marker at ${hex(eof)}`,
+          c.pos,
+        );
       }
     }
     c.pos += bytes;
     const subs = node.subsections ?? [];
     if (!Array.isArray(subs)) throw bad(`the description of '${owner}' has a malformed subsection list`, c.pos);
     for (const s of subs as VmdescNode[]) {
-      if (typeof s !== 'object' || s === null || typeof s.vmsd_name !== 'string') throw bad(`the description of '${owner}' has a malformed subsection`, c.pos);
+      if (typeof s !== 'object' || s === null || typeof s.vmsd_name !== 'string')
+        throw bad(`the description of '${owner}' has a malformed subsection`, c.pos);
       const at = c.pos;
       const type = c.u8('subsection type');
       const name = c.name('subsection name').toString('latin1');
@@ -675,30 +849,45 @@ function walkDevices(src: ByteSource, d: QemuDetails): void {
   let count = 0;
   for (const dev of desc.devices as VmdescNode[]) {
     const at = c.pos;
-    if (typeof dev !== 'object' || dev === null || typeof dev.name !== 'string') throw bad(`malformed device ${count} in the description`, at);
-    if (at >= eof) throw bad(`section '${dev.name}' is missing: the end-of-stream marker comes first, at ${hex(eof)}`, at);
+    if (typeof dev !== 'object' || dev === null || typeof dev.name !== 'string')
+      throw bad(`malformed device ${count} in the description`, at);
+    if (at >= eof)
+      throw bad(`section '${dev.name}' is missing: the end-of-stream marker comes first, at ${hex(eof)}`, at);
     const type = c.u8('section type');
     if (type !== kSecFull) {
-      throw bad(`expected the section of '${dev.name}' at offset ${hex(at)}, found record type 0x${type.toString(16)}`, at);
+      throw bad(
+        `expected the section of '${dev.name}' at offset ${hex(at)}, found record type 0x${type.toString(16)}`,
+        at,
+      );
     }
     const id = c.be32('section id');
     const name = c.name('section name').toString('latin1');
     const instance = c.be32('instance id');
     const version = c.be32('section version');
-    if (name !== dev.name || instance !== int(dev.instance_id, `the instance of '${dev.name}'`, at) ||
-      (dev.vmsd_name !== undefined && dev.version !== undefined && version !== dev.version)) {
-      throw bad(`expected section '${dev.name}' instance ${String(dev.instance_id)} at offset ${hex(at)}, found '${name}' instance ${instance} version ${version}`, at);
+    if (
+      name !== dev.name ||
+      instance !== int(dev.instance_id, `the instance of '${dev.name}'`, at) ||
+      (dev.vmsd_name !== undefined && dev.version !== undefined && version !== dev.version)
+    ) {
+      throw bad(
+        `expected section '${dev.name}' instance ${String(dev.instance_id)} at offset ${hex(at)}, found '${name}' instance ${instance} version ${version}`,
+        at,
+      );
     }
     contents(dev, 0, name);
     if (d.sectionFooters) {
       const fat = c.pos;
       const f = c.take(5, 'section footer');
-      if (f[0] !== kSecFooter || f.readUInt32BE(1) !== id) throw bad(`bad footer of section '${name}' at offset ${hex(fat)}`, fat);
+      if (f[0] !== kSecFooter || f.readUInt32BE(1) !== id)
+        throw bad(`bad footer of section '${name}' at offset ${hex(fat)}`, fat);
     }
     count++;
   }
   if (c.pos !== eof) {
-    throw bad(`the described sections end at offset ${hex(c.pos)}, but the end-of-stream marker is at ${hex(eof)}`, c.pos);
+    throw bad(
+      `the described sections end at offset ${hex(c.pos)}, but the end-of-stream marker is at ${hex(eof)}`,
+      c.pos,
+    );
   }
   d.deviceSections = count;
   d.eofOffset = eof;

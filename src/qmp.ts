@@ -45,7 +45,10 @@ const kMaxLine = 32 << 20;
 /** Escapes control characters and non-ASCII line separators so QEMU's text is one safe line. */
 export function escapeText(s: string): string {
   /* eslint-disable no-control-regex -- control characters are what we escape (a block: stays put when formatted) */
-  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return s.replace(
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
   /* eslint-enable no-control-regex */
 }
 
@@ -66,15 +69,31 @@ export class QmpClient {
   version = '';
   private greeted: ((v: unknown) => void) | undefined;
 
-  private constructor(private readonly sock: net.Socket, readonly path: string, private readonly opts: Required<QmpOptions>) {
+  private constructor(
+    private readonly sock: net.Socket,
+    readonly path: string,
+    private readonly opts: Required<QmpOptions>,
+  ) {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => this.onData(chunk));
-    sock.on('error', (err: NodeJS.ErrnoException) => this.shutdown(new QmpError('ERR_QMP_DISCONNECTED',
-      err.code === 'ECONNRESET' || err.code === 'EPIPE'
-        ? `QEMU closed the QMP connection '${escapeText(path)}' (did QEMU exit?)`
-        : `QMP connection to '${escapeText(path)}' failed: ${escapeText(err.message)}`, { path })));
-    sock.on('close', () => this.shutdown(new QmpError('ERR_QMP_DISCONNECTED',
-      `QEMU closed the QMP connection '${escapeText(path)}' (did QEMU exit?)`, { path })));
+    sock.on('error', (err: NodeJS.ErrnoException) =>
+      this.shutdown(
+        new QmpError(
+          'ERR_QMP_DISCONNECTED',
+          err.code === 'ECONNRESET' || err.code === 'EPIPE'
+            ? `QEMU closed the QMP connection '${escapeText(path)}' (did QEMU exit?)`
+            : `QMP connection to '${escapeText(path)}' failed: ${escapeText(err.message)}`,
+          { path },
+        ),
+      ),
+    );
+    sock.on('close', () =>
+      this.shutdown(
+        new QmpError('ERR_QMP_DISCONNECTED', `QEMU closed the QMP connection '${escapeText(path)}' (did QEMU exit?)`, {
+          path,
+        }),
+      ),
+    );
   }
 
   /** Connects, reads the greeting and negotiates capabilities. */
@@ -85,7 +104,13 @@ export class QmpClient {
       const s = net.createConnection(socketPath);
       const timer = setTimeout(() => {
         s.destroy();
-        reject(new QmpError('ERR_QMP_TIMEOUT', `cannot connect to the QMP socket '${where}' within ${opts.connectTimeoutMs / 1000} s`, { path: socketPath }));
+        reject(
+          new QmpError(
+            'ERR_QMP_TIMEOUT',
+            `cannot connect to the QMP socket '${where}' within ${opts.connectTimeoutMs / 1000} s`,
+            { path: socketPath },
+          ),
+        );
       }, opts.connectTimeoutMs);
       s.once('connect', () => {
         clearTimeout(timer);
@@ -94,17 +119,28 @@ export class QmpClient {
       });
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(new QmpError('ERR_QMP_CONNECT', `cannot connect to the QMP socket '${where}': ${err.code ?? err.message}` +
-          `${err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? ' (is QEMU running with -qmp unix:PATH,server=on,wait=off?)' : ''}`,
-        { path: socketPath }));
+        reject(
+          new QmpError(
+            'ERR_QMP_CONNECT',
+            `cannot connect to the QMP socket '${where}': ${err.code ?? err.message}` +
+              `${err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? ' (is QEMU running with -qmp unix:PATH,server=on,wait=off?)' : ''}`,
+            { path: socketPath },
+          ),
+        );
       });
     });
     const client = new QmpClient(sock, socketPath, opts);
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         sock.destroy();
-        reject(new QmpError('ERR_QMP_TIMEOUT', `no QMP greeting on '${where}' within ${opts.connectTimeoutMs / 1000} s ` +
-          '(a QMP socket serves one client at a time: give fixedram its own -qmp socket)', { path: socketPath }));
+        reject(
+          new QmpError(
+            'ERR_QMP_TIMEOUT',
+            `no QMP greeting on '${where}' within ${opts.connectTimeoutMs / 1000} s ` +
+              '(a QMP socket serves one client at a time: give fixedram its own -qmp socket)',
+            { path: socketPath },
+          ),
+        );
       }, opts.connectTimeoutMs);
       client.greeted = () => {
         clearTimeout(timer);
@@ -112,7 +148,10 @@ export class QmpClient {
       };
       sock.once('close', () => {
         clearTimeout(timer);
-        reject(client.closeReason ?? new QmpError('ERR_QMP_DISCONNECTED', `QEMU closed '${where}' before its greeting`, { path: socketPath }));
+        reject(
+          client.closeReason ??
+            new QmpError('ERR_QMP_DISCONNECTED', `QEMU closed '${where}' before its greeting`, { path: socketPath }),
+        );
       });
     });
     await client.execute('qmp_capabilities');
@@ -128,7 +167,11 @@ export class QmpClient {
     }
     if (this.buf.length > kMaxLine) {
       this.sock.destroy();
-      this.shutdown(new QmpError('ERR_QMP_PROTOCOL', `QMP line from '${escapeText(this.path)}' longer than ${kMaxLine} bytes`, { path: this.path }));
+      this.shutdown(
+        new QmpError('ERR_QMP_PROTOCOL', `QMP line from '${escapeText(this.path)}' longer than ${kMaxLine} bytes`, {
+          path: this.path,
+        }),
+      );
     }
   }
 
@@ -139,8 +182,14 @@ export class QmpClient {
       if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new Error('not an object');
     } catch {
       this.sock.destroy();
-      this.shutdown(new QmpError('ERR_QMP_PROTOCOL', `QEMU sent a line that is not a JSON object on '${escapeText(this.path)}': ` +
-        `${escapeText(line.slice(0, 80))}`, { path: this.path }));
+      this.shutdown(
+        new QmpError(
+          'ERR_QMP_PROTOCOL',
+          `QEMU sent a line that is not a JSON object on '${escapeText(this.path)}': ` +
+            `${escapeText(line.slice(0, 80))}`,
+          { path: this.path },
+        ),
+      );
       return;
     }
     if (msg.QMP !== undefined) {
@@ -163,9 +212,13 @@ export class QmpClient {
     const err = msg.error as { class?: unknown; desc?: unknown } | undefined;
     if (err !== undefined) {
       const desc = typeof err.desc === 'string' ? err.desc : JSON.stringify(err);
-      p.reject(new QmpError('ERR_QMP_COMMAND', `QEMU refused ${p.command}: ${escapeText(desc)}`, {
-        qmpClass: typeof err.class === 'string' ? err.class : 'GenericError', desc, path: this.path,
-      }));
+      p.reject(
+        new QmpError('ERR_QMP_COMMAND', `QEMU refused ${p.command}: ${escapeText(desc)}`, {
+          qmpClass: typeof err.class === 'string' ? err.class : 'GenericError',
+          desc,
+          path: this.path,
+        }),
+      );
     } else {
       p.resolve(msg.return);
     }
@@ -188,13 +241,24 @@ export class QmpClient {
   }
 
   /** Runs a command; resolves with its `return` value, rejects with a QmpError. */
-  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = this.opts.commandTimeoutMs): Promise<T> {
-    if (this.closeReason) return Promise.reject(new QmpError(this.closeReason.code, `${this.closeReason.message} (before ${command})`, { path: this.path }));
+  execute<T = unknown>(
+    command: string,
+    args?: Record<string, unknown>,
+    timeoutMs = this.opts.commandTimeoutMs,
+  ): Promise<T> {
+    if (this.closeReason)
+      return Promise.reject(
+        new QmpError(this.closeReason.code, `${this.closeReason.message} (before ${command})`, { path: this.path }),
+      );
     const id = `fixedram-${this.nextId++}`;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new QmpError('ERR_QMP_TIMEOUT', `QEMU did not answer ${command} within ${timeoutMs / 1000} s`, { path: this.path }));
+        reject(
+          new QmpError('ERR_QMP_TIMEOUT', `QEMU did not answer ${command} within ${timeoutMs / 1000} s`, {
+            path: this.path,
+          }),
+        );
       }, timeoutMs);
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
       this.sock.write(`${JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id })}\n`);
@@ -211,23 +275,39 @@ export class QmpClient {
    * Waits for an event named `name` (and matching `accept`). Rejects on timeout or disconnect.
    * Subscribe before the command that causes the event, so it cannot be missed.
    */
-  waitEvent(name: string, timeoutMs: number, accept: (e: QmpEvent) => boolean = () => true): { promise: Promise<QmpEvent>; cancel: () => void } {
+  waitEvent(
+    name: string,
+    timeoutMs: number,
+    accept: (e: QmpEvent) => boolean = () => true,
+  ): { promise: Promise<QmpEvent>; cancel: () => void } {
     let off = (): void => undefined;
     let timer: NodeJS.Timeout | undefined;
     const promise = new Promise<QmpEvent>((resolve, reject) => {
       if (this.closeReason) {
-        reject(new QmpError(this.closeReason.code, `${this.closeReason.message} while waiting for ${name}`, { path: this.path }));
+        reject(
+          new QmpError(this.closeReason.code, `${this.closeReason.message} while waiting for ${name}`, {
+            path: this.path,
+          }),
+        );
         return;
       }
       timer = setTimeout(() => {
         off();
-        reject(new QmpError('ERR_QMP_TIMEOUT', `no ${name} event from QEMU within ${timeoutMs / 1000} s`, { path: this.path }));
+        reject(
+          new QmpError('ERR_QMP_TIMEOUT', `no ${name} event from QEMU within ${timeoutMs / 1000} s`, {
+            path: this.path,
+          }),
+        );
       }, timeoutMs);
       off = this.onEvent((e) => {
         if (e.event === '__closed') {
           off();
           clearTimeout(timer);
-          reject(new QmpError(this.closeReason!.code, `${this.closeReason!.message} while waiting for ${name}`, { path: this.path }));
+          reject(
+            new QmpError(this.closeReason!.code, `${this.closeReason!.message} while waiting for ${name}`, {
+              path: this.path,
+            }),
+          );
         } else if (e.event === name && accept(e)) {
           off();
           clearTimeout(timer);
@@ -236,7 +316,13 @@ export class QmpClient {
       });
     });
     promise.catch(() => undefined); // the caller may cancel without awaiting
-    return { promise, cancel: () => { off(); clearTimeout(timer); } };
+    return {
+      promise,
+      cancel: () => {
+        off();
+        clearTimeout(timer);
+      },
+    };
   }
 
   /** Closes the connection (QEMU keeps running). */

@@ -16,7 +16,14 @@
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, closeQuietly, openSources, pageSizeFor, probeDirectIo, refuseAliasing, reopenChecked, sharedPageBytes,
+  checkUnchanged,
+  closeQuietly,
+  openSources,
+  pageSizeFor,
+  probeDirectIo,
+  refuseAliasing,
+  reopenChecked,
+  sharedPageBytes,
 } from './blocks';
 import type { BlockArg } from './block-args';
 import type { ChannelBlock } from './channels/messages';
@@ -183,7 +190,10 @@ export interface WriteResult {
  * The pages of a source that may hold data: one SEEK_DATA/SEEK_HOLE walk over the whole block
  * (holes are never read), intersected with the source's own mask (a QEMU bitmap) if it has one.
  */
-export function dataMask(src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'pageSize' | 'fd' | 'identity' | 'mask'>, pages: number): Uint8Array {
+export function dataMask(
+  src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'pageSize' | 'fd' | 'identity' | 'mask'>,
+  pages: number,
+): Uint8Array {
   const mask = sharedPageBytes(pages);
   if (pages === 0) return mask;
   const fd = src.fd ?? reopenChecked(src.path, fs.constants.O_RDONLY, src.identity!, src.name);
@@ -204,22 +214,34 @@ export function dataMask(src: Pick<SnapshotSource, 'name' | 'path' | 'base' | 'p
  * channels' bounded scratch, whatever the block lengths.
  */
 async function writePages(
-  fd: number, file: string, layout: SnapshotLayout, sources: readonly SnapshotSource[],
+  fd: number,
+  file: string,
+  layout: SnapshotLayout,
+  sources: readonly SnapshotSource[],
   opts: WriteOptions & { beforeFirstWindow?: () => Promise<void> },
 ): Promise<{ summary: MetadataSummary; bytesRead: number; bytesWritten: number; channels: number }> {
   const cursors = layout.blocks.map((b, i) => {
     const src = sources[i]!;
-    return new ExtentCursor(src.fd ?? ((): number => reopenChecked(src.path, fs.constants.O_RDONLY, src.identity!, src.name)),
-      src.path, src.base, src.base + b.length);
+    return new ExtentCursor(
+      src.fd ?? ((): number => reopenChecked(src.path, fs.constants.O_RDONLY, src.identity!, src.name)),
+      src.path,
+      src.base,
+      src.base + b.length,
+    );
   });
   const counts = layout.blocks.map(() => 0);
   const total = layout.blocks.reduce((s, b) => s + b.length, 0);
   try {
     const stats = await walk({
-      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: file, directIo: opts.directIo ?? false,
+      kind: 'save',
+      channels: opts.channels,
+      snapshotFd: fd,
+      snapshotPath: file,
+      directIo: opts.directIo ?? false,
       onWarning: (message) => opts.logger?.warn(message),
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: layout.blocks, batchBytes: checkBatchBytes(opts.batchBytes),
+      blocks: layout.blocks,
+      batchBytes: checkBatchBytes(opts.batchBytes),
       ...(opts.beforeFirstWindow ? { beforeFirstWindow: opts.beforeFirstWindow } : {}),
       prepare: (seg) => {
         const b = layout.blocks[seg.block]!;
@@ -248,22 +270,43 @@ async function writePages(
         const b = layout.blocks[seg.block]!;
         const src = sources[seg.block]!;
         return {
-          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: seg.count,
+          snapBase: b.pagesOffset + seg.first * b.pageSize,
           ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
-          ...(src.identity ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow } : {}),
-          livePath: src.path, liveBase: src.base + seg.first * b.pageSize,
-          present: seg.tables.present, csums: seg.tables.csums, mask: seg.tables.mask,
+          ...(src.identity
+            ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow }
+            : {}),
+          livePath: src.path,
+          liveBase: src.base + seg.first * b.pageSize,
+          present: seg.tables.present,
+          csums: seg.tables.csums,
+          mask: seg.tables.mask,
           flags: kSaveMask | (opts.fsync && (opts.writeback ?? 'channels') === 'channels' ? kSaveWriteback : 0),
         };
       },
       finish: (seg, worked) => {
-        if (worked) counts[seg.block]! += writeTableWindow(fd, layout.blocks[seg.block]!, seg.first, seg.count, seg.tables, false);
+        if (worked)
+          counts[seg.block]! += writeTableWindow(
+            fd,
+            layout.blocks[seg.block]!,
+            seg.first,
+            seg.count,
+            seg.tables,
+            false,
+          );
       },
       onProgress: (done) => opts.onProgress?.({ command: opts.command, bytesDone: done, bytesTotal: total }),
     });
     // the metadata checksums, streamed over the tables as written (their holes are not read)
     const summary: MetadataSummary = { counts, sums: layout.blocks.map((b) => tableSummary(fd, file, b).sum) };
-    return { summary, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, channels: Math.max(1, stats.channelsUsed) };
+    return {
+      summary,
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten,
+      channels: Math.max(1, stats.channelsUsed),
+    };
   } finally {
     for (const c of cursors) c.close();
   }
@@ -274,67 +317,86 @@ async function writePages(
  * this file: lock, temp file, channels, metadata, complete flag, rename. The caller has checked
  * that the output is none of the sources.
  */
-export async function writeSnapshot(output: string, sources: readonly SnapshotSource[], opts: WriteOptions): Promise<WriteResult> {
+export async function writeSnapshot(
+  output: string,
+  sources: readonly SnapshotSource[],
+  opts: WriteOptions,
+): Promise<WriteResult> {
   let record = opts.deviceState ? encodeDeviceState(opts.deviceState, native().hash64) : undefined;
   const specs = sources.map((s) => ({ name: s.name, length: s.length, pageSize: s.pageSize }));
   let layout = planLayout(specs, record?.length);
   let summary: MetadataSummary | undefined;
-  const pages = await writeAtomically(output, {
-    size: layout.fileSize, fsync: opts.fsync, removeStaleTemps: true, ...(opts.logger ? { logger: opts.logger } : {}),
-    // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
-    // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
-    provisional: (fd) => writeHeader(fd, layout, { counts: layout.blocks.map(() => 0), sums: layout.blocks.map(() => 0n) }, 0),
-    complete: (fd) => writeHeader(fd, layout, summary!, kFlagComplete),
-  }, async ({ fd, path: tmp }) => {
-    opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
-    let directIo = opts.directIo ?? false;
-    if (directIo && !probeDirectIo(tmp, fs.constants.O_WRONLY)) {
-      opts.logger?.warn({ path: tmp }, 'the file system refuses O_DIRECT; using buffered I/O');
-      directIo = false;
-    }
+  const pages = await writeAtomically(
+    output,
+    {
+      size: layout.fileSize,
+      fsync: opts.fsync,
+      removeStaleTemps: true,
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
+      // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
+      provisional: (fd) =>
+        writeHeader(fd, layout, { counts: layout.blocks.map(() => 0), sums: layout.blocks.map(() => 0n) }, 0),
+      complete: (fd) => writeHeader(fd, layout, summary!, kFlagComplete),
+    },
+    async ({ fd, path: tmp }) => {
+      opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
+      let directIo = opts.directIo ?? false;
+      if (directIo && !probeDirectIo(tmp, fs.constants.O_WRONLY)) {
+        opts.logger?.warn({ path: tmp }, 'the file system refuses O_DIRECT; using buffered I/O');
+        directIo = false;
+      }
 
-    // pages, window by window: where the source holds data (one SEEK_DATA/SEEK_HOLE walk per
-    // block), batches only there, and each window's tables written as soon as it is done
-    const total = layout.blocks.reduce((s, b) => s + b.length, 0);
-    const command = opts.command;
-    opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
-    const beforePages = opts.beforePages;
-    let pump: ReturnType<typeof writebackPump> | undefined;
-    const startPump = (): void => {
-      if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd, layout.fileSize);
-    };
-    let written: Awaited<ReturnType<typeof writePages>>;
-    try {
-      if (!beforePages) startPump();
-      written = await writePages(fd, tmp, layout, sources, {
-        ...opts, directIo,
-        ...(beforePages ? {
-          beforeFirstWindow: async (): Promise<void> => {
-            const ds = await beforePages();
-            if (ds) {
-              // the device state goes after the last page region: the pages stay where they were planned
-              record = encodeDeviceState(ds, native().hash64);
-              layout = planLayout(specs, record.length);
-              fs.ftruncateSync(fd, layout.fileSize);
-            }
-            startPump();
-          },
-        } : {}),
-      });
-    } finally {
-      await pump?.stop();
-    }
-    opts.logger?.debug({ bytesWritten: written.bytesWritten }, 'pages written');
-    await opts.beforeCommit?.();
+      // pages, window by window: where the source holds data (one SEEK_DATA/SEEK_HOLE walk per
+      // block), batches only there, and each window's tables written as soon as it is done
+      const total = layout.blocks.reduce((s, b) => s + b.length, 0);
+      const command = opts.command;
+      opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
+      const beforePages = opts.beforePages;
+      let pump: ReturnType<typeof writebackPump> | undefined;
+      const startPump = (): void => {
+        if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd, layout.fileSize);
+      };
+      let written: Awaited<ReturnType<typeof writePages>>;
+      try {
+        if (!beforePages) startPump();
+        written = await writePages(fd, tmp, layout, sources, {
+          ...opts,
+          directIo,
+          ...(beforePages
+            ? {
+                beforeFirstWindow: async (): Promise<void> => {
+                  const ds = await beforePages();
+                  if (ds) {
+                    // the device state goes after the last page region: the pages stay where they were planned
+                    record = encodeDeviceState(ds, native().hash64);
+                    layout = planLayout(specs, record.length);
+                    fs.ftruncateSync(fd, layout.fileSize);
+                  }
+                  startPump();
+                },
+              }
+            : {}),
+        });
+      } finally {
+        await pump?.stop();
+      }
+      opts.logger?.debug({ bytesWritten: written.bytesWritten }, 'pages written');
+      await opts.beforeCommit?.();
 
-    // the metadata, still without the COMPLETE flag (writeAtomically syncs, marks complete, renames)
-    summary = written.summary;
-    if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
-    writeHeader(fd, layout, summary, 0);
-    return written;
-  });
+      // the metadata, still without the COMPLETE flag (writeAtomically syncs, marks complete, renames)
+      summary = written.summary;
+      if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
+      writeHeader(fd, layout, summary, 0);
+      return written;
+    },
+  );
   return {
-    layout, summary: pages.summary, bytesRead: pages.bytesRead, bytesWritten: pages.bytesWritten, channels: pages.channels,
+    layout,
+    summary: pages.summary,
+    bytesRead: pages.bytesRead,
+    bytesWritten: pages.bytesWritten,
+    channels: pages.channels,
   };
 }
 
@@ -348,13 +410,23 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
   const { channels, output } = checkWriteOptions(opts);
   const files = openSources(opts.blocks, opts);
   try {
-    refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));
+    refuseAliasing(
+      output,
+      opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })),
+    );
     const sources = opts.blocks.map((b, i): SnapshotSource => ({
-      name: b.name, length: files[i]!.size, pageSize: pageSizeFor(files[i]!, opts.pageSize),
-      path: files[i]!.path, base: 0, identity: { dev: files[i]!.dev, ino: files[i]!.ino, follow: files[i]!.follow },
+      name: b.name,
+      length: files[i]!.size,
+      pageSize: pageSizeFor(files[i]!, opts.pageSize),
+      path: files[i]!.path,
+      base: 0,
+      identity: { dev: files[i]!.dev, ino: files[i]!.ino, follow: files[i]!.follow },
     }));
     const w = await writeSnapshot(output, sources, {
-      command: 'save', channels, fsync: checkFsync(opts.fsync), batchBytes: checkBatchBytes(opts.batchBytes),
+      command: 'save',
+      channels,
+      fsync: checkFsync(opts.fsync),
+      batchBytes: checkBatchBytes(opts.batchBytes),
       ...(opts.directIo !== undefined ? { directIo: opts.directIo } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
@@ -370,14 +442,25 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });
     const saved = w.layout.blocks.map((b, i): SavedBlock => ({
-      name: b.name, path: files[i]!.path, length: b.length, pageSize: b.pageSize, pages: b.pages,
-      presentPages: w.summary.counts[i]!, zeroPages: b.pages - w.summary.counts[i]!, pagesOffset: b.pagesOffset,
+      name: b.name,
+      path: files[i]!.path,
+      length: b.length,
+      pageSize: b.pageSize,
+      pages: b.pages,
+      presentPages: w.summary.counts[i]!,
+      zeroPages: b.pages - w.summary.counts[i]!,
+      pagesOffset: b.pagesOffset,
     }));
     return {
-      command: 'save', output, fileSize: w.layout.fileSize, blocks: saved,
+      command: 'save',
+      output,
+      fileSize: w.layout.fileSize,
+      blocks: saved,
       presentPages: saved.reduce((s, b) => s + b.presentPages, 0),
       zeroPages: saved.reduce((s, b) => s + b.zeroPages, 0),
-      bytesRead: w.bytesRead, bytesWritten: w.bytesWritten, channels: w.channels,
+      bytesRead: w.bytesRead,
+      bytesWritten: w.bytesWritten,
+      channels: w.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {

@@ -6,8 +6,17 @@ import * as fs from 'node:fs';
 import { decodeDeviceState, type DecodedDeviceState, type DeviceState } from './devstate';
 import { isSystemError, snapshotError, withPath, type FixedramError } from './errors';
 import {
-  decodeFixedHeader, decodeHeader, kFlagComplete, kFlagUpdating, kHeaderBytes, firstAbsentNonZero, paddingOf, unpackBitmap, type BlockLayout,
-  type Padding, type SnapshotHeader,
+  decodeFixedHeader,
+  decodeHeader,
+  kFlagComplete,
+  kFlagUpdating,
+  kHeaderBytes,
+  firstAbsentNonZero,
+  paddingOf,
+  unpackBitmap,
+  type BlockLayout,
+  type Padding,
+  type SnapshotHeader,
 } from './format';
 import { explainAllocation } from './limits';
 import { native } from './native';
@@ -55,8 +64,9 @@ function readExact(fd: number, length: number, position: number, into?: Uint8Arr
       throw err;
     }
     if (n === 0) {
-      throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`,
-        { offset: position + done });
+      throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`, {
+        offset: position + done,
+      });
     }
     done += n;
   }
@@ -100,7 +110,8 @@ export function openSnapshot(file: string, writable = false): SnapshotFile {
     fs.closeSync(fd);
     withPath(err, file);
     // (FixedramError declares `path` as a class field, so test the value, not `'path' in err`)
-    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: file });
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined)
+      Object.assign(err, { path: file });
     throw err;
   }
 }
@@ -108,12 +119,16 @@ export function openSnapshot(file: string, writable = false): SnapshotFile {
 /** The one-line reason a snapshot cannot be used as is, or undefined when it is complete. */
 export function incompleteReason(header: SnapshotHeader): FixedramError | undefined {
   if (header.flags & kFlagUpdating) {
-    return snapshotError('ERR_SNAPSHOT_INCOMPLETE',
+    return snapshotError(
+      'ERR_SNAPSHOT_INCOMPLETE',
       'snapshot has an interrupted in-place update; re-run `fixedram save --update` with the same blocks to repair it',
-      { offset: 12 });
+      { offset: 12 },
+    );
   }
   if (!(header.flags & kFlagComplete)) {
-    return snapshotError('ERR_SNAPSHOT_INCOMPLETE', 'incomplete snapshot: the save that wrote it did not finish', { offset: 12 });
+    return snapshotError('ERR_SNAPSHOT_INCOMPLETE', 'incomplete snapshot: the save that wrote it did not finish', {
+      offset: 12,
+    });
   }
   return undefined;
 }
@@ -141,25 +156,31 @@ export function readTables(snap: SnapshotFile, b: BlockLayout, index: number): B
   }
   const ctx = { block: b.name, path: snap.path };
   if (native().hash64(meta) !== snap.header.metadataChecksums[index]) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID',
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
       `corrupt metadata: the bitmap or checksum table of block '${b.name}' fails its checksum ` +
         `(bitmap at 0x${b.bitmapOffset.toString(16)}, checksums at 0x${b.checksumsOffset.toString(16)})`,
-      { ...ctx, offset: b.bitmapOffset });
+      { ...ctx, offset: b.bitmapOffset },
+    );
   }
   const present = new Uint8Array(meta.buffer, metaBytes, b.pages);
   const count = unpackBitmap(meta.subarray(0, b.bitmapBytes), b.pages, present, b.name, b.bitmapOffset);
   if (count !== snap.header.presentPages[index]) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID',
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
       `corrupt metadata: block '${b.name}' bitmap has ${count} pages set, the block table says ${snap.header.presentPages[index]}`,
-      { ...ctx, offset: b.bitmapOffset });
+      { ...ctx, offset: b.bitmapOffset },
+    );
   }
   // the checksum of an absent page is 0 (format v1); anything else is a corrupt table
   const csums = meta.subarray(b.bitmapBytes);
   const p = firstAbsentNonZero(meta.subarray(0, b.bitmapBytes), csums, b.pages);
   if (p >= 0) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID',
+    throw snapshotError(
+      'ERR_SNAPSHOT_INVALID',
       `corrupt metadata: block '${b.name}' page ${p} is absent but its checksum entry is not 0`,
-      { ...ctx, page: p, offset: b.checksumsOffset + 8 * p });
+      { ...ctx, page: p, offset: b.checksumsOffset + 8 * p },
+    );
   }
   return { present, csums, presentCount: count };
 }
@@ -175,7 +196,8 @@ export function readDeviceState(snap: SnapshotFile): DecodedDeviceState | undefi
   try {
     return decodeDeviceState(readExact(snap.fd, d.bytes, d.offset), d.offset, native().hash64);
   } catch (err) {
-    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined) Object.assign(err, { path: snap.path });
+    if (err && typeof err === 'object' && (err as { path?: unknown }).path === undefined)
+      Object.assign(err, { path: snap.path });
     throw err;
   }
 }
@@ -199,8 +221,11 @@ function sharedBytes(bytes: number, block: string): Uint8Array {
     return new Uint8Array(new SharedArrayBuffer(Math.max(bytes, 8)));
   } catch (err) {
     if (!(err instanceof RangeError)) throw err;
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED',
-      `block '${block}': its bitmap and checksum table (${bytes} bytes with the page map) do not fit in memory`, { block });
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `block '${block}': its bitmap and checksum table (${bytes} bytes with the page map) do not fit in memory`,
+      { block },
+    );
   }
 }
 
@@ -264,13 +289,21 @@ export function fixedramImage(snap: SnapshotFile): RamImage {
     fd: snap.fd,
     size: snap.size,
     blocks: snap.header.blocks.map((b, i) => ({
-      name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages, pagesOffset: b.pagesOffset,
-      bitmapOffset: b.bitmapOffset, presentPages: snap.header.presentPages[i]!,
+      name: b.name,
+      length: b.length,
+      pageSize: b.pageSize,
+      pages: b.pages,
+      pagesOffset: b.pagesOffset,
+      bitmapOffset: b.bitmapOffset,
+      presentPages: snap.header.presentPages[i]!,
     })),
     hasChecksums: true,
-    state: snap.header.flags & kFlagUpdating ? 'updating' : snap.header.flags & kFlagComplete ? 'complete' : 'incomplete',
+    state:
+      snap.header.flags & kFlagUpdating ? 'updating' : snap.header.flags & kFlagComplete ? 'complete' : 'incomplete',
     details: {
-      version: snap.header.version, flags: snap.header.flags, metadataEnd: snap.header.metadataEnd,
+      version: snap.header.version,
+      flags: snap.header.flags,
+      metadataEnd: snap.header.metadataEnd,
       ...(snap.header.deviceState ? { deviceStateOffset: snap.header.deviceState.offset } : {}),
     },
     padding: paddingOf(snap.header),
@@ -279,7 +312,8 @@ export function fixedramImage(snap: SnapshotFile): RamImage {
       const b = snap.header.blocks[i]!;
       checkTables(snap.fd, snap.path, b, snap.header.metadataChecksums[i]!, snap.header.presentPages[i]!);
     },
-    readTableWindow: (i, first, count, into) => readTableWindow(snap.fd, snap.path, snap.header.blocks[i]!, first, count, into),
+    readTableWindow: (i, first, count, into) =>
+      readTableWindow(snap.fd, snap.path, snap.header.blocks[i]!, first, count, into),
     readTables: (i) => readTables(snap, snap.header.blocks[i]!, i),
     readDeviceState: () => readDeviceState(snap),
     close: () => fs.closeSync(snap.fd),

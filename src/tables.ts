@@ -65,8 +65,10 @@ function readExact(fd: number, into: Uint8Array, position: number, file: string)
       throw isSystemError(err) ? Object.assign(err, { path: file }) : err;
     }
     if (n === 0) {
-      throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`,
-        { offset: position + done, path: file });
+      throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `truncated snapshot: end of file at offset ${position + done}`, {
+        offset: position + done,
+        path: file,
+      });
     }
     done += n;
   }
@@ -104,7 +106,12 @@ export class ExtentCursor {
    * `fd`: an open descriptor of the file, or a function opening it (the cursor then holds a
    * descriptor only while the region is being walked, and closes it after its last window).
    */
-  constructor(private readonly open: number | (() => number), private readonly file: string, lo: number, private readonly hi: number) {
+  constructor(
+    private readonly open: number | (() => number),
+    private readonly file: string,
+    lo: number,
+    private readonly hi: number,
+  ) {
     this.pos = lo;
     this.fd = typeof open === 'number' ? open : -1;
   }
@@ -183,7 +190,14 @@ const corrupt = (b: BlockLayout, file: string, message: string, extra: { offset:
  * and checks them: absent pages have a zero checksum entry. A checksum window that is a hole is not
  * read. Returns the number of present pages.
  */
-export function readTableWindow(fd: number, file: string, b: BlockLayout, first: number, count: number, into: WindowTables): number {
+export function readTableWindow(
+  fd: number,
+  file: string,
+  b: BlockLayout,
+  first: number,
+  count: number,
+  into: WindowTables,
+): number {
   const words = Math.ceil(count / 64);
   const bits = Buffer.alloc(words * 8);
   const bitmapAt = b.bitmapOffset + first / 8;
@@ -198,8 +212,9 @@ export function readTableWindow(fd: number, file: string, b: BlockLayout, first:
       if (!(byte & (1 << j))) continue;
       const i = 8 * k + j;
       if (i >= count) {
-        throw corrupt(b, file, `block '${b.name}': bitmap bit ${first + i} is set past the last page ${b.pages - 1}`,
-          { offset: bitmapAt + k });
+        throw corrupt(b, file, `block '${b.name}': bitmap bit ${first + i} is set past the last page ${b.pages - 1}`, {
+          offset: bitmapAt + k,
+        });
       }
       into.present[i] = 1;
       present++;
@@ -215,8 +230,12 @@ export function readTableWindow(fd: number, file: string, b: BlockLayout, first:
   // the checksum of an absent page is 0 (format v1); anything else is a corrupt table
   const i = firstAbsentNonZero(bits, csums, count);
   if (i >= 0) {
-    throw corrupt(b, file, `corrupt metadata: block '${b.name}' page ${first + i} is absent but its checksum entry is not 0`,
-      { page: first + i, offset: at + 8 * i });
+    throw corrupt(
+      b,
+      file,
+      `corrupt metadata: block '${b.name}' page ${first + i} is absent but its checksum entry is not 0`,
+      { page: first + i, offset: at + 8 * i },
+    );
   }
   return present;
 }
@@ -236,8 +255,13 @@ export function checkTables(fd: number, file: string, b: BlockLayout, expectedSu
     throw fromNativeError(err, { path: file, block: b.name });
   }
   if (sum !== expectedSum) {
-    throw corrupt(b, file, `corrupt metadata: the bitmap or checksum table of block '${b.name}' fails its checksum ` +
-      `(bitmap at 0x${b.bitmapOffset.toString(16)}, checksums at 0x${b.checksumsOffset.toString(16)})`, { offset: b.bitmapOffset });
+    throw corrupt(
+      b,
+      file,
+      `corrupt metadata: the bitmap or checksum table of block '${b.name}' fails its checksum ` +
+        `(bitmap at 0x${b.bitmapOffset.toString(16)}, checksums at 0x${b.checksumsOffset.toString(16)})`,
+      { offset: b.bitmapOffset },
+    );
   }
   if (b.pages % 64 !== 0) {
     const last = Buffer.alloc(8);
@@ -246,14 +270,19 @@ export function checkTables(fd: number, file: string, b: BlockLayout, expectedSu
     for (let page = b.pages; page < b.bitmapBytes * 8; page++) {
       const bit = page - (b.bitmapBytes - 8) * 8;
       if (last[bit >> 3]! & (1 << (bit & 7))) {
-        throw corrupt(b, file, `block '${b.name}': bitmap bit ${page} is set past the last page ${b.pages - 1}`,
-          { offset: at + (bit >> 3) });
+        throw corrupt(b, file, `block '${b.name}': bitmap bit ${page} is set past the last page ${b.pages - 1}`, {
+          offset: at + (bit >> 3),
+        });
       }
     }
   }
   if (count !== presentPages) {
-    throw corrupt(b, file, `corrupt metadata: block '${b.name}' bitmap has ${count} pages set, the block table says ${presentPages}`,
-      { offset: b.bitmapOffset });
+    throw corrupt(
+      b,
+      file,
+      `corrupt metadata: block '${b.name}' bitmap has ${count} pages set, the block table says ${presentPages}`,
+      { offset: b.bitmapOffset },
+    );
   }
   const per = windowPagesFor(b.pageSize);
   let scratch: WindowTables | undefined;
@@ -271,7 +300,14 @@ export function checkTables(fd: number, file: string, b: BlockLayout, expectedSu
  * the checksum table that are all zero are not written (a fresh file: they are holes already) or,
  * with `zeroOld` (an update: they may hold old entries), punched. Returns the present pages.
  */
-export function writeTableWindow(fd: number, b: BlockLayout, first: number, count: number, t: WindowTables, zeroOld: boolean): number {
+export function writeTableWindow(
+  fd: number,
+  b: BlockLayout,
+  first: number,
+  count: number,
+  t: WindowTables,
+  zeroOld: boolean,
+): number {
   const { bitmap: bits, count: present } = packBitmapCount(t.present, count);
   if (present > 0 || zeroOld) writeAll(fd, bits, b.bitmapOffset + first / 8);
   const csums = t.csums.subarray(0, 8 * count);

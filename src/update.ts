@@ -23,7 +23,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import {
-  checkUnchanged, closeQuietly, openSources, pageSizeFor, refuseAliasing, reopenChecked, sharedPageBytes, type OpenFile,
+  checkUnchanged,
+  closeQuietly,
+  openSources,
+  pageSizeFor,
+  refuseAliasing,
+  reopenChecked,
+  sharedPageBytes,
+  type OpenFile,
 } from './blocks';
 import type { BlockArg } from './block-args';
 import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
@@ -100,37 +107,52 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   let team: ChannelTeam | undefined;
   let scan: ReturnType<typeof scanSources> | undefined;
   try {
-    refuseAliasing(output, opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })));
+    refuseAliasing(
+      output,
+      opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })),
+    );
     lock = lockOutput(output);
     let snap: ReturnType<typeof openSnapshot>;
     try {
       snap = openSnapshot(output, true);
     } catch (err) {
       if (isSystemError(err) && err.code === 'ENOENT') {
-        throw snapshotError('ERR_SNAPSHOT_INVALID', `'${output}' does not exist; --update needs a complete snapshot (run a full save first)`,
-          { path: output });
+        throw snapshotError(
+          'ERR_SNAPSHOT_INVALID',
+          `'${output}' does not exist; --update needs a complete snapshot (run a full save first)`,
+          { path: output },
+        );
       }
       throw err;
     }
     snapFd = snap.fd;
     if (!native().flock(snap.fd, true)) {
-      throw ioError('ERR_LOCKED', `'${output}' is in use by another process (a load or verify is reading it)`, { path: output });
+      throw ioError('ERR_LOCKED', `'${output}' is in use by another process (a load or verify is reading it)`, {
+        path: output,
+      });
     }
     const h = snap.header;
     const repair = (h.flags & kFlagUpdating) !== 0;
     if (!repair && !(h.flags & kFlagComplete)) {
-      throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${output}' is an incomplete snapshot (its save did not finish); ` +
-        'run a full save instead of --update', { path: output });
+      throw snapshotError(
+        'ERR_SNAPSHOT_INCOMPLETE',
+        `'${output}' is an incomplete snapshot (its save did not finish); ` + 'run a full save instead of --update',
+        { path: output },
+      );
     }
 
     // validate: same blocks, in any order on the command line
     const byName = new Map(opts.blocks.map((b, i) => [b.name, i]));
     const mismatch = (msg: string): never => {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `cannot update '${output}': ${msg}; nothing was changed (run a full save)`,
-        { path: output });
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `cannot update '${output}': ${msg}; nothing was changed (run a full save)`,
+        { path: output },
+      );
     };
     for (const b of h.blocks) if (!byName.has(b.name)) mismatch(`block '${b.name}' is in the snapshot but not given`);
-    for (const a of opts.blocks) if (!h.blocks.some((b) => b.name === a.name)) mismatch(`block '${a.name}' is not in the snapshot`);
+    for (const a of opts.blocks)
+      if (!h.blocks.some((b) => b.name === a.name)) mismatch(`block '${a.name}' is not in the snapshot`);
     const order = h.blocks.map((b) => byName.get(b.name)!);
     h.blocks.forEach((b, i) => {
       const f = files[order[i]!]!;
@@ -146,11 +168,18 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     const windowed = !fitsOneWindow(h.blocks);
     const plan = windowed ? undefined : planBatches(h.blocks, batchBytes);
     team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
-    scan = windowed ? undefined
-      : scanSources(h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })), channels);
-    const tables: BlockTables[] = windowed ? [] : h.blocks.map((b, i) => (repair ? newTables(b.pages) : readTables(snap, b, i)));
+    scan = windowed
+      ? undefined
+      : scanSources(
+          h.blocks.map((b, i) => ({ name: b.name, pages: b.pages, pageSize: b.pageSize, file: files[order[i]!]! })),
+          channels,
+        );
+    const tables: BlockTables[] = windowed
+      ? []
+      : h.blocks.map((b, i) => (repair ? newTables(b.pages) : readTables(snap, b, i)));
     // the stored tables are checked whole (streamed) before the first byte changes
-    if (windowed && !repair) h.blocks.forEach((b, i) => checkTables(snap.fd, output, b, h.metadataChecksums[i]!, h.presentPages[i]!));
+    if (windowed && !repair)
+      h.blocks.forEach((b, i) => checkTables(snap.fd, output, b, h.metadataChecksums[i]!, h.presentPages[i]!));
     phases.lap('tablesRead');
 
     // mark: UPDATING, durably, before the first page is overwritten
@@ -167,40 +196,70 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     if (windowed) {
       const total = h.blocks.reduce((s, b) => s + b.length, 0);
       opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-      ({ stats, summary: windowedSummary } = await updatePages(snap.fd, output, h, h.blocks.map((_, i) => files[order[i]!]!), {
-        repair, channels, fsync: doSync, batchBytes,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
-      }).catch((err: unknown) => {
-        throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
+      ({ stats, summary: windowedSummary } = await updatePages(
+        snap.fd,
+        output,
+        h,
+        h.blocks.map((_, i) => files[order[i]!]!),
+        {
+          repair,
+          channels,
+          fsync: doSync,
+          batchBytes,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+        },
+      ).catch((err: unknown) => {
+        throw explainInterrupt(
+          err,
+          `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
+        );
       }));
     } else {
-    const masks = await scan!.masks;
-    const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
-      const f = files[order[i]!]!;
-      return {
-        name: b.name, pageSize: b.pageSize, pages: b.pages, snapBase: b.pagesOffset,
-        livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: 0,
-        present: tables[i]!.present, csums: tables[i]!.csums, mask: masks[i]!,
-        // no kSaveWriteback: the channels never wait for the device; the pump below starts write-back
-        flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0),
-      };
-    });
-    phases.lap('scan');
-    const total = h.blocks.reduce((s, b) => s + b.length, 0);
-    opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-    pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
-    try {
-      stats = await runChannels({
-        kind: 'save', channels, snapshotFd: snap.fd, snapshotPath: output, blocks, plan: plan!, ...(team ? { team } : {}),
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
-      }).catch((err: unknown) => {
-        throw explainInterrupt(err, `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`);
+      const masks = await scan!.masks;
+      const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
+        const f = files[order[i]!]!;
+        return {
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: b.pages,
+          snapBase: b.pagesOffset,
+          livePath: f.path,
+          liveDev: f.dev,
+          liveIno: f.ino,
+          liveFollow: f.follow,
+          liveBase: 0,
+          present: tables[i]!.present,
+          csums: tables[i]!.csums,
+          mask: masks[i]!,
+          // no kSaveWriteback: the channels never wait for the device; the pump below starts write-back
+          flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0),
+        };
       });
-    } finally {
-      await pump?.stop();
-    }
+      phases.lap('scan');
+      const total = h.blocks.reduce((s, b) => s + b.length, 0);
+      opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
+      pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
+      try {
+        stats = await runChannels({
+          kind: 'save',
+          channels,
+          snapshotFd: snap.fd,
+          snapshotPath: output,
+          blocks,
+          plan: plan!,
+          ...(team ? { team } : {}),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+        }).catch((err: unknown) => {
+          throw explainInterrupt(
+            err,
+            `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
+          );
+        });
+      } finally {
+        await pump?.stop();
+      }
     }
     phases.lap('pages');
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
@@ -210,13 +269,15 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // commit. Nothing changed (and no repair): the tables on disk are already right, so only the
     // header is written (UPDATING above, COMPLETE here).
     const changed = repair || stats.writtenPages > 0 || stats.punchedPages > 0;
-    const summary = windowedSummary ??
+    const summary =
+      windowedSummary ??
       (changed ? writeTables(snap.fd, h, tables) : { counts: [...h.presentPages], sums: [...h.metadataChecksums] });
     if (opts.deviceState) {
       // the new record replaces the old one at the end of the file (still marked UPDATING)
       const record = encodeDeviceState(opts.deviceState, hash64);
       const offset = h.deviceState?.offset ?? placeDeviceState(h.fileSize, record.length).offset;
-      for (let done = 0; done < record.length;) done += fs.writeSync(snap.fd, record, done, record.length - done, offset + done);
+      for (let done = 0; done < record.length;)
+        done += fs.writeSync(snap.fd, record, done, record.length - done, offset + done);
       fs.ftruncateSync(snap.fd, offset + record.length);
       h.deviceState = { offset, bytes: record.length };
       h.fileSize = offset + record.length;
@@ -231,30 +292,45 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       fsyncDir(path.dirname(output));
     }
     phases.lap('commit');
-    opts.logger?.debug({
-      phases: {
-        ...phases.ms,
-        // summed over the channels (channel-milliseconds), inside 'pages'
-        chRead: stats.readNs / 1e6, chHash: stats.hashNs / 1e6, chWrite: stats.writeNs / 1e6, chPunch: stats.punchNs / 1e6,
-        // CPU time of the channels' threads in the page mover (on a busy machine the wall times
-        // above include waiting for a CPU; this does not)
-        chCpu: stats.cpuNs / 1e6,
-        writeback: pump?.calls ?? 0,
+    opts.logger?.debug(
+      {
+        phases: {
+          ...phases.ms,
+          // summed over the channels (channel-milliseconds), inside 'pages'
+          chRead: stats.readNs / 1e6,
+          chHash: stats.hashNs / 1e6,
+          chWrite: stats.writeNs / 1e6,
+          chPunch: stats.punchNs / 1e6,
+          // CPU time of the channels' threads in the page mover (on a busy machine the wall times
+          // above include waiting for a CPU; this does not)
+          chCpu: stats.cpuNs / 1e6,
+          writeback: pump?.calls ?? 0,
+        },
       },
-    }, 'update: phases (ms)');
-    const metaBytes = (changed ? h.blocks.reduce((s, b) => s + b.bitmapBytes + b.checksumsBytes, 0) : 0) + 2 * marked.length;
+      'update: phases (ms)',
+    );
+    const metaBytes =
+      (changed ? h.blocks.reduce((s, b) => s + b.bitmapBytes + b.checksumsBytes, 0) : 0) + 2 * marked.length;
     const presentPages = summary.counts.reduce((s, c) => s + c, 0);
     return {
-      command: 'update', output, repaired: repair,
+      command: 'update',
+      output,
+      repaired: repair,
       blocks: h.blocks.map((b, i) => ({
-        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages,
-        presentPages: summary.counts[i]!, zeroPages: b.pages - summary.counts[i]!,
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        pages: b.pages,
+        presentPages: summary.counts[i]!,
+        zeroPages: b.pages - summary.counts[i]!,
       })),
       pagesChecked: h.blocks.reduce((s, b) => s + b.pages, 0),
       pagesWritten: stats.writtenPages,
       pagesPunched: stats.punchedPages,
       // (the windowed walk never looks at pages without data before or now: they are unchanged too)
-      pagesUnchanged: windowed ? h.blocks.reduce((s, b) => s + b.pages, 0) - stats.writtenPages - stats.punchedPages : stats.unchangedPages,
+      pagesUnchanged: windowed
+        ? h.blocks.reduce((s, b) => s + b.pages, 0) - stats.writtenPages - stats.punchedPages
+        : stats.unchangedPages,
       presentPages,
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten + metaBytes,
@@ -298,12 +374,20 @@ function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
  * (the caller awaits it before returning, also after an error).
  */
 function scanSources(
-  list: readonly { name: string; pages: number; pageSize: number; file: OpenFile }[], parts: number,
+  list: readonly { name: string; pages: number; pageSize: number; file: OpenFile }[],
+  parts: number,
 ): { masks: Promise<Uint8Array[]>; done: Promise<void> } {
   const fds: number[] = [];
   try {
     for (const b of list) {
-      fds.push(reopenChecked(b.file.path, fs.constants.O_RDONLY, { dev: b.file.dev, ino: b.file.ino, follow: b.file.follow }, b.name));
+      fds.push(
+        reopenChecked(
+          b.file.path,
+          fs.constants.O_RDONLY,
+          { dev: b.file.dev, ino: b.file.ino, follow: b.file.follow },
+          b.name,
+        ),
+      );
     }
   } catch (err) {
     for (const fd of fds) closeQuietly(fd);
@@ -316,14 +400,17 @@ function scanSources(
     const n = Math.max(1, Math.min(parts, 4, Math.floor(b.pages / 65536)));
     const per = Math.ceil(b.pages / n);
     for (let first = 0; first < b.pages; first += per) {
-      walks.push(native().markDataAsync(fds[i]!, 0, b.pageSize, first, Math.min(per, b.pages - first), masks[i]!)
-        .catch((err: unknown) => {
-          throw fromNativeError(err, { path: b.file.path, block: b.name });
-        }));
+      walks.push(
+        native()
+          .markDataAsync(fds[i]!, 0, b.pageSize, first, Math.min(per, b.pages - first), masks[i]!)
+          .catch((err: unknown) => {
+            throw fromNativeError(err, { path: b.file.path, block: b.name });
+          }),
+      );
     }
   });
   const all = Promise.all(walks).then(() => masks);
-  all.catch(() => undefined);  // handled by whoever awaits masks; never an unhandled rejection
+  all.catch(() => undefined); // handled by whoever awaits masks; never an unhandled rejection
   const done = Promise.allSettled(walks).then(() => {
     for (const fd of fds) closeQuietly(fd);
   });
@@ -350,8 +437,18 @@ function fitsOneWindow(blocks: readonly { pages: number; pageSize: number }[]): 
  * checksums (streamed over the file). Memory: one window of tables, whatever the block lengths.
  */
 async function updatePages(
-  fd: number, file: string, h: SnapshotHeader, sources: readonly OpenFile[],
-  opts: { repair: boolean; channels: number; fsync: boolean; batchBytes: number; signal?: AbortSignal; onProgress?: (done: number) => void },
+  fd: number,
+  file: string,
+  h: SnapshotHeader,
+  sources: readonly OpenFile[],
+  opts: {
+    repair: boolean;
+    channels: number;
+    fsync: boolean;
+    batchBytes: number;
+    signal?: AbortSignal;
+    onProgress?: (done: number) => void;
+  },
 ): Promise<{ stats: WalkResult; summary: MetadataSummary }> {
   const cursors = h.blocks.map((b, i) => {
     const f = sources[i]!;
@@ -359,9 +456,13 @@ async function updatePages(
   });
   try {
     const stats = await walk({
-      kind: 'save', channels: opts.channels, snapshotFd: fd, snapshotPath: file,
+      kind: 'save',
+      channels: opts.channels,
+      snapshotFd: fd,
+      snapshotPath: file,
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: h.blocks, batchBytes: opts.batchBytes,
+      blocks: h.blocks,
+      batchBytes: opts.batchBytes,
       prepare: (seg) => {
         const b = h.blocks[seg.block]!;
         const t = seg.tables;
@@ -381,9 +482,18 @@ async function updatePages(
         const b = h.blocks[seg.block]!;
         const f = sources[seg.block]!;
         return {
-          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
-          livePath: f.path, liveDev: f.dev, liveIno: f.ino, liveFollow: f.follow, liveBase: seg.first * b.pageSize,
-          present: seg.tables.present, csums: seg.tables.csums, mask: seg.tables.mask,
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: seg.count,
+          snapBase: b.pagesOffset + seg.first * b.pageSize,
+          livePath: f.path,
+          liveDev: f.dev,
+          liveIno: f.ino,
+          liveFollow: f.follow,
+          liveBase: seg.first * b.pageSize,
+          present: seg.tables.present,
+          csums: seg.tables.csums,
+          mask: seg.tables.mask,
           flags: kSaveMask | kSaveUpdate | (opts.repair ? kSaveRewrite : 0),
         };
       },

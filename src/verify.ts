@@ -65,9 +65,9 @@ export interface VerifyResult {
 }
 
 const kindText: Record<BadPage['kind'], string> = {
-  'checksum': 'checksum mismatch',
+  checksum: 'checksum mismatch',
   'absent-not-zero': 'page absent from the bitmap holds non-zero data',
-  'differs': 'differs from the live file',
+  differs: 'differs from the live file',
 };
 
 /**
@@ -78,7 +78,8 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
   const started = process.hrtime.bigint();
   const channels = checkChannels(opts.channels);
   const maxReported = opts.maxReported ?? 100;
-  if (!Number.isSafeInteger(maxReported) || maxReported < 0) throw usageError('maxReported must be a non-negative integer');
+  if (!Number.isSafeInteger(maxReported) || maxReported < 0)
+    throw usageError('maxReported must be a non-negative integer');
   const batchBytes = checkBatchBytes(opts.batchBytes);
   const against = opts.against ?? [];
   checkUniqueNames(against);
@@ -96,7 +97,9 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     if (ds && !ds.checksumOk) {
       failureCount++;
       failures.push({
-        block: '', kind: 'device-state-checksum', offset: (image.details as { deviceStateOffset?: number } | undefined)?.deviceStateOffset ?? 0,
+        block: '',
+        kind: 'device-state-checksum',
+        offset: (image.details as { deviceStateOffset?: number } | undefined)?.deviceStateOffset ?? 0,
         expected: `0x${ds.checksum.toString(16).padStart(16, '0')}`,
         message: `the device-state record (${ds.kind}, ${ds.recordBytes} bytes) fails its checksum`,
       });
@@ -105,16 +108,22 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     for (const a of against) {
       const i = byName.get(a.name);
       if (i === undefined) {
-        throw usageError(`block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
-          { block: a.name });
+        throw usageError(
+          `block '${a.name}' is not in '${opts.snapshot}' (it has: ${image.blocks.map((b) => `'${b.name}'`).join(', ')})`,
+          { block: a.name },
+        );
       }
-      const f = openBlockFile(a.path, fs.constants.O_RDONLY, { block: a.name, followSymlinks: opts.followSymlinks ?? false });
+      const f = openBlockFile(a.path, fs.constants.O_RDONLY, {
+        block: a.name,
+        followSymlinks: opts.followSymlinks ?? false,
+      });
       const b = image.blocks[i]!;
       if (f.size !== b.length) {
         closeQuietly(f.fd);
         failureCount++;
         failures.push({
-          block: b.name, kind: 'size',
+          block: b.name,
+          kind: 'size',
           message: `block '${b.name}': live file '${a.path}' is ${f.size} bytes, the block is ${b.length} bytes`,
         });
         continue;
@@ -126,9 +135,13 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     // SEEK_HOLE walk per block, never per batch), and batches only where a page is present or its
     // slot holds data: holes and absent pages cost nothing.
     const fixedram = image.format === 'fixedram';
-    const cursors = image.blocks.map((b) => (fixedram ? new ExtentCursor(image.fd, image.path, b.pagesOffset, b.pagesOffset + b.length) : undefined));
+    const cursors = image.blocks.map((b) =>
+      fixedram ? new ExtentCursor(image.fd, image.path, b.pagesOffset, b.pagesOffset + b.length) : undefined,
+    );
     const presentCounts = image.blocks.map(() => 0);
-    const liveCursors = image.blocks.map((b, i) => (live[i] ? new ExtentCursor(live[i]!.fd, live[i]!.path, 0, b.length) : undefined));
+    const liveCursors = image.blocks.map((b, i) =>
+      live[i] ? new ExtentCursor(live[i]!.fd, live[i]!.path, 0, b.length) : undefined,
+    );
     let liveBuf = new Uint8Array(0);
     const liveScratch = (n: number): Uint8Array => {
       if (liveBuf.length < n) liveBuf = new Uint8Array(n);
@@ -138,9 +151,14 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
     const total = image.blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
     opts.onProgress?.({ command: 'verify', bytesDone: 0, bytesTotal: total });
     const stats = await walk({
-      kind: 'verify', channels, snapshotFd: image.fd, snapshotPath: image.path, badCapacity: maxReported,
+      kind: 'verify',
+      channels,
+      snapshotFd: image.fd,
+      snapshotPath: image.path,
+      badCapacity: maxReported,
       ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: image.blocks, batchBytes,
+      blocks: image.blocks,
+      batchBytes,
       prepare: (seg) => {
         const b = image.blocks[seg.block]!;
         const t = seg.tables;
@@ -162,9 +180,14 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
         const b = image.blocks[seg.block]!;
         const f = live[seg.block];
         return {
-          name: b.name, pageSize: b.pageSize, pages: seg.count, snapBase: b.pagesOffset + seg.first * b.pageSize,
+          name: b.name,
+          pageSize: b.pageSize,
+          pages: seg.count,
+          snapBase: b.pagesOffset + seg.first * b.pageSize,
           ...(f ? { liveFd: f.fd, livePath: f.path } : {}),
-          liveBase: seg.first * b.pageSize, present: seg.tables.present, csums: seg.tables.csums,
+          liveBase: seg.first * b.pageSize,
+          present: seg.tables.present,
+          csums: seg.tables.csums,
           ...(fixedram ? { mask: seg.tables.mask } : {}),
           flags: fixedram ? kVerifyChecksums | kVerifyAbsentZero | kVerifyDataMask : 0,
         };
@@ -177,9 +200,14 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       const b = image.blocks[bad.block]!;
       const offset = b.pagesOffset + bad.page * b.pageSize;
       failures.push({
-        block: b.name, page: bad.page, offset, kind: bad.kind,
-        ...(bad.expected !== undefined ? { expected: bad.expected } : {}), actual: bad.actual,
-        message: `block '${b.name}' page ${bad.page} (offset 0x${offset.toString(16)}): ${kindText[bad.kind]}` +
+        block: b.name,
+        page: bad.page,
+        offset,
+        kind: bad.kind,
+        ...(bad.expected !== undefined ? { expected: bad.expected } : {}),
+        actual: bad.actual,
+        message:
+          `block '${b.name}' page ${bad.page} (offset 0x${offset.toString(16)}): ${kindText[bad.kind]}` +
           (bad.kind === 'checksum' ? ` (expected ${bad.expected}, got ${bad.actual})` : ''),
       });
     }
@@ -190,8 +218,12 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       format: image.format,
       ok: failureCount === 0,
       blocks: image.blocks.map((b, i) => ({
-        name: b.name, length: b.length, pageSize: b.pageSize, pages: b.pages,
-        presentPages: presentCounts[i]!, zeroPages: b.pages - presentCounts[i]!,
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        pages: b.pages,
+        presentPages: presentCounts[i]!,
+        zeroPages: b.pages - presentCounts[i]!,
       })),
       checksums: image.hasChecksums,
       ...(ds ? { deviceState: { kind: ds.kind, bytes: ds.recordBytes, checksumOk: ds.checksumOk } } : {}),
@@ -215,7 +247,11 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
  * length. Counts every non-zero 4 KiB chunk and lists the first `cap` (offset: the first non-zero
  * byte of the chunk).
  */
-async function checkPadding(image: RamImage, cap: number, signal?: AbortSignal): Promise<{ count: number; failures: VerifyFailure[] }> {
+async function checkPadding(
+  image: RamImage,
+  cap: number,
+  signal?: AbortSignal,
+): Promise<{ count: number; failures: VerifyFailure[] }> {
   const failures: VerifyFailure[] = [];
   let count = 0;
   const chunk = 4096;
@@ -252,8 +288,11 @@ async function checkPadding(image: RamImage, cap: number, signal?: AbortSignal):
               const offset = at + c + nz;
               if (failures.length < cap) {
                 failures.push({
-                  block: p.block, offset, kind: 'padding-not-zero',
-                  message: `padding at 0x${p.start.toString(16)}-0x${p.end.toString(16)} (${p.where}) ` +
+                  block: p.block,
+                  offset,
+                  kind: 'padding-not-zero',
+                  message:
+                    `padding at 0x${p.start.toString(16)}-0x${p.end.toString(16)} (${p.where}) ` +
                     `holds non-zero data at offset 0x${offset.toString(16)}`,
                 });
               }

@@ -23,7 +23,7 @@ export function writebackPump(fd: number, length: number): { calls: number; stop
   })();
   state.stop = async (): Promise<void> => {
     running = false;
-    await loop.catch(() => undefined);  // best effort, as syncRange is
+    await loop.catch(() => undefined); // best effort, as syncRange is
   };
   return state;
 }

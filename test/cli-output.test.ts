@@ -27,7 +27,11 @@ class Tty {
 }
 
 const kClear = '\r\x1b[K';
-const frames = (s: string): string[] => s.split(kClear).map((f) => f.replace(/\n[\s\S]*$/, '')).filter(Boolean);
+const frames = (s: string): string[] =>
+  s
+    .split(kClear)
+    .map((f) => f.replace(/\n[\s\S]*$/, ''))
+    .filter(Boolean);
 
 describe('stderr: human lines, logs when asked', () => {
   it('warnings and errors are `fixedram: warning|error: …` lines; JSON only from --log-level info or --log-format json', () => {
@@ -47,7 +51,10 @@ describe('stderr: human lines, logs when asked', () => {
     makeCliLogger('info', 'auto', (l) => json.push(l)).info({ a: 1 }, 'hello');
     makeCliLogger('warn', 'json', (l) => json.push(l)).warn('w');
     assert.equal(json.length, 2);
-    assert.deepEqual(json.map((l) => (JSON.parse(l) as { msg: string }).msg), ['hello', 'w']);
+    assert.deepEqual(
+      json.map((l) => (JSON.parse(l) as { msg: string }).msg),
+      ['hello', 'w'],
+    );
   });
 
   it('a real run: no JSON on stderr by default; --log-level debug gives JSON lines; -q prints nothing on success', (t) => {
@@ -57,7 +64,17 @@ describe('stderr: human lines, logs when asked', () => {
     const s = fixedram(['save', '-o', path.join(dir, 's.fxr'), '-b', `a=${a}`]);
     assert.equal(s.status, 0, s.stderr);
     assert.equal(s.stderr, '');
-    const d = fixedram(['save', '-o', path.join(dir, 's.fxr'), '-b', `a=${a}`, '--log-level', 'debug', '--progress', 'none']);
+    const d = fixedram([
+      'save',
+      '-o',
+      path.join(dir, 's.fxr'),
+      '-b',
+      `a=${a}`,
+      '--log-level',
+      'debug',
+      '--progress',
+      'none',
+    ]);
     assert.equal(d.status, 0, d.stderr);
     const logLines = d.stderr.split('\n').filter(Boolean);
     assert.ok(logLines.length > 0, 'debug logged something');
@@ -70,18 +87,34 @@ describe('stderr: human lines, logs when asked', () => {
     assert.match(e.stderr, /^fixedram: error: ENOENT: no such file or directory, open '.*missing\.fxr'\n$/);
   });
 
-  it('stdout that fails (/dev/full): one line, exit 4; a closed pipe: quiet, the command\'s own status', (t) => {
+  it("stdout that fails (/dev/full): one line, exit 4; a closed pipe: quiet, the command's own status", (t) => {
     const dir = tempDir(t);
     const a = path.join(dir, 'a.ram');
     makeBlock(a, 1, 20);
     assert.equal(fixedram(['save', '-o', path.join(dir, 's.fxr'), '-b', `a=${a}`]).status, 0);
-    for (const args of [['inspect', path.join(dir, 's.fxr'), '--json'], ['verify', path.join(dir, 's.fxr')]]) {
-      const r = spawnSync('sh', ['-c', `"${process.execPath}" "${kBin}" "$@" > /dev/full`, 'sh', ...args], { encoding: 'utf8' });
+    for (const args of [
+      ['inspect', path.join(dir, 's.fxr'), '--json'],
+      ['verify', path.join(dir, 's.fxr')],
+    ]) {
+      const r = spawnSync('sh', ['-c', `"${process.execPath}" "${kBin}" "$@" > /dev/full`, 'sh', ...args], {
+        encoding: 'utf8',
+      });
       assert.equal(r.status, 4, r.stderr);
-      assert.equal(r.stderr, 'fixedram: error: cannot write to standard output: ENOSPC: no space left on device, write\n');
+      assert.equal(
+        r.stderr,
+        'fixedram: error: cannot write to standard output: ENOSPC: no space left on device, write\n',
+      );
     }
-    const p = spawnSync('bash', ['-c', `"${process.execPath}" "${kBin}" inspect "$1" --json | head -c1 >/dev/null; exit \${PIPESTATUS[0]}`, 'bash',
-      path.join(dir, 's.fxr')], { encoding: 'utf8' });
+    const p = spawnSync(
+      'bash',
+      [
+        '-c',
+        `"${process.execPath}" "${kBin}" inspect "$1" --json | head -c1 >/dev/null; exit \${PIPESTATUS[0]}`,
+        'bash',
+        path.join(dir, 's.fxr'),
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(p.status, 0);
     assert.equal(p.stderr, '');
   });
@@ -92,7 +125,13 @@ describe('progress', () => {
 
   it('the bar fits the width, shows rate, elapsed and ETA, and never NaN/NF/Infinity', () => {
     for (const width of [20, 50, 80, 200]) {
-      for (const [done, total, ms] of [[0, 0, 0], [0, 1 << 30, 0], [1, 1 << 30, 1], [512 << 20, 1 << 30, 2500], [1 << 30, 1 << 30, 9000]] as const) {
+      for (const [done, total, ms] of [
+        [0, 0, 0],
+        [0, 1 << 30, 0],
+        [1, 1 << 30, 1],
+        [512 << 20, 1 << 30, 2500],
+        [1 << 30, 1 << 30, 9000],
+      ] as const) {
         const line = renderBar(ev(done, total), ms, width);
         assert.ok(line.length <= width - 1, `${width}: ${JSON.stringify(line)} is ${line.length} columns`);
         assert.doesNotMatch(line, /NaN|NF|Infinity|undefined/);
@@ -101,7 +140,10 @@ describe('progress', () => {
     const mid = renderBar(ev(512 << 20, 1 << 30), 2500, 80);
     assert.match(mid, /^save {2}50% \[=+>? *\] {2}512\.0 MiB\/1\.00 GiB {2}204\.8 MiB\/s {2}0:02 {2}ETA 0:02$/);
     assert.match(renderBar(ev(0, 1 << 30), 0, 80), /--\/s {2}0:00 {2}ETA --:--$/);
-    assert.match(renderPlain(ev(1 << 20, 4 << 20), 1000), /^fixedram: save: 25% 1\.0 MiB\/4\.0 MiB, 1\.0 MiB\/s, 0:01 elapsed$/);
+    assert.match(
+      renderPlain(ev(1 << 20, 4 << 20), 1000),
+      /^fixedram: save: 25% 1\.0 MiB\/4\.0 MiB, 1\.0 MiB\/s, 0:01 elapsed$/,
+    );
   });
 
   it('the bar is erased before any message and at the end (what main() does on SIGINT)', () => {
@@ -116,7 +158,10 @@ describe('progress', () => {
     assert.ok(tty.text.includes('save'), 'the premise: a bar was drawn');
     lines.clearProgress();
     lines.line('fixedram: SIGINT: stopping (again to exit at once)');
-    assert.ok(tty.text.endsWith(`${kClear}fixedram: SIGINT: stopping (again to exit at once)\n`), JSON.stringify(tty.text));
+    assert.ok(
+      tty.text.endsWith(`${kClear}fixedram: SIGINT: stopping (again to exit at once)\n`),
+      JSON.stringify(tty.text),
+    );
     now = 700;
     rep.sink(ev(20 << 20, 100 << 20));
     lines.warning('something');
@@ -150,7 +195,10 @@ describe('progress', () => {
     const a = path.join(dir, 'a.ram');
     makeBlock(a, 1, 4096);
     const cmd = `stty cols 50 rows 24; "${process.execPath}" "${kBin}" save -o "${path.join(dir, 's.fxr')}" -b a="${a}" -j 1`;
-    const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { encoding: 'utf8', env: { ...process.env, TERM: 'xterm' } });
+    const r = spawnSync('script', ['-qec', cmd, '/dev/null'], {
+      encoding: 'utf8',
+      env: { ...process.env, TERM: 'xterm' },
+    });
     assert.equal(r.status, 0, r.stdout + r.stderr);
     const out = r.stdout.replace(/\r\n/g, '\n');
     assert.ok(out.includes(kClear), `the premise: a bar was drawn on the terminal: ${JSON.stringify(out)}`);
@@ -161,7 +209,9 @@ describe('progress', () => {
     }
     const summary = out.indexOf('saved 1 block');
     assert.ok(summary > 0);
-    assert.ok(out.lastIndexOf(kClear) < summary && out.slice(out.lastIndexOf(kClear) + kClear.length, summary) === '',
-      `the bar is erased right before the summary: ${JSON.stringify(out.slice(Math.max(0, summary - 120), summary + 20))}`);
+    assert.ok(
+      out.lastIndexOf(kClear) < summary && out.slice(out.lastIndexOf(kClear) + kClear.length, summary) === '',
+      `the bar is erased right before the summary: ${JSON.stringify(out.slice(Math.max(0, summary - 120), summary + 20))}`,
+    );
   });
 });

@@ -16,7 +16,11 @@ function setup(t: Parameters<typeof tempDir>[0]) {
   return { dir, a, b, out: path.join(dir, 'snap.fxr') };
 }
 
-const onlyOutput = (dir: string): string[] => fs.readdirSync(dir).filter((f) => !f.endsWith('.ram')).sort();
+const onlyOutput = (dir: string): string[] =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => !f.endsWith('.ram'))
+    .sort();
 
 describe('fixedram CLI', () => {
   it('save → inspect --json → load → verify, with exit status 0', (t) => {
@@ -33,10 +37,14 @@ describe('fixedram CLI', () => {
     assert.equal(info.format, 'fixedram');
     assert.equal(info.state, 'complete');
     for (const blk of info.blocks) {
-      for (const k of ['name', 'length', 'pageSize', 'pagesOffset', 'bitmapOffset', 'presentPages']) assert.ok(k in blk, k);
+      for (const k of ['name', 'length', 'pageSize', 'pagesOffset', 'bitmapOffset', 'presentPages'])
+        assert.ok(k in blk, k);
       assert.equal(blk.pagesOffset % (1 << 20), 0);
     }
-    assert.deepEqual(info.blocks.map((x: { name: string }) => x.name), ['a', 'b']);
+    assert.deepEqual(
+      info.blocks.map((x: { name: string }) => x.name),
+      ['a', 'b'],
+    );
 
     const l = fixedram(['load', out, '--dir', path.join(dir, 'out'), '-j', '2']);
     assert.equal(l.status, 0, l.stderr);

@@ -32,24 +32,35 @@ describe('commit protocol (commit.ts)', () => {
     const old = process.umask(0);
     let seen: { tmp: string; mode: number; size: number; outputThere: boolean; leftovers: string[] } | undefined;
     try {
-      const r = await writeAtomically(out, {
-        size: 8192, fsync: true,
-        provisional: (fd) => {
-          steps.push('provisional');
-          fs.writeSync(fd, Buffer.from('HEAD'), 0, 4, 0);
+      const r = await writeAtomically(
+        out,
+        {
+          size: 8192,
+          fsync: true,
+          provisional: (fd) => {
+            steps.push('provisional');
+            fs.writeSync(fd, Buffer.from('HEAD'), 0, 4, 0);
+          },
+          complete: (fd) => {
+            steps.push('complete');
+            fs.writeSync(fd, Buffer.from('DONE'), 0, 4, 0);
+          },
         },
-        complete: (fd) => {
-          steps.push('complete');
-          fs.writeSync(fd, Buffer.from('DONE'), 0, 4, 0);
+        async (file) => {
+          steps.push('fill');
+          fs.writeSync(file.fd, Buffer.from('body'), 0, 4, 4096);
+          await Promise.resolve();
+          const st = fs.lstatSync(file.path);
+          seen = {
+            tmp: file.path,
+            mode: st.mode & 0o7777,
+            size: st.size,
+            outputThere: fs.existsSync(out),
+            leftovers: leftovers(dir),
+          };
+          return 42;
         },
-      }, async (file) => {
-        steps.push('fill');
-        fs.writeSync(file.fd, Buffer.from('body'), 0, 4, 4096);
-        await Promise.resolve();
-        const st = fs.lstatSync(file.path);
-        seen = { tmp: file.path, mode: st.mode & 0o7777, size: st.size, outputThere: fs.existsSync(out), leftovers: leftovers(dir) };
-        return 42;
-      });
+      );
       assert.equal(r, 42);
     } finally {
       process.umask(old);
@@ -73,12 +84,18 @@ describe('commit protocol (commit.ts)', () => {
     const out = path.join(dir, 'out.bin');
     fs.writeFileSync(out, 'previous');
     let tmp = '';
-    await assert.rejects(writeAtomically(out, { size: 4096, fsync: false, complete: () => assert.fail('complete after a failed fill') },
-      async (file) => {
-        tmp = file.path;
-        await Promise.resolve();
-        throw new Error('injected');
-      }), /injected/);
+    await assert.rejects(
+      writeAtomically(
+        out,
+        { size: 4096, fsync: false, complete: () => assert.fail('complete after a failed fill') },
+        async (file) => {
+          tmp = file.path;
+          await Promise.resolve();
+          throw new Error('injected');
+        },
+      ),
+      /injected/,
+    );
     assert.ok(tmp, 'the fill never ran');
     assert.equal(fs.readFileSync(out, 'utf8'), 'previous');
     assert.deepEqual(leftovers(dir), []);
@@ -98,10 +115,13 @@ describe('commit protocol (commit.ts)', () => {
     fs.symlinkSync(path.join(dir, 'elsewhere'), link);
     for (const out of [fifo, sub, link]) {
       let filled = false;
-      await assert.rejects(writeAtomically(out, { size: 0, fsync: false }, () => {
-        filled = true;
-        return Promise.resolve();
-      }), (err: unknown) => err instanceof FixedramError && err.code === 'ERR_NOT_REGULAR' && err.exitCode === 2);
+      await assert.rejects(
+        writeAtomically(out, { size: 0, fsync: false }, () => {
+          filled = true;
+          return Promise.resolve();
+        }),
+        (err: unknown) => err instanceof FixedramError && err.code === 'ERR_NOT_REGULAR' && err.exitCode === 2,
+      );
       assert.equal(filled, false, `${out}: the fill ran`);
     }
     assert.ok(fs.lstatSync(fifo).isFIFO() && fs.lstatSync(sub).isDirectory() && fs.lstatSync(link).isSymbolicLink());
@@ -133,8 +153,13 @@ describe('export through the commit protocol', () => {
     const fifo = path.join(dir, 'vm.mig');
     assert.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo failed');
     // the snapshot does not exist: an error about the output proves the output was checked first
-    await assert.rejects(exportSnapshot({ snapshot: path.join(dir, 'missing.fxr'), output: fifo, fsync: false }),
-      (err: unknown) => err instanceof FixedramError && err.code === 'ERR_NOT_REGULAR' && /is a FIFO, not a regular file/.test(err.message));
+    await assert.rejects(
+      exportSnapshot({ snapshot: path.join(dir, 'missing.fxr'), output: fifo, fsync: false }),
+      (err: unknown) =>
+        err instanceof FixedramError &&
+        err.code === 'ERR_NOT_REGULAR' &&
+        /is a FIFO, not a regular file/.test(err.message),
+    );
     const r = fixedram(['export', path.join(dir, 'missing.fxr'), '-o', fifo, '--json']);
     assert.equal(r.status, 2, r.stderr);
     assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'ERR_NOT_REGULAR');
@@ -166,8 +191,10 @@ describe('export through the commit protocol', () => {
     const sub = path.join(dir, 'sub.mig');
     fs.mkdirSync(sub);
     fs.writeFileSync(path.join(sub, 'inside'), 'x');
-    await assert.rejects(exportSnapshot({ snapshot: snap, output: sub, fsync: false }),
-      (err: unknown) => err instanceof FixedramError && err.code === 'ERR_NOT_REGULAR');
+    await assert.rejects(
+      exportSnapshot({ snapshot: snap, output: sub, fsync: false }),
+      (err: unknown) => err instanceof FixedramError && err.code === 'ERR_NOT_REGULAR',
+    );
     assert.deepEqual(fs.readdirSync(sub), ['inside']);
     assert.deepEqual(leftovers(dir), []);
   });

@@ -11,16 +11,28 @@ import { convert } from '../src/convert';
 import { encodeBlockName, inspect, load, save, verify } from '../src/index';
 import { fixedram } from './support/cli';
 import {
-  fixturesAvailable, kFixtures, patch, readManifest, sha256, sha256File, truncatedCopy, unpackFixture, wrapInLibvirt,
+  fixturesAvailable,
+  kFixtures,
+  patch,
+  readManifest,
+  sha256,
+  sha256File,
+  truncatedCopy,
+  unpackFixture,
+  wrapInLibvirt,
   type Manifest,
 } from './support/qemu';
 import { allocated, openFds, tempDir } from './support/tmp';
 import { prereqSuite } from './support/prereq';
 
-const { it, before, after } = prereqSuite(fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`);
+const { it, before, after } = prereqSuite(
+  fixturesAvailable(),
+  `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`,
+);
 
 /** Files of a directory other than block files, fixture files and the given names. */
-const leftovers = (dir: string): string[] => fs.readdirSync(dir).filter((f) => f.startsWith('.') || f.endsWith('.tmp') || f.endsWith('.lock'));
+const leftovers = (dir: string): string[] =>
+  fs.readdirSync(dir).filter((f) => f.startsWith('.') || f.endsWith('.tmp') || f.endsWith('.lock'));
 
 describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
   let dir: string;
@@ -46,7 +58,11 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
       const snap = path.join(d, 'vm.fxr');
       const events: number[] = [];
       const r = await convert({
-        input: mig, output: snap, channels, fsync: channels === 1, batchBytes: 512 << 10,
+        input: mig,
+        output: snap,
+        channels,
+        fsync: channels === 1,
+        batchBytes: 512 << 10,
         onProgress: (e) => {
           assert.equal(e.command, 'convert');
           events.push(e.bytesDone);
@@ -58,7 +74,10 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
       assert.equal(r.inputFormat, 'qemu-mapped-ram');
       assert.equal(r.machineType, 'pc-q35-10.0');
       assert.equal(r.fileSize, fs.statSync(snap).size);
-      assert.deepEqual(r.blocks.map((b) => [b.name, b.length]), mb.blocks.map((b) => [b.name, b.used_length]));
+      assert.deepEqual(
+        r.blocks.map((b) => [b.name, b.length]),
+        mb.blocks.map((b) => [b.name, b.used_length]),
+      );
       assert.equal(r.blocks[0]!.presentPages, 4983);
       assert.equal(events[events.length - 1], mb.ram_total);
       assert.deepEqual(leftovers(d), []);
@@ -70,7 +89,10 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
       const info = inspect(snap);
       assert.equal(info.format, 'fixedram');
       assert.equal(info.state, 'complete');
-      assert.deepEqual(info.blocks.map((b) => b.name), mb.blocks.map((b) => b.name));
+      assert.deepEqual(
+        info.blocks.map((b) => b.name),
+        mb.blocks.map((b) => b.name),
+      );
       const v = await verify({ snapshot: snap, against: [{ name: 'mem0', path: ram }], channels });
       assert.equal(v.ok, true);
       assert.equal(v.checksums, true);
@@ -124,7 +146,10 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
     const r = fixedram(['verify', snap, '--json']);
     assert.equal(r.status, 1, r.stderr);
     const o = JSON.parse(r.stdout);
-    assert.deepEqual(o.failures.map((f: { block: string; page: number; kind: string }) => [f.block, f.page, f.kind]), [['mem0', 3, 'checksum']]);
+    assert.deepEqual(
+      o.failures.map((f: { block: string; page: number; kind: string }) => [f.block, f.page, f.kind]),
+      [['mem0', 3, 'checksum']],
+    );
   });
 
   it('refuses an output that is the input, also through a hard link (exit 2), and leaves the input untouched', async (t) => {
@@ -154,8 +179,11 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
     const corrupt = path.join(d, 'corrupt.mig');
     fs.copyFileSync(mig, corrupt);
     patch(corrupt, mb.blocks[8]!.bitmap_offset, Buffer.from([0x02]));
-    for (const [input, code] of [[incomplete, 'ERR_SNAPSHOT_INCOMPLETE'], [truncated, 'ERR_SNAPSHOT_TRUNCATED'],
-      [corrupt, 'ERR_SNAPSHOT_INVALID']] as const) {
+    for (const [input, code] of [
+      [incomplete, 'ERR_SNAPSHOT_INCOMPLETE'],
+      [truncated, 'ERR_SNAPSHOT_TRUNCATED'],
+      [corrupt, 'ERR_SNAPSHOT_INVALID'],
+    ] as const) {
       await assert.rejects(convert({ input, output: out, channels: 2 }), { code, exitCode: 3 });
       assert.equal(fs.existsSync(out), false);
       assert.deepEqual(leftovers(d), []);
@@ -168,9 +196,14 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
     fs.writeFileSync(block, Buffer.alloc(8192, 1));
     const snap = path.join(d, 'a.fxr');
     await save({ output: snap, blocks: [{ name: 'a', path: block }], channels: 1, fsync: false });
-    await assert.rejects(convert({ input: snap, output: path.join(d, 'b.fxr') }), { code: 'ERR_USAGE', message: /already/ });
+    await assert.rejects(convert({ input: snap, output: path.join(d, 'b.fxr') }), {
+      code: 'ERR_USAGE',
+      message: /already/,
+    });
     await assert.rejects(convert({ input: mig, output: path.join(d, 'b.fxr'), channels: 0 }), { code: 'ERR_USAGE' });
-    await assert.rejects(convert({ input: path.join(d, 'missing.mig'), output: path.join(d, 'b.fxr') }), { code: 'ENOENT' });
+    await assert.rejects(convert({ input: path.join(d, 'missing.mig'), output: path.join(d, 'b.fxr') }), {
+      code: 'ENOENT',
+    });
     assert.equal(fs.existsSync(path.join(d, 'b.fxr')), false);
   });
 
@@ -180,7 +213,9 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
     fs.writeFileSync(out, 'previous');
     const ac = new AbortController();
     ac.abort();
-    await assert.rejects(convert({ input: mig, output: out, channels: 2, signal: ac.signal }), { code: 'ERR_INTERRUPTED' });
+    await assert.rejects(convert({ input: mig, output: out, channels: 2, signal: ac.signal }), {
+      code: 'ERR_INTERRUPTED',
+    });
     assert.equal(fs.readFileSync(out, 'utf8'), 'previous');
     assert.deepEqual(leftovers(d), []);
   });
@@ -190,7 +225,9 @@ describe('convert (QEMU mapped-ram → fixedram snapshot)', () => {
     const incomplete = truncatedCopy(mig, path.join(d, 'incomplete.mig'), mb.ram_end_offset + 20);
     const before = openFds();
     for (let i = 0; i < 10; i++) {
-      await assert.rejects(convert({ input: incomplete, output: path.join(d, 'x.fxr') }), { code: 'ERR_SNAPSHOT_INCOMPLETE' });
+      await assert.rejects(convert({ input: incomplete, output: path.join(d, 'x.fxr') }), {
+        code: 'ERR_SNAPSHOT_INCOMPLETE',
+      });
       await assert.rejects(convert({ input: mig, output: mig }), { code: 'ERR_USAGE' });
     }
     await convert({ input: mig, output: path.join(d, 'ok.fxr'), channels: 2, fsync: false });

@@ -11,8 +11,14 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { convert } from '../src/convert';
 import {
-  decodeDeviceState, deviceStateBytes, encodeDeviceState, kDeviceStateHeaderBytes, kMaxDeviceStateBytes, kMaxOriginBytes,
-  kPartEntryBytes, type DeviceState,
+  decodeDeviceState,
+  deviceStateBytes,
+  encodeDeviceState,
+  kDeviceStateHeaderBytes,
+  kMaxDeviceStateBytes,
+  kMaxOriginBytes,
+  kPartEntryBytes,
+  type DeviceState,
 } from '../src/devstate';
 import { FixedramError } from '../src/errors';
 import { decodeHeader, kFlagDeviceState, kHeaderBytes } from '../src/format';
@@ -20,7 +26,16 @@ import { inspect, load, save, update, verify } from '../src/index';
 import { native } from '../src/native';
 import { openSnapshot, readDeviceState } from '../src/snapshot';
 import { fixedram } from './support/cli';
-import { fixturesAvailable, kFixtures, patch, readManifest, truncatedCopy, unpackFixture, wrapInLibvirt, type Manifest } from './support/qemu';
+import {
+  fixturesAvailable,
+  kFixtures,
+  patch,
+  readManifest,
+  truncatedCopy,
+  unpackFixture,
+  wrapInLibvirt,
+  type Manifest,
+} from './support/qemu';
 import { prereqSuite } from './support/prereq';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
@@ -31,13 +46,21 @@ const hash64 = (b: Uint8Array): bigint => native().hash64(b);
 
 /** A small deterministic device state of either kind. */
 function sample(kind: DeviceState['kind'], seed: number, bytes = 5000): DeviceState {
-  const fill = (n: number, s: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + s * 7) & 0xff));
+  const fill = (n: number, s: number): Buffer =>
+    Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + s * 7) & 0xff));
   return kind === 'qemu-stream'
-    ? { kind, origin: { source: 'test', machineType: 'pc-q35-10.0', capabilities: ['x-ignore-shared'] }, stream: fill(bytes, seed) }
+    ? {
+        kind,
+        origin: { source: 'test', machineType: 'pc-q35-10.0', capabilities: ['x-ignore-shared'] },
+        stream: fill(bytes, seed),
+      }
     : {
-      kind, origin: { source: 'test', machineType: 'pc-q35-10.0' }, head: fill(61, seed),
-      ramSection: { sectionId: 2, instanceId: 0, version: 4, footers: true }, tail: fill(bytes, seed + 1),
-    };
+        kind,
+        origin: { source: 'test', machineType: 'pc-q35-10.0' },
+        head: fill(61, seed),
+        ramSection: { sectionId: 2, instanceId: 0, version: 4, footers: true },
+        tail: fill(bytes, seed + 1),
+      };
 }
 
 describe('device-state record: encoding', () => {
@@ -82,7 +105,11 @@ describe('device-state record: encoding', () => {
   it('truncations are structural errors; the bounds are enforced on write and on read', () => {
     const rec = encodeDeviceState(sample('qemu-stream', 2, 1000), hash64);
     for (const n of [0, 8, 63, 64, 70, kDeviceStateHeaderBytes + 2 * kPartEntryBytes, rec.length - 1]) {
-      assert.throws(() => decodeDeviceState(rec.subarray(0, n), 0, hash64), (e: unknown) => e instanceof FixedramError && e.exitCode === 3, `${n}`);
+      assert.throws(
+        () => decodeDeviceState(rec.subarray(0, n), 0, hash64),
+        (e: unknown) => e instanceof FixedramError && e.exitCode === 3,
+        `${n}`,
+      );
     }
     const big = { ...sample('qemu-stream', 1), origin: { source: 'x'.repeat(kMaxOriginBytes) } };
     assert.throws(() => encodeDeviceState(big, hash64), /origin is \d+ bytes/);
@@ -110,70 +137,82 @@ describe('device state in snapshots', () => {
   });
   fx.after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  fx.it('convert keeps the stream before "ram" and everything after its END byte for byte; inspect shows kind, size and origin', () => {
-    const info = inspect(snap) as ReturnType<typeof inspect> & { deviceState: Record<string, unknown> };
-    assert.equal(info.state, 'complete');
-    assert.equal(info.deviceState.kind, 'qemu-mapped-ram');
-    assert.equal(info.deviceState.checksumOk, true);
-    assert.deepEqual(info.deviceState.origin, {
-      source: 'qemu-mapped-ram-file', machineType: 'pc-q35-10.0', capabilities: ['mapped-ram'], targetPageSize: 4096,
-    });
-    const s = openSnapshot(snap);
-    try {
-      assert.ok(s.header.flags & kFlagDeviceState);
-      const ds = readDeviceState(s)!;
-      const whole = fs.readFileSync(mig);
-      // head: from the magic to the START record of "ram" (0x47 in this file)
-      assert.ok(Buffer.from(ds.head!).equals(whole.subarray(0, 0x47)));
-      assert.ok(Buffer.from(ds.tail!).equals(whole.subarray(mb.ram_section_end)));
-      assert.deepEqual(ds.ramSection, { sectionId: 2, instanceId: 0, version: 4, footers: true });
-      assert.equal(info.deviceState.streamBytes, 0x47 + whole.length - mb.ram_section_end);
-      // the record is the end of the file, 4 KiB-aligned, after the last page region
-      assert.equal(s.header.deviceState!.offset % 4096, 0);
-      assert.equal(s.header.deviceState!.offset + s.header.deviceState!.bytes, fs.statSync(snap).size);
-    } finally {
+  fx.it(
+    'convert keeps the stream before "ram" and everything after its END byte for byte; inspect shows kind, size and origin',
+    () => {
+      const info = inspect(snap) as ReturnType<typeof inspect> & { deviceState: Record<string, unknown> };
+      assert.equal(info.state, 'complete');
+      assert.equal(info.deviceState.kind, 'qemu-mapped-ram');
+      assert.equal(info.deviceState.checksumOk, true);
+      assert.deepEqual(info.deviceState.origin, {
+        source: 'qemu-mapped-ram-file',
+        machineType: 'pc-q35-10.0',
+        capabilities: ['mapped-ram'],
+        targetPageSize: 4096,
+      });
+      const s = openSnapshot(snap);
+      try {
+        assert.ok(s.header.flags & kFlagDeviceState);
+        const ds = readDeviceState(s)!;
+        const whole = fs.readFileSync(mig);
+        // head: from the magic to the START record of "ram" (0x47 in this file)
+        assert.ok(Buffer.from(ds.head!).equals(whole.subarray(0, 0x47)));
+        assert.ok(Buffer.from(ds.tail!).equals(whole.subarray(mb.ram_section_end)));
+        assert.deepEqual(ds.ramSection, { sectionId: 2, instanceId: 0, version: 4, footers: true });
+        assert.equal(info.deviceState.streamBytes, 0x47 + whole.length - mb.ram_section_end);
+        // the record is the end of the file, 4 KiB-aligned, after the last page region
+        assert.equal(s.header.deviceState!.offset % 4096, 0);
+        assert.equal(s.header.deviceState!.offset + s.header.deviceState!.bytes, fs.statSync(snap).size);
+      } finally {
+        fs.closeSync(s.fd);
+      }
+    },
+  );
+
+  fx.it(
+    'verify checks the record: OK as written; a flipped device-state byte fails with exit 1, a broken record header with exit 3',
+    async (t) => {
+      const ok = await verify({ snapshot: snap, channels: 2 });
+      assert.equal(ok.ok, true);
+      assert.deepEqual(ok.deviceState, { kind: 'qemu-mapped-ram', bytes: ok.deviceState!.bytes, checksumOk: true });
+      const d = tempDir(t);
+      const s = openSnapshot(snap);
+      const at = s.header.deviceState!.offset;
+      const end = at + s.header.deviceState!.bytes;
       fs.closeSync(s.fd);
-    }
-  });
+      const flipped = path.join(d, 'flipped.fxr');
+      fs.copyFileSync(snap, flipped);
+      const byte = Buffer.alloc(1);
+      const fd = fs.openSync(flipped, 'r+');
+      fs.readSync(fd, byte, 0, 1, end - 1000);
+      byte[0]! ^= 0x40;
+      fs.writeSync(fd, byte, 0, 1, end - 1000);
+      fs.closeSync(fd);
+      const r = fixedram(['verify', flipped]);
+      assert.equal(r.status, 1, r.stderr + r.stdout);
+      assert.match(r.stdout, /FAIL the device-state record \(qemu-mapped-ram, \d+ bytes\) fails its checksum/);
+      const j = JSON.parse(fixedram(['verify', flipped, '--json']).stdout) as { failures: { kind: string }[] };
+      assert.deepEqual(
+        j.failures.map((f) => f.kind),
+        ['device-state-checksum'],
+      );
+      // load ignores the device state: a damaged one does not stop it
+      const target = path.join(d, 'mem0.ram');
+      await load({ snapshot: flipped, blocks: [{ name: 'mem0', path: target }], channels: 2 });
+      assert.ok(fs.readFileSync(target).equals(fs.readFileSync(ram)));
 
-  fx.it('verify checks the record: OK as written; a flipped device-state byte fails with exit 1, a broken record header with exit 3', async (t) => {
-    const ok = await verify({ snapshot: snap, channels: 2 });
-    assert.equal(ok.ok, true);
-    assert.deepEqual(ok.deviceState, { kind: 'qemu-mapped-ram', bytes: ok.deviceState!.bytes, checksumOk: true });
-    const d = tempDir(t);
-    const s = openSnapshot(snap);
-    const at = s.header.deviceState!.offset;
-    const end = at + s.header.deviceState!.bytes;
-    fs.closeSync(s.fd);
-    const flipped = path.join(d, 'flipped.fxr');
-    fs.copyFileSync(snap, flipped);
-    const byte = Buffer.alloc(1);
-    const fd = fs.openSync(flipped, 'r+');
-    fs.readSync(fd, byte, 0, 1, end - 1000);
-    byte[0]! ^= 0x40;
-    fs.writeSync(fd, byte, 0, 1, end - 1000);
-    fs.closeSync(fd);
-    const r = fixedram(['verify', flipped]);
-    assert.equal(r.status, 1, r.stderr + r.stdout);
-    assert.match(r.stdout, /FAIL the device-state record \(qemu-mapped-ram, \d+ bytes\) fails its checksum/);
-    const j = JSON.parse(fixedram(['verify', flipped, '--json']).stdout) as { failures: { kind: string }[] };
-    assert.deepEqual(j.failures.map((f) => f.kind), ['device-state-checksum']);
-    // load ignores the device state: a damaged one does not stop it
-    const target = path.join(d, 'mem0.ram');
-    await load({ snapshot: flipped, blocks: [{ name: 'mem0', path: target }], channels: 2 });
-    assert.ok(fs.readFileSync(target).equals(fs.readFileSync(ram)));
-
-    const magic = path.join(d, 'magic.fxr');
-    fs.copyFileSync(snap, magic);
-    patch(magic, at, Buffer.from('FXRDEVSX'));
-    const m = fixedram(['verify', magic]);
-    assert.equal(m.status, 3, m.stderr);
-    assert.match(m.stderr, /corrupt device-state record: bad magic/);
-    const cut = truncatedCopy(snap, path.join(d, 'cut.fxr'), end - 10);
-    const c = fixedram(['inspect', cut]);
-    assert.equal(c.status, 3, c.stderr);
-    assert.match(c.stderr, /truncated snapshot: .* inside the device-state record/);
-  });
+      const magic = path.join(d, 'magic.fxr');
+      fs.copyFileSync(snap, magic);
+      patch(magic, at, Buffer.from('FXRDEVSX'));
+      const m = fixedram(['verify', magic]);
+      assert.equal(m.status, 3, m.stderr);
+      assert.match(m.stderr, /corrupt device-state record: bad magic/);
+      const cut = truncatedCopy(snap, path.join(d, 'cut.fxr'), end - 10);
+      const c = fixedram(['inspect', cut]);
+      assert.equal(c.status, 3, c.stderr);
+      assert.match(c.stderr, /truncated snapshot: .* inside the device-state record/);
+    },
+  );
 
   fx.it('convert of a libvirt save image keeps the libvirt header and domain XML', async (t) => {
     const d = tempDir(t);
@@ -182,9 +221,16 @@ describe('device state in snapshots', () => {
     const out = path.join(d, 'lv.fxr');
     const r = await convert({ input: image, output: out, channels: 2 });
     assert.ok(r.deviceStateBytes > shift);
-    const info = inspect(out) as ReturnType<typeof inspect> & { deviceState: { origin: Record<string, unknown>; libvirtBytes: number } };
+    const info = inspect(out) as ReturnType<typeof inspect> & {
+      deviceState: { origin: Record<string, unknown>; libvirtBytes: number };
+    };
     assert.equal(info.deviceState.origin.source, 'libvirt-save-image');
-    assert.deepEqual(info.deviceState.origin.libvirt, { domainName: 'guest-1', wasRunning: true, version: 2, format: 'sparse' });
+    assert.deepEqual(info.deviceState.origin.libvirt, {
+      domainName: 'guest-1',
+      wasRunning: true,
+      version: 2,
+      format: 'sparse',
+    });
     assert.equal(info.deviceState.libvirtBytes, shift);
     const s = openSnapshot(out);
     try {
@@ -232,6 +278,9 @@ describe('device state through the library and the format rules', () => {
     unknown.writeUInt32LE(flags | 0x8, 12);
     unknown.fill(0, 56, 64);
     unknown.writeBigUInt64LE(hash64(unknown), 56);
-    assert.throws(() => decodeHeader(unknown, fs.statSync(out).size, hash64), { code: 'ERR_SNAPSHOT_UNSUPPORTED', message: 'unsupported header flags 0xd' });
+    assert.throws(() => decodeHeader(unknown, fs.statSync(out).size, hash64), {
+      code: 'ERR_SNAPSHOT_UNSUPPORTED',
+      message: 'unsupported header flags 0xd',
+    });
   });
 });

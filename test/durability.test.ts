@@ -20,7 +20,12 @@ import { fixturesAvailable, kFixtures, unpackFixture } from './support/qemu';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 import {
-  applyWrites, checkNewSnapshotProtocol, checkUpdateProtocol, parseTrace, traceShimPath, type TraceEvent,
+  applyWrites,
+  checkNewSnapshotProtocol,
+  checkUpdateProtocol,
+  parseTrace,
+  traceShimPath,
+  type TraceEvent,
 } from './support/trace';
 
 interface Traced {
@@ -44,8 +49,13 @@ function traced(t: TestContext, so: string, dir: string, args: string[]): Traced
 
 /** Where a snapshot's page data lies (other writes past the header are metadata). */
 function pagesStart(snap: string): { start: number; end: number } {
-  const j = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { blocks: { pagesOffset: number; length: number }[] };
-  return { start: Math.min(...j.blocks.map((b) => b.pagesOffset)), end: Math.max(...j.blocks.map((b) => b.pagesOffset + b.length)) };
+  const j = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as {
+    blocks: { pagesOffset: number; length: number }[];
+  };
+  return {
+    start: Math.min(...j.blocks.map((b) => b.pagesOffset)),
+    end: Math.max(...j.blocks.map((b) => b.pagesOffset + b.length)),
+  };
 }
 
 /** What a crash state reads as: 'old', 'new', 'updating', or a description of what is wrong. */
@@ -58,7 +68,12 @@ async function readsAs(file: string, old: Buffer, now: Buffer): Promise<string> 
     if (bytes.equals(now)) return 'new';
     return 'complete but neither the old nor the new snapshot';
   } catch (err) {
-    if (err instanceof FixedramError && err.code === 'ERR_SNAPSHOT_INCOMPLETE' && /interrupted in-place update/.test(err.message)) return 'updating';
+    if (
+      err instanceof FixedramError &&
+      err.code === 'ERR_SNAPSHOT_INCOMPLETE' &&
+      /interrupted in-place update/.test(err.message)
+    )
+      return 'updating';
     return `error: ${(err as Error).message}`;
   }
 }
@@ -66,7 +81,9 @@ async function readsAs(file: string, old: Buffer, now: Buffer): Promise<string> 
 /** The state durable when the rename happened: the temp file's writes before its last fdatasync. */
 function durableAtRename(tr: Traced, tmp: string, output: string, size: number): Buffer {
   const iN = tr.events.findIndex((e) => e.kind === 'N' && e.to === output);
-  const lastSync = tr.events.map((e, i) => (e.kind === 'D' && e.path === tmp && i < iN ? i : -1)).reduce((a, b) => Math.max(a, b), -1);
+  const lastSync = tr.events
+    .map((e, i) => (e.kind === 'D' && e.path === tmp && i < iN ? i : -1))
+    .reduce((a, b) => Math.max(a, b), -1);
   const buf = Buffer.alloc(size);
   applyWrites(buf, tr.events, tmp, tr.data, (i) => i < lastSync);
   return buf;
@@ -104,7 +121,10 @@ describe('durability: the commit protocol, recorded', () => {
     checkUpdateProtocol(tr.events, out);
     const now = fs.readFileSync(out);
     assert.ok(!now.equals(old), 'the update changed nothing: the replay would prove nothing');
-    assert.ok(tr.events.some((e) => e.kind === 'P' && e.path === out), 'no hole was punched: the zeroed pages are not exercised');
+    assert.ok(
+      tr.events.some((e) => e.kind === 'P' && e.path === out),
+      'no hole was punched: the zeroed pages are not exercised',
+    );
 
     // replay: every prefix of the changes, and for each epoch between syncs, only its header write
     const changes = tr.events.flatMap((e, i) => ((e.kind === 'W' || e.kind === 'P') && e.path === out ? [i] : []));
@@ -119,15 +139,22 @@ describe('durability: the commit protocol, recorded', () => {
       seen.set(as, (seen.get(as) ?? 0) + 1);
       assert.ok(['old', 'new', 'updating'].includes(as), `crash state ${label} reads as: ${as}`);
     };
-    for (let k = 0; k <= changes.length; k++) await check(`after ${k} of ${changes.length} changes`, (i) => k > 0 && i <= changes[k - 1]!);
+    for (let k = 0; k <= changes.length; k++)
+      await check(`after ${k} of ${changes.length} changes`, (i) => k > 0 && i <= changes[k - 1]!);
     let prev = -1;
     for (const s of [...syncs, tr.events.length]) {
-      const headerInEpoch = changes.filter((i) => i > prev && i < s && tr.events[i]!.kind === 'W' && (tr.events[i] as { off: number }).off === 0);
-      for (const h of headerInEpoch) await check(`epoch ending at event ${s} with only its header (event ${h}) landed`, (i) => i < prev || i === h);
+      const headerInEpoch = changes.filter(
+        (i) => i > prev && i < s && tr.events[i]!.kind === 'W' && (tr.events[i] as { off: number }).off === 0,
+      );
+      for (const h of headerInEpoch)
+        await check(`epoch ending at event ${s} with only its header (event ${h}) landed`, (i) => i < prev || i === h);
       prev = s;
     }
     t.diagnostic(`crash states: ${JSON.stringify(Object.fromEntries(seen))}`);
-    assert.ok((seen.get('updating') ?? 0) > 0 && (seen.get('new') ?? 0) > 0 && (seen.get('old') ?? 0) > 0, 'the replay did not visit old, updating and new states');
+    assert.ok(
+      (seen.get('updating') ?? 0) > 0 && (seen.get('new') ?? 0) > 0 && (seen.get('old') ?? 0) > 0,
+      'the replay did not visit old, updating and new states',
+    );
   });
 
   it('convert: the same protocol as save', async (t) => {
@@ -156,8 +183,14 @@ describe('durability: the commit protocol, recorded', () => {
     const syncs = tr.events.flatMap((e, i) => (e.kind === 'D' && e.path === tmp ? [i] : []));
     assert.equal(syncs.length, 2);
     const without = (i: number): TraceEvent[] => tr.events.filter((_, k) => k !== i);
-    assert.throws(() => checkNewSnapshotProtocol(without(syncs[0]!), out, start), /no fdatasync between the header and its COMPLETE flag/);
-    assert.throws(() => checkNewSnapshotProtocol(without(syncs[1]!), out, start), /no fdatasync between the COMPLETE flag and the rename/);
+    assert.throws(
+      () => checkNewSnapshotProtocol(without(syncs[0]!), out, start),
+      /no fdatasync between the header and its COMPLETE flag/,
+    );
+    assert.throws(
+      () => checkNewSnapshotProtocol(without(syncs[1]!), out, start),
+      /no fdatasync between the COMPLETE flag and the rename/,
+    );
     const iN = tr.events.findIndex((e) => e.kind === 'N');
     const early = [...tr.events];
     const [rename] = early.splice(iN, 1);
@@ -174,7 +207,21 @@ describe('durability: the commit protocol, recorded', () => {
     const up = traced(t, so, dir, ['save', '--update', '-o', out, '-b', `a=${a}`]);
     checkUpdateProtocol(up.events, out);
     const usyncs = up.events.flatMap((e, i) => (e.kind === 'D' && e.path === out ? [i] : []));
-    assert.throws(() => checkUpdateProtocol(up.events.filter((_, k) => k !== usyncs[0]), out), /no fdatasync between UPDATING and the first page/);
-    assert.throws(() => checkUpdateProtocol(up.events.filter((_, k) => k !== usyncs.at(-2)), out), /no fdatasync between the last page or table and COMPLETE/);
+    assert.throws(
+      () =>
+        checkUpdateProtocol(
+          up.events.filter((_, k) => k !== usyncs[0]),
+          out,
+        ),
+      /no fdatasync between UPDATING and the first page/,
+    );
+    assert.throws(
+      () =>
+        checkUpdateProtocol(
+          up.events.filter((_, k) => k !== usyncs.at(-2)),
+          out,
+        ),
+      /no fdatasync between the last page or table and COMPLETE/,
+    );
   });
 });

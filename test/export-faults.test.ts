@@ -38,7 +38,10 @@ describe('export: interrupts and modes', () => {
     assert.equal(first.status, 0, first.stderr);
     assert.equal(fs.statSync(out).mode & 0o777, 0o600);
     const before = sha1(out);
-    const w = new Watched(['export', snap, '-o', out, '--progress', 'json', '-j', '2'], shimEnv(so, { delayUs: 10_000 }));
+    const w = new Watched(
+      ['export', snap, '-o', out, '--progress', 'json', '-j', '2'],
+      shimEnv(so, { delayUs: 10_000 }),
+    );
     reap(t, w);
     assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
     w.kill('SIGINT');
@@ -70,7 +73,11 @@ describe('export: interrupts and modes', () => {
       const after = fs.lstatSync(out);
       assert.equal(`${after.ino}:${after.mode}`, `${before.ino}:${before.mode}`, `${k.label}: replaced`);
     }
-    assert.deepEqual(fs.readdirSync(dir).sort(), kinds.map((k) => `out-${k.label.replace(/ /g, '-')}`).sort(), 'leftovers');
+    assert.deepEqual(
+      fs.readdirSync(dir).sort(),
+      kinds.map((k) => `out-${k.label.replace(/ /g, '-')}`).sort(),
+      'leftovers',
+    );
     assert.equal(fs.existsSync(path.join(dir, 'elsewhere.mig')), false, 'the symlink was followed');
   });
 

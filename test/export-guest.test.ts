@@ -13,7 +13,16 @@ import { describe } from 'node:test';
 import { convert } from '../src/convert';
 import { exportSnapshot } from '../src/export';
 import { load } from '../src/index';
-import { buildGuest, guestMissing, serialCounts, startGuest, waitForCounts, waitForStatus, type GuestKernel, type GuestVm } from './support/guest';
+import {
+  buildGuest,
+  guestMissing,
+  serialCounts,
+  startGuest,
+  waitForCounts,
+  waitForStatus,
+  type GuestKernel,
+  type GuestVm,
+} from './support/guest';
 import { prereqSuite } from './support/prereq';
 import { qemuMissing, saveMappedRam, type MigrationStatus } from './support/qemu';
 
@@ -65,8 +74,12 @@ describe('export: a running guest continues after convert → export → QEMU re
     await exportSnapshot({ snapshot: snap, output: out, channels: 2 });
     const dst = await startGuest(dir, 'dst', { kernel, mib: 64, incoming: true });
     vms.push(dst);
-    await dst.qmp.execute('migrate-set-capabilities', { capabilities: [
-      { capability: 'mapped-ram', state: true }, { capability: 'multifd', state: true }] });
+    await dst.qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'mapped-ram', state: true },
+        { capability: 'multifd', state: true },
+      ],
+    });
     await dst.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2 });
     await dst.qmp.execute('migrate-incoming', { uri: `file:${out}`, 'exit-on-error': false });
     let status: MigrationStatus = { status: '' };
@@ -79,9 +92,12 @@ describe('export: a running guest continues after convert → export → QEMU re
     await waitForStatus(dst.qmp, 'paused');
     await dst.qmp.execute('cont');
     const after = await waitForCounts(dst.serial, 5);
-    assert.ok(after[0]! >= saved && after[0]! <= saved + 1,
-      `the restored guest printed ${after.slice(0, 5).join(', ')}; the saved count is ${saved} (it must go on from there, not from 0)`);
-    for (let i = 1; i < 5; i++) assert.ok(after[i]! > after[i - 1]!, `counts ${after.slice(0, 5).join(', ')} do not increase`);
+    assert.ok(
+      after[0]! >= saved && after[0]! <= saved + 1,
+      `the restored guest printed ${after.slice(0, 5).join(', ')}; the saved count is ${saved} (it must go on from there, not from 0)`,
+    );
+    for (let i = 1; i < 5; i++)
+      assert.ok(after[i]! > after[i - 1]!, `counts ${after.slice(0, 5).join(', ')} do not increase`);
     await dst.stop();
   });
 });

@@ -16,7 +16,16 @@ import { exportSnapshot } from '../src/export';
 import { inspect, load, save } from '../src/index';
 import { fixedram } from './support/cli';
 import { prereqSuite } from './support/prereq';
-import { libvirtHeader, qemuMissing, saveMappedRam, startQemu, truncatedCopy, type MigrationStatus, type Qmp, type QemuVm } from './support/qemu';
+import {
+  libvirtHeader,
+  qemuMissing,
+  saveMappedRam,
+  startQemu,
+  truncatedCopy,
+  type MigrationStatus,
+  type Qmp,
+  type QemuVm,
+} from './support/qemu';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
@@ -42,7 +51,12 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
   const vms: QemuVm[] = [];
 
   const memArgs = (backend: string): string[] => [
-    '-m', '32M', '-object', `memory-backend-file,id=mem0,size=32M,mem-path=${backend},share=on`, '-numa', 'node,memdev=mem0',
+    '-m',
+    '32M',
+    '-object',
+    `memory-backend-file,id=mem0,size=32M,mem-path=${backend},share=on`,
+    '-numa',
+    'node,memdev=mem0',
   ];
 
   /** Waits for an incoming migration to end; returns its final status. */
@@ -57,13 +71,21 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
   };
 
   /** A fresh QEMU with -incoming defer restores `uri`; returns the status and the restored RAM. */
-  const restore = async (tag: string, uri: string, channels: number): Promise<{ status: MigrationStatus; ram: Buffer; runstate: string }> => {
+  const restore = async (
+    tag: string,
+    uri: string,
+    channels: number,
+  ): Promise<{ status: MigrationStatus; ram: Buffer; runstate: string }> => {
     const backend = path.join(dir, `${tag}.ram`);
     const vm = await startQemu(dir, tag, [...memArgs(backend), '-incoming', 'defer']);
     vms.push(vm);
     try {
-      await vm.qmp.execute('migrate-set-capabilities', { capabilities: [
-        { capability: 'mapped-ram', state: true }, { capability: 'multifd', state: channels > 0 }] });
+      await vm.qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'mapped-ram', state: true },
+          { capability: 'multifd', state: channels > 0 },
+        ],
+      });
       if (channels > 0) await vm.qmp.execute('migrate-set-parameters', { 'multifd-channels': channels });
       await vm.qmp.execute('migrate-incoming', { uri, 'exit-on-error': false });
       const status = await waitIncoming(vm.qmp);
@@ -121,7 +143,10 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
     // Loading the device state may write guest RAM (kvmvapic's post-load patches a firmware page):
     // what QEMU restores from its own file is the reference for what it restores from ours.
     qemuRestored = r.ram;
-    assert.ok(differingPages(r.ram, savedRam).length <= 4, `${differingPages(r.ram, savedRam).length} pages differ from the stream`);
+    assert.ok(
+      differingPages(r.ram, savedRam).length <= 4,
+      `${differingPages(r.ram, savedRam).length} pages differ from the stream`,
+    );
     const d = path.join(dir, 'pattern.ram');
     makeBlock(d, 3, 8192);
     assert.ok(!fs.readFileSync(d).equals(savedRam), 'the guest did not run: its RAM is still the pattern');
@@ -140,13 +165,20 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
       // fixedram reads its own export back: same blocks, same device sections
       const a = inspect(saved);
       const b = inspect(out);
-      assert.deepEqual(b.blocks.map((x) => [x.name, x.length, x.presentPages]), a.blocks.map((x) => [x.name, x.length, x.presentPages]));
+      assert.deepEqual(
+        b.blocks.map((x) => [x.name, x.length, x.presentPages]),
+        a.blocks.map((x) => [x.name, x.length, x.presentPages]),
+      );
       assert.equal(b.deviceSections, a.deviceSections);
       const res = await restore(`restore${channels}`, `file:${out}`, channels);
       assert.equal(res.status.status, 'completed', res.status['error-desc']);
       assert.equal(res.runstate, 'paused');
       assert.ok(qemuRestored, 'the premise test did not run');
-      assert.deepEqual(differingPages(res.ram, qemuRestored), [], 'the RAM restored from the export differs from QEMU\'s own restore');
+      assert.deepEqual(
+        differingPages(res.ram, qemuRestored),
+        [],
+        "the RAM restored from the export differs from QEMU's own restore",
+      );
       assert.deepEqual(differingPages(res.ram, savedRam), differingPages(qemuRestored, savedRam));
     });
   }
@@ -161,7 +193,9 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
     const j = JSON.parse(r.stdout) as { outputFormat: string; streamOffset: number };
     assert.equal(j.outputFormat, 'libvirt-save-image');
     assert.equal(j.streamOffset, libvirtOffset);
-    assert.ok(fs.readFileSync(out).subarray(0, libvirtOffset).equals(fs.readFileSync(libvirtSave).subarray(0, libvirtOffset)));
+    assert.ok(
+      fs.readFileSync(out).subarray(0, libvirtOffset).equals(fs.readFileSync(libvirtSave).subarray(0, libvirtOffset)),
+    );
     const info = inspect(out) as ReturnType<typeof inspect> & { libvirt?: { domainName: string } };
     assert.equal(info.libvirt?.domainName, 'fxr-export');
     const res = await restore('restore-lv', `file:${out},offset=${libvirtOffset}`, 2);
@@ -179,7 +213,12 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
     const d = tempDir(t);
     const end = Number(inspect(saved).ramSectionEnd);
     const cut = truncatedCopy(saved, path.join(d, 'cut.mig'), end + 3000);
-    for (const args of [['inspect', cut], ['verify', cut], ['load', cut, '--dir', path.join(d, 'out')], ['convert', cut, '-o', path.join(d, 'c.fxr')]]) {
+    for (const args of [
+      ['inspect', cut],
+      ['verify', cut],
+      ['load', cut, '--dir', path.join(d, 'out')],
+      ['convert', cut, '-o', path.join(d, 'c.fxr')],
+    ]) {
       const r = fixedram(args);
       assert.equal(r.status, 3, `${args[0]}: ${r.stderr}`);
       assert.match(r.stderr, /device state after the RAM section/);
@@ -218,6 +257,9 @@ describe('export: QEMU restores what fixedram exports (live QEMU, TCG)', () => {
     fs.closeSync(fd);
     const bad = fixedram(['export', snap, '-o', out]);
     assert.equal(bad.status, 1, bad.stderr);
-    assert.deepEqual(fs.readdirSync(d).filter((f) => f.startsWith('.') || f.startsWith('out')), []);
+    assert.deepEqual(
+      fs.readdirSync(d).filter((f) => f.startsWith('.') || f.startsWith('out')),
+      [],
+    );
   });
 });

@@ -47,16 +47,29 @@ describe('faults: atomicity', () => {
         assert.equal(v.status, 3, `verify, cut ${where}: ${v.stderr}`);
         assert.match(v.stderr, /truncat|too short|end of file/i, where);
       }
-      const verr = await verify({ snapshot: cut, channels: 1 }).then(() => undefined, (err: unknown) => err);
+      const verr = await verify({ snapshot: cut, channels: 1 }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       assert.equal(exitCodeOf(verr), 3, `verify, cut ${where}: ${String(verr)}`);
       if (len >= 64) {
-        assert.match((verr as Error).message, new RegExp(`\\b${len}\\b|0x${len.toString(16)}\\b`),
-          `${where}: the message names the file size: ${(verr as Error).message}`);
+        assert.match(
+          (verr as Error).message,
+          new RegExp(`\\b${len}\\b|0x${len.toString(16)}\\b`),
+          `${where}: the message names the file size: ${(verr as Error).message}`,
+        );
       }
-      const lerr = await load({ snapshot: cut, blocks: [{ name: 'a', path: target }], channels: 1 }).then(() => undefined, (err: unknown) => err);
+      const lerr = await load({ snapshot: cut, blocks: [{ name: 'a', path: target }], channels: 1 }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       assert.equal(exitCodeOf(lerr), 3, `load, cut ${where}: ${String(lerr)}`);
       assert.equal(sha1(target), before, `load of a file cut ${where} touched the target`);
-      assert.throws(() => inspect(cut), (err: unknown) => exitCodeOf(err) === 3, where);
+      assert.throws(
+        () => inspect(cut),
+        (err: unknown) => exitCodeOf(err) === 3,
+        where,
+      );
     }
   });
 
@@ -159,10 +172,20 @@ describe('faults: atomicity', () => {
     assert.ok(!fs.existsSync(out), 'the killed save left a file under the final name');
     const stale = leftovers(dir);
     // the premise: the killed save really left its temp file and its lock file behind
-    assert.equal(stale.filter((f) => f.endsWith('.tmp')).length, 1, `no stale temp file: ${stale.join(", ")}`);
-    assert.deepEqual(stale.filter((f) => f.endsWith('.lock')), ['.snap.fxr.lock'], `no stale lock file: ${stale.join(", ")}`);
+    assert.equal(stale.filter((f) => f.endsWith('.tmp')).length, 1, `no stale temp file: ${stale.join(', ')}`);
+    assert.deepEqual(
+      stale.filter((f) => f.endsWith('.lock')),
+      ['.snap.fxr.lock'],
+      `no stale lock file: ${stale.join(', ')}`,
+    );
     // … and the temp file is provably ours and incomplete (magic, no COMPLETE, dead pid)
-    assert.equal(staleTempProblem(out, stale.find((f) => f.endsWith('.tmp'))!), undefined);
+    assert.equal(
+      staleTempProblem(
+        out,
+        stale.find((f) => f.endsWith('.tmp'))!,
+      ),
+      undefined,
+    );
     const r = fixedram(['save', '-o', out, '-b', `a=${src}`, '--no-fsync']);
     assert.equal(r.status, 0, r.stderr);
     assert.equal((await verify({ snapshot: out, against: [{ name: 'a', path: src }] })).ok, true);

@@ -47,7 +47,10 @@ let current: { diagnostic: (m: string) => void } | undefined;
 
 function assertBounded(r: ReturnType<typeof fixedramPeak>, what: string): void {
   current?.diagnostic(`${what}: peak RSS ${r.peakMiB.toFixed(1)} MiB, ${r.seconds.toFixed(1)} s`);
-  assert.ok(Number.isFinite(r.peakMiB), `${what}: the child did not report its peak RSS (${r.signal ?? r.status}): ${r.stderr}`);
+  assert.ok(
+    Number.isFinite(r.peakMiB),
+    `${what}: the child did not report its peak RSS (${r.signal ?? r.status}): ${r.stderr}`,
+  );
   assert.ok(r.peakMiB <= kRssBoundMiB, `${what}: peak RSS ${r.peakMiB.toFixed(0)} MiB exceeds ${kRssBoundMiB} MiB`);
   assert.doesNotMatch(r.stderr, /\n\s+at /, `${what}: a stack trace on stderr`);
 }
@@ -58,7 +61,9 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     const dir = shmDir(t);
     if (!dir) return;
     const file = path.join(dir, 'gap.fxr');
-    const layout = craftSnapshot(file, [{ name: 'far', pageSize: 4096, length: 4096, gapBefore: 2 ** 42, present: new Map([[0, stamped(4096, 1, 0)]]) }]);
+    const layout = craftSnapshot(file, [
+      { name: 'far', pageSize: 4096, length: 4096, gapBefore: 2 ** 42, present: new Map([[0, stamped(4096, 1, 0)]]) },
+    ]);
     assert.ok(layout.blocks[0]!.pagesOffset > 2 ** 42, 'premise: the page lies past the gap');
     assert.ok(allocated(file) < 64 << 10, 'premise: the file holds a few KiB');
     for (const j of ['1', '8']) {
@@ -75,7 +80,14 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     if (!dir) return;
     const file = path.join(dir, 'huge.fxr');
     const pages = 2 ** 48 / (4 * MiB);
-    craftSnapshot(file, [{ name: 'big', pageSize: 4 * MiB, length: 2 ** 48, present: new Map([[pages - 1, stamped(4 * MiB, 1, pages - 1)]]) }]);
+    craftSnapshot(file, [
+      {
+        name: 'big',
+        pageSize: 4 * MiB,
+        length: 2 ** 48,
+        present: new Map([[pages - 1, stamped(4 * MiB, 1, pages - 1)]]),
+      },
+    ]);
     assert.ok(allocated(file) < 1 * MiB, `premise: the file holds little (${allocated(file)} bytes)`);
     for (const j of ['1', '8']) {
       const r = fixedramPeak(['verify', file, '--json', '-j', j], { timeoutMs: 120_000 });
@@ -87,15 +99,23 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
 
   for (const shift of [39, 40]) {
     it(`length 2^${shift} with 4 KiB pages in a file of a few KiB: verify and load bounded, no huge allocation`, (t) => {
-    current = t;
+      current = t;
       const dir = shmDir(t);
       if (!dir) return;
       const file = path.join(dir, 'long.fxr');
       const pages = 2 ** shift / 4096;
-      craftSnapshot(file, [{
-        name: 'long', pageSize: 4096, length: 2 ** shift,
-        present: new Map([[0, stamped(4096, 1, 0)], [pages / 2 + 7, stamped(4096, 1, pages / 2 + 7)], [pages - 1, stamped(4096, 1, pages - 1)]]),
-      }]);
+      craftSnapshot(file, [
+        {
+          name: 'long',
+          pageSize: 4096,
+          length: 2 ** shift,
+          present: new Map([
+            [0, stamped(4096, 1, 0)],
+            [pages / 2 + 7, stamped(4096, 1, pages / 2 + 7)],
+            [pages - 1, stamped(4096, 1, pages - 1)],
+          ]),
+        },
+      ]);
       assert.ok(allocated(file) < 1 * MiB, `premise: the file holds little (${allocated(file)} bytes)`);
       for (const j of ['1', '8']) {
         const v = fixedramPeak(['verify', file, '--json', '-j', j], { timeoutMs: 120_000 });
@@ -123,10 +143,19 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     const dir = shmDir(t);
     if (!dir) return;
     const file = path.join(dir, 'gig.fxr');
-    craftSnapshot(file, [{
-      name: 'gig', pageSize: GiB, length: 4 * GiB,
-      present: new Map<number, Buffer | 'hole'>([[0, 'hole'], [1, 'hole'], [2, stamped(GiB, 1, 2)], [3, 'hole']]),
-    }]);
+    craftSnapshot(file, [
+      {
+        name: 'gig',
+        pageSize: GiB,
+        length: 4 * GiB,
+        present: new Map<number, Buffer | 'hole'>([
+          [0, 'hole'],
+          [1, 'hole'],
+          [2, stamped(GiB, 1, 2)],
+          [3, 'hole'],
+        ]),
+      },
+    ]);
     assert.ok(allocated(file) <= 256 << 10, `premise: the file holds little (${allocated(file)} bytes)`);
     for (const j of ['2', '8']) {
       const r = fixedramPeak(['verify', file, '--json', '-j', j], { timeoutMs: 300_000 });
@@ -156,7 +185,9 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     for (let p = 0; p < 4; p += 2) fs.writeSync(fd, stamped(GiB, 2, p), 0, 64 << 10, p * GiB + 5 * MiB);
     fs.closeSync(fd);
     const snap = path.join(dir, 'snap.fxr');
-    const s = fixedramPeak(['save', '-o', snap, '-b', `m=${src}`, '--page-size', '1G', '-j', '8', '--json'], { timeoutMs: 300_000 });
+    const s = fixedramPeak(['save', '-o', snap, '-b', `m=${src}`, '--page-size', '1G', '-j', '8', '--json'], {
+      timeoutMs: 300_000,
+    });
     assert.equal(s.status, 0, s.stderr);
     assertBounded(s, 'save -j 8');
     assert.equal(json(s.stdout).presentPages, 2);
@@ -168,7 +199,9 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     fs.writeSync(w, stamped(GiB, 3, 0), 0, 4096, 0);
     fs.writeSync(w, stamped(GiB, 3, 3), 0, 4096, 4 * GiB - 4096);
     fs.closeSync(w);
-    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `m=${src}`, '-j', '8', '--json'], { timeoutMs: 300_000 });
+    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `m=${src}`, '-j', '8', '--json'], {
+      timeoutMs: 300_000,
+    });
     assert.equal(u.status, 0, u.stderr);
     assertBounded(u, 'update -j 8');
     assert.equal(json(u.stdout).presentPages, 3);
@@ -207,7 +240,9 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     fs.writeSync(w, stamped(4096, 5, 7), 0, 4096, 7 * 4096);
     fs.writeSync(w, Buffer.alloc(4096), 0, 4096, (pages - 1) * 4096);
     fs.closeSync(w);
-    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `tib=${src}`, '-j', '8', '--json'], { timeoutMs: 300_000 });
+    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `tib=${src}`, '-j', '8', '--json'], {
+      timeoutMs: 300_000,
+    });
     assert.equal(u.status, 0, u.stderr);
     assertBounded(u, 'update -j 8');
     assert.equal(json(u.stdout).pagesWritten, 1);
@@ -284,7 +319,10 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     const l = fixedramPeak(['load', file, '--dir', out, '-j', '8'], { timeoutMs: 300_000 });
     assert.equal(l.status, 0, l.stderr);
     assertBounded(l, 'load -j 8 (QEMU)');
-    const mem0 = path.join(out, fs.readdirSync(out).find((n) => n.startsWith('mem0'))!);
+    const mem0 = path.join(
+      out,
+      fs.readdirSync(out).find((n) => n.startsWith('mem0'))!,
+    );
     assert.equal(fs.statSync(mem0).size, newLength);
     // the moved pages arrive where they were: page 1 of the pattern starts with u64le(1), "FXR:mem0"
     const got = Buffer.alloc(16);
@@ -326,7 +364,9 @@ describe('faults: bounded work and memory (hostile valid-checksum files, TiB blo
     fs.writeSync(s, stamped(4096, 7, 2 ** 21 + 3), 0, 4096, h.blocks[0]!.pagesOffset + (2 ** 21 + 3) * 4096);
     fs.closeSync(s);
     assert.equal(fixedramPeak(['verify', snap]).status, 3, 'premise: the torn snapshot is refused');
-    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `big=${src}`, '-j', '2', '--json'], { timeoutMs: 300_000 });
+    const u = fixedramPeak(['save', '--update', '-o', snap, '-b', `big=${src}`, '-j', '2', '--json'], {
+      timeoutMs: 300_000,
+    });
     assert.equal(u.status, 0, u.stderr);
     assertBounded(u, 'repair -j 2');
     assert.equal(json(u.stdout).repaired, true);

@@ -36,11 +36,15 @@ describe('faults: concurrency', () => {
   const changes: [string, (src: string, dir: string) => void, RegExp][] = [
     ['shrunk', (src) => fs.truncateSync(src, 4096), /changed size|unexpected end of file/],
     ['grown', (src) => fs.truncateSync(src, (kPages + 256) * 4096), /changed size/],
-    ['replaced (other inode)', (src, dir) => {
-      const tmp = path.join(dir, 'other.ram');
-      denseBlock(tmp, 9, kPages);
-      fs.renameSync(tmp, src);
-    }, /was replaced or removed/],
+    [
+      'replaced (other inode)',
+      (src, dir) => {
+        const tmp = path.join(dir, 'other.ram');
+        denseBlock(tmp, 9, kPages);
+        fs.renameSync(tmp, src);
+      },
+      /was replaced or removed/,
+    ],
     ['removed', (src) => fs.unlinkSync(src), /was replaced or removed/],
   ];
   for (const [what, change, message] of changes) {
@@ -89,8 +93,11 @@ describe('faults: concurrency', () => {
     assert.equal(against.ok, false, 'the first batch was saved before the writer ran: it must differ');
     // "quiesce first" must be documented
     const readme = fs.readFileSync(path.resolve(__dirname, '..', '..', 'README.md'), 'utf8');
-    assert.match(readme, /quiesce|paus(e|ed)|stop(ped)? (the|all) writers|not (be )?modified while/i,
-      'README does not tell users to stop writers (quiesce) before a save');
+    assert.match(
+      readme,
+      /quiesce|paus(e|ed)|stop(ped)? (the|all) writers|not (be )?modified while/i,
+      'README does not tell users to stop writers (quiesce) before a save',
+    );
   });
 
   it('#11 two saves to the same output: the second is refused with "locked by pid N"; the first completes', async (t) => {
@@ -149,7 +156,11 @@ describe('faults: concurrency', () => {
     const up = slowSave(t, so, dir, ['save', '--update', '-o', out, '-b', `mem=${src}`], 400_000);
     assert.ok(await up.waitFor(() => true), up.stderr);
     const l2 = fixedram(['load', out, '-b', `mem=${path.join(dir, 'target2.ram')}`]);
-    assert.notEqual(l2.status, 0, `a load ran while the snapshot was being updated in place: ${l2.stdout} ${up.stderr}`);
+    assert.notEqual(
+      l2.status,
+      0,
+      `a load ran while the snapshot was being updated in place: ${l2.stdout} ${up.stderr}`,
+    );
     assert.match(l2.stderr, /being updated|interrupted in-place update|locked/);
     assert.equal((await up.exited).status, 0);
   });
@@ -168,7 +179,10 @@ describe('faults: concurrency', () => {
         const r = fixedram(['save', ...update, '-o', out, '-b', `a=${src}`]);
         assert.equal(r.status, 2, `${out} ${update.join(' ')}: ${r.stderr}`);
         // a symlink at the output is refused before the aliasing check (never replaced, never followed)
-        assert.match(r.stderr, out === soft ? /is a symbolic link, not a regular file/ : /is the same file as block 'a'/);
+        assert.match(
+          r.stderr,
+          out === soft ? /is a symbolic link, not a regular file/ : /is the same file as block 'a'/,
+        );
       }
     }
     assert.equal(sha1(src), before);

@@ -30,7 +30,10 @@ function roundTrip(t: TestContext, env: NodeJS.ProcessEnv, base?: string): { sav
   const out = path.join(dir, 'direct.fxr');
   const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-b', `b=${b}`, '--direct-io', '-j', '2'], { env });
   assert.equal(s.status, 0, s.stderr);
-  assert.ok(fs.readFileSync(out).equals(fs.readFileSync(clean)), 'the --direct-io snapshot differs from a buffered one');
+  assert.ok(
+    fs.readFileSync(out).equals(fs.readFileSync(clean)),
+    'the --direct-io snapshot differs from a buffered one',
+  );
   const target = path.join(dir, 'target.ram');
   fillFile(target, fs.statSync(a).size, 0xaa);
   const l = fixedram(['load', out, '-b', `a=${target}`, '--direct-io', '-j', '2'], { env });
@@ -58,7 +61,10 @@ describe('faults: direct I/O', () => {
     const report = path.join(tempDir(t), 'shim.txt');
     const r = roundTrip(t, shimEnv(so, { funcs: 'none', report }), '/dev/shm');
     // whichever happened is said: O_DIRECT opens were counted, or the fallback warned
-    assert.ok(readShimReport(report).dopen > 0 || /buffered/.test(r.save + r.load), JSON.stringify(readShimReport(report)));
+    assert.ok(
+      readShimReport(report).dopen > 0 || /buffered/.test(r.save + r.load),
+      JSON.stringify(readShimReport(report)),
+    );
   });
 
   it('#19 O_DIRECT refused at open (EINVAL): buffered fallback with a warning, byte-identical', (t) => {

@@ -25,7 +25,10 @@ const kRaw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
 
 /** stdout and stderr of a run hold no raw control character but the newlines ending lines. */
 function assertEscaped(label: string, r: { stdout: string; stderr: string }): void {
-  for (const [which, text] of [['stdout', r.stdout], ['stderr', r.stderr]] as const) {
+  for (const [which, text] of [
+    ['stdout', r.stdout],
+    ['stderr', r.stderr],
+  ] as const) {
     assert.doesNotMatch(text, kRaw, `${label}: a raw control character on ${which}: ${JSON.stringify(text)}`);
     assert.doesNotMatch(text, /\nforged line/, `${label}: the name broke a line on ${which}`);
   }
@@ -75,7 +78,9 @@ describe('faults: names reach the terminal escaped', () => {
 
     // a flipped byte in page 3: verify's FAIL line names the block
     const info = JSON.parse(j.stdout) as { blocks: { pagesOffset?: number }[] };
-    const pagesOffset = info.blocks[0]!.pagesOffset ?? (JSON.parse(fixedram(['inspect', snap, '--json']).stdout).blocks[0].pagesOffset as number);
+    const pagesOffset =
+      info.blocks[0]!.pagesOffset ??
+      (JSON.parse(fixedram(['inspect', snap, '--json']).stdout).blocks[0].pagesOffset as number);
     const fd = fs.openSync(snap, 'r+');
     fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, pagesOffset + 3 * 4096 + 100);
     fs.closeSync(fd);
@@ -102,11 +107,18 @@ describe('faults: names reach the terminal escaped', () => {
     const m = readManifest('membackend-32m');
     const b = m.blocks.find((x) => x.name === 'mem0')!;
     patch(mig, blockOffsets(b).entry + 1, Buffer.from('m\u001b[m', 'latin1'));
-    for (const args of [['inspect', mig], ['verify', mig], ['load', mig, '--dir', path.join(dir, 'out')]]) {
+    for (const args of [
+      ['inspect', mig],
+      ['verify', mig],
+      ['load', mig, '--dir', path.join(dir, 'out')],
+    ]) {
       const r = fixedram(args);
       assertEscaped(args[0]!, r);
       if (args[0] === 'verify') continue; // an OK verify names no block
-      assert.ok(`${r.stdout}${r.stderr}`.includes('m\\e[m'), `${args[0]}: the name is not shown escaped: ${r.stdout}${r.stderr}`);
+      assert.ok(
+        `${r.stdout}${r.stderr}`.includes('m\\e[m'),
+        `${args[0]}: the name is not shown escaped: ${r.stdout}${r.stderr}`,
+      );
     }
   });
 
@@ -115,8 +127,18 @@ describe('faults: names reach the terminal escaped', () => {
     const a = path.join(dir, 'a.ram');
     makeBlock(a, 1, 4);
     // raw bytes reach argv only through a shell: printf '\377' is the byte 0xFF
-    const r = spawnSync('sh', ['-c', 'exec "$0" "$1" save -o "$2" -b "$(printf "a\\377b")=$3" --no-fsync', process.execPath, kBin,
-      path.join(dir, 's.fxr'), a], { encoding: 'utf8' });
+    const r = spawnSync(
+      'sh',
+      [
+        '-c',
+        'exec "$0" "$1" save -o "$2" -b "$(printf "a\\377b")=$3" --no-fsync',
+        process.execPath,
+        kBin,
+        path.join(dir, 's.fxr'),
+        a,
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /a block name must be valid UTF-8/);
     assert.equal(fs.existsSync(path.join(dir, 's.fxr')), false);
@@ -131,7 +153,11 @@ describe('faults: names reach the terminal escaped', () => {
     const snap = path.join(dir, 's.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `abcd=${a}`, '--no-fsync']).status, 0);
     rename(snap, 0, Buffer.from([0x61, 0xff, 0xfe, 0x62]));
-    for (const args of [['inspect', snap], ['verify', snap], ['load', snap, '--dir', path.join(dir, 'out')]]) {
+    for (const args of [
+      ['inspect', snap],
+      ['verify', snap],
+      ['load', snap, '--dir', path.join(dir, 'out')],
+    ]) {
       const r = fixedram(args);
       assert.equal(r.status, 3, `${args[0]}: ${r.stderr}`);
       assert.match(r.stderr, /UTF-8/, args[0]);

@@ -20,7 +20,8 @@ const kHuge = 2 << 20;
 function huge(t: TestContext, pages: number): string | undefined {
   const dir = hugetlbfsDir(t);
   if (!requireSetup(t, dir)) return undefined;
-  if (!requirePrereq(t, freeHugePages() >= pages, `needs ${pages} free 2 MiB huge pages, ${freeHugePages()} free`)) return undefined;
+  if (!requirePrereq(t, freeHugePages() >= pages, `needs ${pages} free 2 MiB huge pages, ${freeHugePages()} free`))
+    return undefined;
   return dir;
 }
 

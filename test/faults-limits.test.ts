@@ -31,8 +31,11 @@ describe('faults: resource limits', () => {
     const out = path.join(dir, 's.fxr');
     let hit = 0;
     for (let n = 22; n <= 40; n += 2) {
-      const r = spawnSync('prlimit', [`--nofile=${n}`, process.execPath, kBin, 'save', '-o', out, '-b', `a=${src}`, '-j', '4', '--no-fsync'],
-        { encoding: 'utf8' });
+      const r = spawnSync(
+        'prlimit',
+        [`--nofile=${n}`, process.execPath, kBin, 'save', '-o', out, '-b', `a=${src}`, '-j', '4', '--no-fsync'],
+        { encoding: 'utf8' },
+      );
       assert.deepEqual(leftovers(dir), [], `nofile=${n}: a temp or lock file was left: ${r.stderr}`);
       if (r.status === 0) continue;
       checkFailure(`nofile=${n}`, r, /EMFILE|no file descriptor is left/);
@@ -53,8 +56,27 @@ describe('faults: resource limits', () => {
     const out = path.join(dir, 's.fxr');
     let hit = 0;
     for (const n of [8, 12]) {
-      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'prlimit', `--nproc=${n}`,
-        process.execPath, kBin, 'save', '-o', out, '-b', `a=${src}`, '-j', '8', '--no-fsync'], { encoding: 'utf8' });
+      const r = spawnSync(
+        'setpriv',
+        [
+          '--reuid=65534',
+          '--regid=65534',
+          '--clear-groups',
+          'prlimit',
+          `--nproc=${n}`,
+          process.execPath,
+          kBin,
+          'save',
+          '-o',
+          out,
+          '-b',
+          `a=${src}`,
+          '-j',
+          '8',
+          '--no-fsync',
+        ],
+        { encoding: 'utf8' },
+      );
       assert.deepEqual(leftovers(dir), [], `nproc=${n}: a temp or lock file was left: ${r.stderr}`);
       if (r.status === 0) continue;
       checkFailure(`nproc=${n}`, r, /thread limit is reached/);

@@ -63,10 +63,16 @@ describe('faults: misc', () => {
         reseal(buf);
         const bad = path.join(dir, 'bad.fxr');
         fs.writeFileSync(bad, buf);
-        const verr = await verify({ snapshot: bad, channels: 1 }).then(() => undefined, (x: unknown) => x);
+        const verr = await verify({ snapshot: bad, channels: 1 }).then(
+          () => undefined,
+          (x: unknown) => x,
+        );
         assert.equal(exitCodeOf(verr), 3, `${what}: verify gave ${String(verr)}`);
         assert.ok((verr as { name?: string }).name === 'FixedramError', `${what}: ${(verr as Error)?.stack}`);
-        const lerr = await load({ snapshot: bad, blocks: [{ name: 'a', path: target }], channels: 1 }).then(() => undefined, (x: unknown) => x);
+        const lerr = await load({ snapshot: bad, blocks: [{ name: 'a', path: target }], channels: 1 }).then(
+          () => undefined,
+          (x: unknown) => x,
+        );
         assert.equal(exitCodeOf(lerr), 3, `${what}: load gave ${String(lerr)}`);
         assert.equal(sha1(target), before, `${what}: the target was touched`);
       }
@@ -88,9 +94,14 @@ describe('faults: misc', () => {
     if (!requireSetup(t, so)) return;
     fillFile(target, 1300 * 4096, 0xaa);
     const report = path.join(dir, 'shim.txt');
-    const l2 = fixedram(['load', snap, '-b', `mem0=${target}`, '-j', '2'], { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: dir, report }) });
+    const l2 = fixedram(['load', snap, '-b', `mem0=${target}`, '-j', '2'], {
+      env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: dir, report }),
+    });
     assert.equal(l2.status, 0, l2.stderr);
-    assert.ok(readShimReport(report).fallocate > 0, `hole punching was never refused: ${JSON.stringify(readShimReport(report))}`);
+    assert.ok(
+      readShimReport(report).fallocate > 0,
+      `hole punching was never refused: ${JSON.stringify(readShimReport(report))}`,
+    );
     assert.equal(firstDifferentPage(a, target), -1, 'explicit zero writes (no hole punching) left stale data');
   });
 
@@ -149,8 +160,10 @@ describe('faults: misc', () => {
     const snap = path.join(dir, 'snap.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `a=${src}`]).status, 0);
     denseBlock(src, 1, 4096, { generation: 2 }); // every page changed
-    const w = new Watched(['save', '--update', '-o', snap, '-b', `a=${src}`, '--progress', 'json', '-j', '1'],
-      shimEnv(so, { delayUs: 100_000, path: dir }));
+    const w = new Watched(
+      ['save', '--update', '-o', snap, '-b', `a=${src}`, '--progress', 'json', '-j', '1'],
+      shimEnv(so, { delayUs: 100_000, path: dir }),
+    );
     reap(t, w);
     assert.ok(await w.midway(), w.stderr);
     w.kill('SIGKILL');
@@ -177,8 +190,10 @@ describe('faults: misc', () => {
     const snap = path.join(dir, 'snap.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `a=${src}`]).status, 0);
     denseBlock(src, 1, 4096, { generation: 3 });
-    const w = new Watched(['save', '--update', '-o', snap, '-b', `a=${src}`, '--progress', 'json', '-j', '1'],
-      shimEnv(so, { delayUs: 100_000, path: dir }));
+    const w = new Watched(
+      ['save', '--update', '-o', snap, '-b', `a=${src}`, '--progress', 'json', '-j', '1'],
+      shimEnv(so, { delayUs: 100_000, path: dir }),
+    );
     reap(t, w);
     assert.ok(await w.midway(), w.stderr);
     w.kill('SIGINT');
@@ -190,7 +205,7 @@ describe('faults: misc', () => {
     assert.equal((await verify({ snapshot: snap, against: [{ name: 'a', path: src }] })).ok, true);
   });
 
-  it('#22 EPIPE: stdout closed early (--json | head -c1, | true): no stack trace, the command\'s own status', (t) => {
+  it("#22 EPIPE: stdout closed early (--json | head -c1, | true): no stack trace, the command's own status", (t) => {
     const dir = tempDir(t);
     // many blocks make inspect's JSON far bigger than a pipe buffer (64 KiB)
     const blocks: string[] = [];
@@ -218,7 +233,11 @@ describe('faults: misc', () => {
       assert.equal(status, want, `${pipeline}: ${r.stderr}`);
     }
     const readme = fs.readFileSync(path.resolve(__dirname, '..', '..', 'README.md'), 'utf8');
-    assert.match(readme, /EPIPE|closed (stdout|pipe)|head -c/i, 'README does not document the exit status when stdout is closed early');
+    assert.match(
+      readme,
+      /EPIPE|closed (stdout|pipe)|head -c/i,
+      'README does not document the exit status when stdout is closed early',
+    );
   });
 
   it('#23 huge counts: 2000 blocks under a 1024-descriptor limit, 0-length blocks, a block past 4 GiB offsets', async (t) => {
@@ -263,7 +282,11 @@ describe('faults: misc', () => {
     assert.equal(r.status, 0, `2000 blocks with 1024 descriptors: ${r.stderr.slice(0, 500)}`);
     assert.equal(inspect(s2).blocks.length, 2000);
     const out2 = path.join(dir, 'out2');
-    const l = spawnSync('prlimit', ['--nofile=1024:1024', process.execPath, kBin, 'load', s2, '--dir', out2, '-j', '2'], { encoding: 'utf8' });
+    const l = spawnSync(
+      'prlimit',
+      ['--nofile=1024:1024', process.execPath, kBin, 'load', s2, '--dir', out2, '-j', '2'],
+      { encoding: 'utf8' },
+    );
     assert.equal(l.status, 0, l.stderr.slice(0, 500));
   });
 
@@ -286,18 +309,30 @@ describe('faults: misc', () => {
     fs.mkdirSync(sub);
     const sink = { write: () => true } as unknown as NodeJS.WriteStream;
     const failures: (() => Promise<unknown>)[] = [
-      () => save({ output: path.join(dir, 'x.fxr'), blocks: [{ name: 'a', path: path.join(dir, 'missing') }], channels: 1 }),
+      () =>
+        save({
+          output: path.join(dir, 'x.fxr'),
+          blocks: [{ name: 'a', path: path.join(dir, 'missing') }],
+          channels: 1,
+        }),
       () => save({ output: path.join(dir, 'x.fxr'), blocks: [{ name: 'a', path: sub }], channels: 1 }),
       () => save({ output: a, blocks: [{ name: 'a', path: a }], channels: 1 }),
       () => save({ output: path.join(dir, 'nodir', 'x.fxr'), blocks: [{ name: 'a', path: a }], channels: 1 }),
       () => load({ snapshot: truncated, blocks: [{ name: 'a', path: path.join(dir, 'ta') }], channels: 1 }),
       () => load({ snapshot: snap, blocks: [{ name: 'a', path: wrong }], channels: 1 }),
-      () => load({ snapshot: flipped, blocks: [{ name: 'a', path: path.join(dir, 'tf') }], channels: 2, batchBytes: 4096 * 4 }),
+      () =>
+        load({
+          snapshot: flipped,
+          blocks: [{ name: 'a', path: path.join(dir, 'tf') }],
+          channels: 2,
+          batchBytes: 4096 * 4,
+        }),
       () => verify({ snapshot: truncated, channels: 1 }),
       () => verify({ snapshot: snap, against: [{ name: 'a', path: wrong }], channels: 2 }),
-      () => runCli(['inspect', a, '--json'], { stdout: sink, stderr: sink, setExitCode: () => undefined }).then(() => {
-        throw new Error('x');
-      }),
+      () =>
+        runCli(['inspect', a, '--json'], { stdout: sink, stderr: sink, setExitCode: () => undefined }).then(() => {
+          throw new Error('x');
+        }),
     ];
     // warm up: load the addon, the worker code and every module once
     for (const f of failures) await f().catch(() => undefined);
@@ -305,7 +340,10 @@ describe('faults: misc', () => {
     const before = openFds();
     let failed = 0;
     for (let i = 0; i < 200; i++) {
-      const r = await failures[i % failures.length]!().then(() => 'ok', () => 'failed');
+      const r = await failures[i % failures.length]!().then(
+        () => 'ok',
+        () => 'failed',
+      );
       if (r === 'failed') failed++;
       fs.rmSync(path.join(dir, 'tf'), { force: true });
     }
@@ -313,4 +351,3 @@ describe('faults: misc', () => {
     assert.equal(openFds(), before, 'file descriptors leaked');
   });
 });
-

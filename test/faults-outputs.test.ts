@@ -38,7 +38,11 @@ function kinds(t: TestContext): Kind[] {
     { label: 'a FIFO', make: (p) => assert.equal(spawnSync('mkfifo', [p]).status, 0, 'mkfifo failed') },
     { label: 'a socket', make: (p) => makeSocket(t, p) },
   ];
-  if (isRoot()) list.push({ label: 'a character device', make: (p) => assert.equal(spawnSync('mknod', [p, 'c', '1', '3']).status, 0) });
+  if (isRoot())
+    list.push({
+      label: 'a character device',
+      make: (p) => assert.equal(spawnSync('mknod', [p, 'c', '1', '3']).status, 0),
+    });
   return list;
 }
 
@@ -49,7 +53,11 @@ function ident(p: string): string {
 }
 
 /** Everything in dir except the given names. */
-const extras = (dir: string, keep: string[]): string[] => fs.readdirSync(dir).filter((f) => !keep.includes(f)).sort();
+const extras = (dir: string, keep: string[]): string[] =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => !keep.includes(f))
+    .sort();
 
 describe('faults: outputs that are not regular files', () => {
   it('save -o refuses a directory, FIFO, socket, character device or symlink at the output: exit 2, untouched, no temp or lock', async (t) => {
@@ -57,7 +65,10 @@ describe('faults: outputs that are not regular files', () => {
     const dir = tempDir(t);
     const src = path.join(dir, 'a.ram');
     makeBlock(src, 1, 64);
-    const cases = [...kinds(t), { label: 'a symbolic link', make: (p: string) => fs.symlinkSync(path.join(dir, 'elsewhere.fxr'), p) }];
+    const cases = [
+      ...kinds(t),
+      { label: 'a symbolic link', make: (p: string) => fs.symlinkSync(path.join(dir, 'elsewhere.fxr'), p) },
+    ];
     for (const k of cases) {
       const out = path.join(dir, `out-${k.label.replace(/ /g, '-')}`);
       await k.make(out);
@@ -67,7 +78,11 @@ describe('faults: outputs that are not regular files', () => {
       assert.match(r.stderr, new RegExp(`is ${k.label}, not a regular file; refusing to replace it`), k.label);
       assert.equal(JSON.parse(r.stdout).error.code, 'ERR_NOT_REGULAR', k.label);
       assert.equal(ident(out), before, `${k.label}: the output was replaced`);
-      assert.deepEqual(extras(dir, ['a.ram', ...cases.map((c) => `out-${c.label.replace(/ /g, '-')}`)]), [], `${k.label}: leftovers`);
+      assert.deepEqual(
+        extras(dir, ['a.ram', ...cases.map((c) => `out-${c.label.replace(/ /g, '-')}`)]),
+        [],
+        `${k.label}: leftovers`,
+      );
     }
     assert.equal(fs.existsSync(path.join(dir, 'elsewhere.fxr')), false, 'the symlink was followed');
   });
@@ -148,7 +163,11 @@ describe('faults: load targets that are not regular files or are one file', () =
     fs.linkSync(tgt, hard);
     const soft = path.join(dir, 'soft.ram');
     fs.symlinkSync(tgt, soft);
-    for (const [label, other, extra] of [['same path', tgt, []], ['hard link', hard, []], ['symlink', soft, ['--follow-symlinks']]] as const) {
+    for (const [label, other, extra] of [
+      ['same path', tgt, []],
+      ['hard link', hard, []],
+      ['symlink', soft, ['--follow-symlinks']],
+    ] as const) {
       const r = fixedram(['load', snap, '-b', `a=${tgt}`, '-b', `b=${other}`, ...extra]);
       assert.equal(r.status, 2, `${label}: ${r.stderr}`);
       assert.match(r.stderr, /targets of blocks 'a' and 'b' are the same file/, label);

@@ -32,7 +32,11 @@ const kPlaces = { start: (_ps: number) => 0, end: (ps: number) => ps - 4096, mid
 
 /** A 5-page block on tmpfs: page 0 a hole, pages 1–3 hold 4 KiB at their start, end and middle, page 4 a hole. */
 function partialBlock(file: string, ps: number, generation = 1): Map<number, number> {
-  const at = new Map<number, number>([[1, kPlaces.start(ps)], [2, kPlaces.end(ps)], [3, kPlaces.middle(ps)]]);
+  const at = new Map<number, number>([
+    [1, kPlaces.start(ps)],
+    [2, kPlaces.end(ps)],
+    [3, kPlaces.middle(ps)],
+  ]);
   const fd = fs.openSync(file, 'w');
   fs.ftruncateSync(fd, 5 * ps);
   for (const [page, off] of at) fs.writeSync(fd, stamp(7, page, generation), 0, 4096, page * ps + off);
@@ -65,7 +69,8 @@ describe('faults: partly filled large pages', () => {
       assert.equal((await verify({ snapshot: snap, against: [{ name: 'm', path: src }], channels: 2 })).ok, true);
       const out = path.join(dir, 'out.ram');
       await load({ snapshot: snap, blocks: [{ name: 'm', path: out }], channels: 2 });
-      for (const [page, off] of at) assert.ok(readAt(out, page * ps + off).equals(stamp(7, page)), `page ${page} lost its data`);
+      for (const [page, off] of at)
+        assert.ok(readAt(out, page * ps + off).equals(stamp(7, page)), `page ${page} lost its data`);
       // update: new data at the same places (one page's data moves to its other end) is found and written
       const w = fs.openSync(src, 'r+');
       fs.writeSync(w, Buffer.alloc(4096), 0, 4096, 1 * ps + kPlaces.start(ps));
@@ -87,14 +92,19 @@ describe('faults: partly filled large pages', () => {
       const dir = shm(t);
       for (const place of ['start', 'end'] as const) {
         const file = path.join(dir, `absent-${place}.fxr`);
-        const layout = craftSnapshot(file, [{ name: 'm', pageSize: ps, length: 3 * ps, present: new Map([[0, stamp(1, 0)]]) }]);
+        const layout = craftSnapshot(file, [
+          { name: 'm', pageSize: ps, length: 3 * ps, present: new Map([[0, stamp(1, 0)]]) },
+        ]);
         // stale data in the slot of absent page 1, 4 KiB at one end: only a rounded-out extent walk reads it
         const fd = fs.openSync(file, 'r+');
         fs.writeSync(fd, stamp(9, 1), 0, 4096, layout.blocks[0]!.pagesOffset + ps + kPlaces[place](ps));
         fs.closeSync(fd);
         const r = await verify({ snapshot: file, channels: 2 });
         assert.equal(r.ok, false, `stale data at the ${place} of an absent ${ps}-byte slot was not found`);
-        assert.deepEqual(r.failures.map((f) => [f.kind, f.page]), [['absent-not-zero', 1]]);
+        assert.deepEqual(
+          r.failures.map((f) => [f.kind, f.page]),
+          [['absent-not-zero', 1]],
+        );
       }
     });
   }
@@ -120,6 +130,7 @@ describe('faults: partly filled large pages', () => {
     assert.equal((JSON.parse(s.stdout) as { presentPages: number }).presentPages, 3);
     const out = path.join(dir, 'out.ram');
     await load({ snapshot: again, blocks: [{ name: 'm', path: out }] });
-    for (const [page, off] of at) assert.ok(readAt(out, page * ps + off).equals(stamp(7, page)), `page ${page} lost its data`);
+    for (const [page, off] of at)
+      assert.ok(readAt(out, page * ps + off).equals(stamp(7, page)), `page ${page} lost its data`);
   });
 });

@@ -43,8 +43,24 @@ function rename(snap: string, index: number, name: Buffer): void {
 }
 
 const kHostile = [
-  '..', '.', '/', '/etc/passwd', '../../escape', 'a/../../b', '0000:00:01.0/vga.vram', '/rom@etc/acpi/tables',
-  '%2E%2E', 'a+', 'a%2B', 'x'.repeat(255), '.'.repeat(255), `${'y'.repeat(199)}+`, 'é名', 'tab\there', 'new\nline', '\\..\\',
+  '..',
+  '.',
+  '/',
+  '/etc/passwd',
+  '../../escape',
+  'a/../../b',
+  '0000:00:01.0/vga.vram',
+  '/rom@etc/acpi/tables',
+  '%2E%2E',
+  'a+',
+  'a%2B',
+  'x'.repeat(255),
+  '.'.repeat(255),
+  `${'y'.repeat(199)}+`,
+  'é名',
+  'tab\there',
+  'new\nline',
+  '\\..\\',
 ];
 
 describe('faults: paths', () => {
@@ -58,7 +74,10 @@ describe('faults: paths', () => {
     const snap = path.join(dir, 'snap.fxr');
     const s = fixedram(['save', '-o', snap, ...blocks.flatMap((b) => ['-b', `${b.name}=${b.path}`]), '--no-fsync']);
     assert.equal(s.status, 0, s.stderr);
-    assert.deepEqual(inspect(snap).blocks.map((b) => b.name), kHostile);
+    assert.deepEqual(
+      inspect(snap).blocks.map((b) => b.name),
+      kHostile,
+    );
 
     const parent = path.join(dir, 'p');
     const out = path.join(parent, 'out');
@@ -69,7 +88,9 @@ describe('faults: paths', () => {
     const before = fs.readdirSync(dir).sort();
     assert.ok(!fs.existsSync('/escape') && !fs.existsSync(path.join(dir, 'escape')));
     // every file is an encoded block name, each holds its block, and nothing else exists
-    const files = walk(out).filter((r) => fs.statSync(path.join(out, r)).isFile()).sort();
+    const files = walk(out)
+      .filter((r) => fs.statSync(path.join(out, r)).isFile())
+      .sort();
     assert.deepEqual(files, kHostile.map(encodeBlockName).sort());
     for (const f of files) {
       assert.ok(!f.split('/').some((c) => c === '.' || c === '..' || c === ''), f);
@@ -234,7 +255,10 @@ describe('faults: paths', () => {
     const s = fixedram(['save', '-o', path.join(dir, 's2.fxr'), '-b', `a=${srcLink}`]);
     assert.equal(s.status, 2, s.stderr);
     assert.match(s.stderr, /is a symbolic link/);
-    assert.equal(fixedram(['save', '-o', path.join(dir, 's2.fxr'), '-b', `a=${srcLink}`, '--follow-symlinks']).status, 0);
+    assert.equal(
+      fixedram(['save', '-o', path.join(dir, 's2.fxr'), '-b', `a=${srcLink}`, '--follow-symlinks']).status,
+      0,
+    );
   });
 
   it('#13 a target or source that is a directory, a FIFO or a character device: refused with a clear message (exit 2)', (t) => {
@@ -247,7 +271,10 @@ describe('faults: paths', () => {
     fs.mkdirSync(sub);
     const fifo = path.join(dir, 'fifo');
     const mk = spawnSync('mkfifo', [fifo]);
-    const kinds: [string, string][] = [[sub, 'a directory'], ['/dev/null', 'a character device']];
+    const kinds: [string, string][] = [
+      [sub, 'a directory'],
+      ['/dev/null', 'a character device'],
+    ];
     if (mk.status === 0) kinds.push([fifo, 'a FIFO']);
     else t.diagnostic('mkfifo failed: the FIFO case is not run');
     for (const [p, what] of kinds) {

@@ -21,7 +21,9 @@ const mode = (p: string): string => (fs.lstatSync(p).mode & 0o7777).toString(8);
 
 /** fixedram with a given umask (set by sh, as a user's shell would). */
 function withUmask(umask: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync('sh', ['-c', `umask ${umask}; exec "$@"`, 'sh', process.execPath, kBin, ...args], { encoding: 'utf8' });
+  const r = spawnSync('sh', ['-c', `umask ${umask}; exec "$@"`, 'sh', process.execPath, kBin, ...args], {
+    encoding: 'utf8',
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -56,15 +58,26 @@ describe('faults: privacy of what we create', () => {
     const src = path.join(dir, 'a.ram');
     denseBlock(src, 1, 2048);
     const out = path.join(dir, 's.fxr');
-    const w = new Watched(['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      slowEnv(t, so, { delayUs: 20_000, path: dir }), { argv0: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] });
+    const w = new Watched(
+      ['save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
+      slowEnv(t, so, { delayUs: 20_000, path: dir }),
+      { argv0: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] },
+    );
     reap(t, w);
     // the first progress event comes after the temp file and the lock exist, before any page moves
     const e = await w.waitFor(() => true);
     assert.ok(e, `the save never reported progress: ${w.stderr}`);
     const live = fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock'));
-    assert.equal(live.filter((f) => f.endsWith('.tmp')).length, 1, `no temp file seen while the save ran: ${live.join(", ")}`);
-    assert.equal(live.filter((f) => f.endsWith('.lock')).length, 1, `no lock file seen while the save ran: ${live.join(", ")}`);
+    assert.equal(
+      live.filter((f) => f.endsWith('.tmp')).length,
+      1,
+      `no temp file seen while the save ran: ${live.join(', ')}`,
+    );
+    assert.equal(
+      live.filter((f) => f.endsWith('.lock')).length,
+      1,
+      `no lock file seen while the save ran: ${live.join(', ')}`,
+    );
     for (const f of live) assert.equal(mode(path.join(dir, f)), '600', f);
     const x = await w.exited;
     assert.equal(x.status, 0, x.stderr);
@@ -109,8 +122,12 @@ describe('faults: privacy of what we create', () => {
       assert.equal(mode(path.join(dir, `out-${u}`)), '700', `umask ${u}: the parent of DIR`);
       assert.equal(mode(out), '700', `umask ${u}: DIR`);
       const seen = modes(out);
-      assert.ok(seen.some(([p]) => p.endsWith('+')), 'the long name made no "+" directory');
-      for (const [p, m] of seen) assert.equal(m, fs.statSync(path.join(out, p)).isDirectory() ? '700' : '600', `umask ${u}: ${p}`);
+      assert.ok(
+        seen.some(([p]) => p.endsWith('+')),
+        'the long name made no "+" directory',
+      );
+      for (const [p, m] of seen)
+        assert.equal(m, fs.statSync(path.join(out, p)).isDirectory() ? '700' : '600', `umask ${u}: ${p}`);
     }
   });
 

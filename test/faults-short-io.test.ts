@@ -37,7 +37,10 @@ function roundTrip(t: TestContext, shim: { funcs: string; mode: string }) {
   for (const j of ['3']) {
     const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-b', `b=${b}`, '-j', j], { env });
     assert.equal(s.status, 0, s.stderr);
-    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(clean)), `-j ${j}: the snapshot differs from an undisturbed save`);
+    assert.ok(
+      fs.readFileSync(out).equals(fs.readFileSync(clean)),
+      `-j ${j}: the snapshot differs from an undisturbed save`,
+    );
   }
   const v = fixedram(['verify', out, '--against', `a=${a}`, '-j', '2'], { env });
   assert.equal(v.status, 0, v.stderr + v.stdout);
@@ -60,7 +63,10 @@ describe('faults: short I/O', () => {
   it('#5 short pwritev/preadv counts (half, 1 byte), EINTR and EAGAIN: save/verify/load byte-identical', (t) => {
     const rep = roundTrip(t, { funcs: 'pwritev,preadv', mode: 'short,eintr,onebyte,full,eagain,short' });
     if (!rep) return;
-    assert.ok(rep.short > 10 && rep.eintr > 3 && rep.eagain > 3, `the shim injected too little: ${JSON.stringify(rep)}`);
+    assert.ok(
+      rep.short > 10 && rep.eintr > 3 && rep.eagain > 3,
+      `the shim injected too little: ${JSON.stringify(rep)}`,
+    );
   });
 
   it('#5 every pwritev/preadv fails once with EINTR before it succeeds: byte-identical', (t) => {
@@ -88,7 +94,9 @@ describe('faults: short I/O', () => {
     assert.equal(fixedram(['save', '-o', clean, '-b', `a=${a}`, '--no-fsync']).status, 0);
     const out = path.join(dir, 'shim.fxr');
     const report = path.join(dir, 'shim.txt');
-    const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '2'], { env: shimEnv(so, { funcs: 'pwritev', mode: 'onebyte,short', report, path: dir }) });
+    const s = fixedram(['save', '-o', out, '-b', `a=${a}`, '-j', '2'], {
+      env: shimEnv(so, { funcs: 'pwritev', mode: 'onebyte,short', report, path: dir }),
+    });
     assert.equal(s.status, 0, s.stderr);
     assert.ok(fs.readFileSync(out).equals(fs.readFileSync(clean)));
     // the premise: the short writes were really injected

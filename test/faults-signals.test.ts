@@ -31,7 +31,10 @@ describe('faults: signals', () => {
       const so = shimPath();
       if (!requireSetup(t, so)) return;
       const { dir, src, out, oldHash, srcHash } = setup(t);
-      const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '2'], slowEnv(t, so, { delayUs: 100_000 }));
+      const w = new Watched(
+        ['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '2'],
+        slowEnv(t, so, { delayUs: 100_000 }),
+      );
       reap(t, w);
       assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
       w.kill(sig);
@@ -53,7 +56,10 @@ describe('faults: signals', () => {
     const { dir, src, out, oldHash } = setup(t);
     // every transfer sleeps 3 s: the first SIGINT cannot finish the run quickly (channels only look at
     // the cancel flag between batches), so a quick exit proves the second one acted
-    const w = new Watched(['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1'], slowEnv(t, so, { delayUs: 3_000_000 }));
+    const w = new Watched(
+      ['save', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1'],
+      slowEnv(t, so, { delayUs: 3_000_000 }),
+    );
     reap(t, w);
     // midway: one batch is done and the channel has claimed the next, so it is inside a slow call
     // (waiting a fixed time after the first event was not enough on a loaded machine: the channel
@@ -80,13 +86,19 @@ describe('faults: signals', () => {
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);
     const target = path.join(dir, 'target.ram');
-    const w = new Watched(['load', snap, '-b', `mem=${target}`, '--progress', 'json', '-j', '2'], slowEnv(t, so, { delayUs: 100_000 }));
+    const w = new Watched(
+      ['load', snap, '-b', `mem=${target}`, '--progress', 'json', '-j', '2'],
+      slowEnv(t, so, { delayUs: 100_000 }),
+    );
     reap(t, w);
     assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
     w.kill('SIGINT');
     const e = await w.exited;
     assert.equal(e.status, 130, e.stderr);
-    assert.match(e.stderr, new RegExp(`interrupted: the targets are incomplete \\('${target.replace(/[.]/g, '\\.')}'\\)`));
+    assert.match(
+      e.stderr,
+      new RegExp(`interrupted: the targets are incomplete \\('${target.replace(/[.]/g, '\\.')}'\\)`),
+    );
     assertNoStack(e.stderr);
     // the snapshot is untouched and still verifies
     assert.equal((await verify({ snapshot: snap })).ok, true);
@@ -98,8 +110,10 @@ describe('faults: signals', () => {
     const { dir, src } = setup(t);
     const snap = path.join(dir, 'new.fxr');
     assert.equal(fixedram(['save', '-o', snap, '-b', `mem=${src}`, '--no-fsync']).status, 0);
-    const w = new Watched(['load', snap, '--dir', path.join(dir, 'out'), '--progress', 'json', '--json', '-j', '1'],
-      slowEnv(t, so, { delayUs: 100_000 }));
+    const w = new Watched(
+      ['load', snap, '--dir', path.join(dir, 'out'), '--progress', 'json', '--json', '-j', '1'],
+      slowEnv(t, so, { delayUs: 100_000 }),
+    );
     reap(t, w);
     assert.ok(await w.midway());
     w.kill('SIGTERM');

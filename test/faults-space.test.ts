@@ -51,7 +51,8 @@ describe('faults: space', () => {
     const fd = fs.openSync(src, 'w');
     fs.ftruncateSync(fd, 2 ** 31);
     fs.writeSync(fd, Buffer.alloc(3 << 20, 0x5a), 0, 3 << 20, 0);
-    for (let page = 1024; page < 2 ** 31 / 4096; page += 512) fs.writeSync(fd, Buffer.alloc(4096, 0x5b), 0, 4096, page * 4096);
+    for (let page = 1024; page < 2 ** 31 / 4096; page += 512)
+      fs.writeSync(fd, Buffer.alloc(4096, 0x5b), 0, 4096, page * 4096);
     fs.closeSync(fd);
     const out = path.join(mnt, 'snap.fxr');
     const r = fixedram(['save', '-o', out, '-b', `mem=${src}`, '-j', '2']);
@@ -71,9 +72,13 @@ describe('faults: space', () => {
     assert.equal(fixedram(['save', '-o', out, '-b', `mem=${small}`]).status, 0);
     const oldHash = sha1(out);
     const limit = 3 << 20; // the old snapshot (1 MiB + 64 KiB) fits, the new one (5 MiB) does not
-    const r = spawnSync('prlimit', [`--fsize=${limit}`, process.execPath, kBin, 'save', '-o', out, '-b', `mem=${big}`], {
-      encoding: 'utf8',
-    });
+    const r = spawnSync(
+      'prlimit',
+      [`--fsize=${limit}`, process.execPath, kBin, 'save', '-o', out, '-b', `mem=${big}`],
+      {
+        encoding: 'utf8',
+      },
+    );
     if (!requirePrereq(t, !r.error, `prlimit is not available: ${r.error?.message}`)) return;
     assert.equal(r.status, 4, r.stderr);
     assert.match(r.stderr, /EFBIG: file too large/);

@@ -25,9 +25,14 @@ describe('faults: failing standard streams', () => {
     const report = path.join(dir, '..', `${path.basename(dir)}.shim`);
     t.after(() => fs.rmSync(report, { force: true }));
     // slowed (every page transfer 30 ms) so that many progress events come after stderr is closed
-    const child = spawn(process.execPath, [kBin, 'save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'], {
-      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...shimEnv(so, { delayUs: 30_000, path: dir, report }) },
-    });
+    const child = spawn(
+      process.execPath,
+      [kBin, 'save', '-o', out, '-b', `a=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...shimEnv(so, { delayUs: 30_000, path: dir, report }) },
+      },
+    );
     let stdout = '';
     child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
     // read the first line of stderr, then close our end, like `2> >(head -n1 >/dev/null)`
@@ -38,7 +43,10 @@ describe('faults: failing standard streams', () => {
     assert.match(stdout, /^saved 1 block/);
     assert.deepEqual(leftovers(dir), [], 'a temp or lock file was left behind');
     assert.equal((await verify({ snapshot: out, against: [{ name: 'a', path: src }] })).ok, true);
-    assert.ok(readShimReport(report).calls >= 4, `the slow-down was not injected: ${JSON.stringify(readShimReport(report))}`);
+    assert.ok(
+      readShimReport(report).calls >= 4,
+      `the slow-down was not injected: ${JSON.stringify(readShimReport(report))}`,
+    );
   });
 
   it('stdout on /dev/full after the work: one line on stderr, exit 4, the snapshot written', async (t) => {
@@ -49,7 +57,9 @@ describe('faults: failing standard streams', () => {
     const out = path.join(dir, 's.fxr');
     const full = fs.openSync('/dev/full', 'w');
     t.after(() => fs.closeSync(full));
-    const child = spawn(process.execPath, [kBin, 'save', '-o', out, '-b', `a=${src}`, '--no-fsync'], { stdio: ['ignore', full, 'pipe'] });
+    const child = spawn(process.execPath, [kBin, 'save', '-o', out, '-b', `a=${src}`, '--no-fsync'], {
+      stdio: ['ignore', full, 'pipe'],
+    });
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     const status = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));

@@ -29,14 +29,21 @@ describe('faults: verify and save --update', () => {
     const so = shimPath();
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
-    const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      slowEnv(t, so, { delayUs: 2_000_000, path: dir })); // slow enough (2 s per write) that the inspect and verify below run while it runs
+    const up = new Watched(
+      ['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
+      slowEnv(t, so, { delayUs: 2_000_000, path: dir }),
+    ); // slow enough (2 s per write) that the inspect and verify below run while it runs
     reap(t, up);
     assert.ok(await up.midway(), `the update never got midway: ${up.stderr}`);
     // inspect reads the metadata without the lock, and says the same (exit 0: it is a state)
     const i = fixedram(['inspect', out, '--json']);
     assert.equal(i.status, 0, i.stderr);
-    const ij = JSON.parse(i.stdout) as { state: string; stateMessage?: string; updateRunning?: boolean; updaterPid?: number };
+    const ij = JSON.parse(i.stdout) as {
+      state: string;
+      stateMessage?: string;
+      updateRunning?: boolean;
+      updaterPid?: number;
+    };
     assert.deepEqual([ij.state, ij.updateRunning, ij.updaterPid], ['updating', true, up.child.pid], i.stdout);
     assert.match(ij.stateMessage ?? '', new RegExp(`^being updated in place by pid ${up.child.pid} right now`));
     const v = fixedram(['verify', out]);
@@ -53,8 +60,10 @@ describe('faults: verify and save --update', () => {
     const so = shimPath();
     if (!requireSetup(t, so)) return;
     const { dir, src, out } = setup(t);
-    const up = new Watched(['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
-      slowEnv(t, so, { delayUs: 100_000, path: dir }));
+    const up = new Watched(
+      ['save', '--update', '-o', out, '-b', `mem=${src}`, '--progress', 'json', '-j', '1', '--no-fsync'],
+      slowEnv(t, so, { delayUs: 100_000, path: dir }),
+    );
     reap(t, up);
     assert.ok(await up.midway(), up.stderr);
     up.kill('SIGKILL');
@@ -75,14 +84,15 @@ describe('faults: verify and save --update', () => {
     const seen: Record<string, number> = {};
     for (let k = 0; k < 12; k++) {
       denseBlock(src, 1, kPages, { generation: 3 + k });
-      const run = (args: string[]) => new Promise<{ status: number | null; stderr: string; stdout: string }>((resolve) => {
-        const c = fixedramChild(args);
-        let stdout = '';
-        let stderr = '';
-        c.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-        c.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-        c.on('close', (status) => resolve({ status, stdout, stderr }));
-      });
+      const run = (args: string[]) =>
+        new Promise<{ status: number | null; stderr: string; stdout: string }>((resolve) => {
+          const c = fixedramChild(args);
+          let stdout = '';
+          let stderr = '';
+          c.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+          c.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+          c.on('close', (status) => resolve({ status, stdout, stderr }));
+        });
       const [u, v] = await Promise.all([
         run(['save', '--update', '-o', out, '-b', `mem=${src}`, '--no-fsync', '-j', '1']),
         new Promise<void>((r) => setTimeout(r, k * 7)).then(() => run(['verify', out, '-j', '1'])),

@@ -52,16 +52,26 @@ describe('format oracle: an independent reader of docs/format-v1.md', () => {
       await save({ output: snap, blocks, pageSize: ps, channels: 2 });
       const o = oracleRead(snap);
       assert.equal(o.complete, true);
-      assert.deepEqual(o.blocks.map((b) => [b.name, b.pageSize]), blocks.map((b) => [b.name, ps]));
-      for (const b of blocks) assert.ok(oracleBlockData(snap, o, b.name).equals(fs.readFileSync(b.path)), `${b.name} differs`);
-      assert.ok(o.blocks[0]!.present.length > 0 && o.blocks[0]!.present.length < 300, 'premise: holes, zero and data pages');
+      assert.deepEqual(
+        o.blocks.map((b) => [b.name, b.pageSize]),
+        blocks.map((b) => [b.name, ps]),
+      );
+      for (const b of blocks)
+        assert.ok(oracleBlockData(snap, o, b.name).equals(fs.readFileSync(b.path)), `${b.name} differs`);
+      assert.ok(
+        o.blocks[0]!.present.length > 0 && o.blocks[0]!.present.length < 300,
+        'premise: holes, zero and data pages',
+      );
     }
   });
 
   it('the reference writer (independent of src/) writes the same bytes as save', async (t) => {
     if (!needXxhsum(t)) return;
     const dir = tempDir(t);
-    const blocks = [{ name: 'x', path: path.join(dir, 'x.ram') }, { name: 'y', path: path.join(dir, 'y.ram') }];
+    const blocks = [
+      { name: 'x', path: path.join(dir, 'x.ram') },
+      { name: 'y', path: path.join(dir, 'y.ram') },
+    ];
     makeBlock(blocks[0]!.path, 1, 513);
     makeBlock(blocks[1]!.path, 2, 64);
     const ours = path.join(dir, 'ours.fxr');
@@ -101,7 +111,10 @@ describe('format oracle: an independent reader of docs/format-v1.md', () => {
     for (const b of o.blocks) {
       const target = path.join(dir, `qemu-${o.blocks.indexOf(b)}.ram`);
       await load({ snapshot: mig, blocks: [{ name: b.name, path: target }] });
-      assert.ok(oracleBlockData(snap, o, b.name).equals(fs.readFileSync(target)), `${b.name} differs from the QEMU file`);
+      assert.ok(
+        oracleBlockData(snap, o, b.name).equals(fs.readFileSync(target)),
+        `${b.name} differs from the QEMU file`,
+      );
     }
   });
 
@@ -115,8 +128,12 @@ describe('format oracle: an independent reader of docs/format-v1.md', () => {
     const o = oracleRead(good);
     const b = o.blocks[0]!;
     const cases: [string, number, number][] = [
-      ['header field', 32, 2], ['block name', 64 + 64, 2], ['bitmap', b.bitmapOffset, 5], ['checksum table', b.checksumsOffset + 8 * b.present[0]!, 5],
-      ['present page', b.pagesOffset + b.present[0]! * b.pageSize + 100, 6], ['padding', b.checksumsOffset + 8 * b.pages + 16, 6],
+      ['header field', 32, 2],
+      ['block name', 64 + 64, 2],
+      ['bitmap', b.bitmapOffset, 5],
+      ['checksum table', b.checksumsOffset + 8 * b.present[0]!, 5],
+      ['present page', b.pagesOffset + b.present[0]! * b.pageSize + 100, 6],
+      ['padding', b.checksumsOffset + 8 * b.pages + 16, 6],
     ];
     const absent = [...Array(b.pages).keys()].find((p) => !b.present.includes(p))!;
     cases.push(['absent slot', b.pagesOffset + absent * b.pageSize, 6]);
@@ -124,9 +141,16 @@ describe('format oracle: an independent reader of docs/format-v1.md', () => {
       const bad = path.join(dir, 'bad.fxr');
       fs.copyFileSync(good, bad);
       flipByte(bad, offset);
-      assert.throws(() => oracleRead(bad), (err: unknown) => err instanceof OracleError && err.rule === rule, `${what}: not rejected by rule ${rule}`);
+      assert.throws(
+        () => oracleRead(bad),
+        (err: unknown) => err instanceof OracleError && err.rule === rule,
+        `${what}: not rejected by rule ${rule}`,
+      );
     }
     fs.truncateSync(path.join(dir, 'bad.fxr'), o.fileSize - 1);
-    assert.throws(() => oracleRead(path.join(dir, 'bad.fxr')), (err: unknown) => err instanceof OracleError && err.rule === 4);
+    assert.throws(
+      () => oracleRead(path.join(dir, 'bad.fxr')),
+      (err: unknown) => err instanceof OracleError && err.rule === 4,
+    );
   });
 });

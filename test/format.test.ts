@@ -2,7 +2,15 @@ import * as assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { decodeBlockName, encodeBlockName } from '../src/block-names';
 import {
-  decodeHeader, encodeHeader, firstAbsentNonZero, kFlagComplete, kHeaderBytes, kPagesAlign, packBitmap, packBitmapCount, planLayout,
+  decodeHeader,
+  encodeHeader,
+  firstAbsentNonZero,
+  kFlagComplete,
+  kHeaderBytes,
+  kPagesAlign,
+  packBitmap,
+  packBitmapCount,
+  planLayout,
   unpackBitmap,
 } from '../src/format';
 import { native } from '../src/native';
@@ -38,23 +46,34 @@ describe('format v1 layout', () => {
   });
 
   it('round-trips the header and block table, and checks the header checksum', () => {
-    const layout = planLayout([{ name: 'mem0', length: 8192, pageSize: 4096 }, { name: '/rom@etc/x', length: 0, pageSize: 4096 }]);
+    const layout = planLayout([
+      { name: 'mem0', length: 8192, pageSize: 4096 },
+      { name: '/rom@etc/x', length: 0, pageSize: 4096 },
+    ]);
     const buf = encodeHeader(layout, kFlagComplete, [1, 0], [123n, 0n], hash64);
     const file = Buffer.alloc(layout.fileSize);
     buf.copy(file);
     const h = decodeHeader(file, file.length, hash64);
-    assert.deepEqual(h.blocks.map((b) => [b.name, b.length, b.pagesOffset]), layout.blocks.map((b) => [b.name, b.length, b.pagesOffset]));
+    assert.deepEqual(
+      h.blocks.map((b) => [b.name, b.length, b.pagesOffset]),
+      layout.blocks.map((b) => [b.name, b.length, b.pagesOffset]),
+    );
     assert.deepEqual(h.presentPages, [1, 0]);
     assert.equal(h.flags, kFlagComplete);
     file[kHeaderBytes + 70] ^= 1;
-    assert.throws(() => decodeHeader(file, file.length, hash64), { code: 'ERR_SNAPSHOT_INVALID', message: /header checksum/ });
+    assert.throws(() => decodeHeader(file, file.length, hash64), {
+      code: 'ERR_SNAPSHOT_INVALID',
+      message: /header checksum/,
+    });
   });
 
   it('reports a short file as truncated with the region it cuts', () => {
     const layout = planLayout([{ name: 'mem0', length: 4 << 20, pageSize: 4096 }]);
     const buf = encodeHeader(layout, kFlagComplete, [0], [0n], hash64);
-    assert.throws(() => decodeHeader(buf, layout.fileSize - 1, hash64),
-      { code: 'ERR_SNAPSHOT_TRUNCATED', message: /inside the pages of block 'mem0'/ });
+    assert.throws(() => decodeHeader(buf, layout.fileSize - 1, hash64), {
+      code: 'ERR_SNAPSHOT_TRUNCATED',
+      message: /inside the pages of block 'mem0'/,
+    });
   });
 
   it('packs bitmaps least significant bit first, and refuses bits past the end', () => {
@@ -66,7 +85,10 @@ describe('format v1 layout', () => {
     assert.equal(unpackBitmap(bm, 70, back, 'x', 0), 6);
     assert.deepEqual(back, present);
     bm[8] |= 0x40; // page 70: past the end
-    assert.throws(() => unpackBitmap(bm, 70, new Uint8Array(70), 'x', 100), { code: 'ERR_SNAPSHOT_INVALID', message: /bit 70/ });
+    assert.throws(() => unpackBitmap(bm, 70, new Uint8Array(70), 'x', 100), {
+      code: 'ERR_SNAPSHOT_INVALID',
+      message: /bit 70/,
+    });
   });
 
   it('packs and unpacks (native loops) exactly as bit by bit, at every length around a byte and word edge', () => {
@@ -86,12 +108,18 @@ describe('format v1 layout', () => {
       assert.equal(bm.count, present.filter((v) => v !== 0).length, `pages ${pages}`);
       const back = new Uint8Array(pages);
       assert.equal(unpackBitmap(bm.bitmap, pages, back, 'x', 0), bm.count);
-      assert.deepEqual([...back], [...present].map((v) => (v ? 1 : 0)), `pages ${pages}`);
+      assert.deepEqual(
+        [...back],
+        [...present].map((v) => (v ? 1 : 0)),
+        `pages ${pages}`,
+      );
       if (pages % 8 !== 0) {
         // a bit past the end in the last, partial byte is still refused
         const bad = Buffer.from(bm.bitmap);
         bad[pages >> 3]! |= 1 << (pages & 7);
-        assert.throws(() => unpackBitmap(bad, pages, new Uint8Array(pages), 'x', 0), { message: new RegExp(`bit ${pages} `) });
+        assert.throws(() => unpackBitmap(bad, pages, new Uint8Array(pages), 'x', 0), {
+          message: new RegExp(`bit ${pages} `),
+        });
       }
     }
   });
@@ -103,11 +131,11 @@ describe('format v1 layout', () => {
     for (const shift of [0, 1, 4]) {
       const backing = new Uint8Array(8 * pages + shift);
       const csums = backing.subarray(shift);
-      for (let p = 0; p < pages; p++) if (present[p]) csums[8 * p + (p % 8)] = 0xa5;  // present: any value
+      for (let p = 0; p < pages; p++) if (present[p]) csums[8 * p + (p % 8)] = 0xa5; // present: any value
       assert.equal(firstAbsentNonZero(bitmap, csums, pages), -1);
       for (const bad of [1, 2, 322, 997, 998]) {
         assert.equal(present[bad], 0, `page ${bad} is absent`);
-        csums[8 * bad + 7] = 1;  // the last byte of the entry
+        csums[8 * bad + 7] = 1; // the last byte of the entry
         assert.equal(firstAbsentNonZero(bitmap, csums, pages), bad, `page ${bad}, shift ${shift}`);
         csums[8 * bad + 7] = 0;
       }
@@ -118,8 +146,22 @@ describe('format v1 layout', () => {
 });
 
 describe('block name encoding for load --dir', () => {
-  const names = ['mem0', '0000:00:01.0/vga.vram', '/rom@etc/acpi/tables', '..', '.', '.hidden', 'a%2Fb', 'a/b', 'ä€',
-    'x'.repeat(255), '/'.repeat(255), 'a+b', ' ', '-'];
+  const names = [
+    'mem0',
+    '0000:00:01.0/vga.vram',
+    '/rom@etc/acpi/tables',
+    '..',
+    '.',
+    '.hidden',
+    'a%2Fb',
+    'a/b',
+    'ä€',
+    'x'.repeat(255),
+    '/'.repeat(255),
+    'a+b',
+    ' ',
+    '-',
+  ];
   it('never yields a path component that is empty, . or .., and never a /', () => {
     for (const n of names) {
       const enc = encodeBlockName(n);

@@ -8,7 +8,15 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fixedram } from './support/cli';
 import {
-  buildBase, expectOf, kBases, loadCorpus, mutate, oracleProblems, runCase, type Base, type CorpusCase,
+  buildBase,
+  expectOf,
+  kBases,
+  loadCorpus,
+  mutate,
+  oracleProblems,
+  runCase,
+  type Base,
+  type CorpusCase,
 } from './support/fuzz-driver';
 import { tempDir } from './support/tmp';
 

@@ -59,23 +59,27 @@ const s3Check = (args: string[], status: number): Record<string, unknown> => {
   try {
     return check(args, status);
   } finally {
-    for (const k of Object.keys(kS3Env)) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+    for (const k of Object.keys(kS3Env))
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
   }
 };
 
 const samples: Record<string, Sample> = {
-  push: (t) => s3Sample(t, async (bucket, snap) => {
-    const p = s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
-    assert.equal(p.snapshot, `s3://${bucket}/s`);
-    assert.equal(p.source, snap);
-  }),
-  pull: (t) => s3Sample(t, async (bucket, snap) => {
-    s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
-    const out = `${snap}.pulled`;
-    const p = s3Check(['pull', `s3://${bucket}/s`, out, '--json'], 0);
-    assert.equal(p.snapshot, out);
-    assert.equal(p.source, `s3://${bucket}/s`);
-  }),
+  push: (t) =>
+    s3Sample(t, async (bucket, snap) => {
+      const p = s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
+      assert.equal(p.snapshot, `s3://${bucket}/s`);
+      assert.equal(p.source, snap);
+    }),
+  pull: (t) =>
+    s3Sample(t, async (bucket, snap) => {
+      s3Check(['push', snap, `s3://${bucket}/s`, '--json'], 0);
+      const out = `${snap}.pulled`;
+      const p = s3Check(['pull', `s3://${bucket}/s`, out, '--json'], 0);
+      assert.equal(p.snapshot, out);
+      assert.equal(p.source, `s3://${bucket}/s`);
+    }),
   save: (t) => {
     const { a, b, snap } = blocks(t);
     const s = check(['save', '-o', snap, '-b', `a=${a}`, '-b', `b=${b}`, '--json'], 0);
@@ -165,13 +169,26 @@ async function vmSample(t: TestContext) {
 }
 
 const program = makeProgram({ stdout: process.stdout, stderr: process.stderr, setExitCode: () => undefined });
-const names = commandsOf(program).map((c) => c.name).filter((n) => n !== 'completion');
+const names = commandsOf(program)
+  .map((c) => c.name)
+  .filter((n) => n !== 'completion');
 
 describe('--json output matches docs/json.schema.json', () => {
   it('the schema rejects what the doc forbids (the validator is live)', () => {
-    assert.equal(validate({ schemaVersion: 1, command: 'save', ok: true, exitCode: 0 }), false, 'a save result without its fields');
-    assert.equal(validate({ schemaVersion: 1, command: 'x', ok: false, exitCode: 4, error: { code: 'E', message: 'a\nb' } }), false, 'a two-line message');
-    assert.equal(validate({ schemaVersion: 1, command: null, ok: false, exitCode: 2, error: { code: 'ERR_USAGE', message: 'm' } }), true);
+    assert.equal(
+      validate({ schemaVersion: 1, command: 'save', ok: true, exitCode: 0 }),
+      false,
+      'a save result without its fields',
+    );
+    assert.equal(
+      validate({ schemaVersion: 1, command: 'x', ok: false, exitCode: 4, error: { code: 'E', message: 'a\nb' } }),
+      false,
+      'a two-line message',
+    );
+    assert.equal(
+      validate({ schemaVersion: 1, command: null, ok: false, exitCode: 2, error: { code: 'ERR_USAGE', message: 'm' } }),
+      true,
+    );
   });
 
   for (const name of names) {
@@ -191,8 +208,10 @@ describe('--json output matches docs/json.schema.json', () => {
     const { dir, snap } = blocks(t);
     const missing = path.join(dir, 'missing.ram');
     const s = check(['save', '-o', snap, '-b', `m=${missing}`, '--json'], 4);
-    assert.deepEqual({ ...(s.error as object), message: undefined },
-      { code: 'ENOENT', message: undefined, errno: -2, syscall: 'open', path: missing, block: 'm' });
+    assert.deepEqual(
+      { ...(s.error as object), message: undefined },
+      { code: 'ENOENT', message: undefined, errno: -2, syscall: 'open', path: missing, block: 'm' },
+    );
     const i = check(['inspect', missing, '--json'], 4);
     assert.equal(i.command, 'inspect');
     fs.writeFileSync(path.join(dir, 'junk'), Buffer.alloc(8192, 7));
@@ -209,7 +228,10 @@ describe('--json output matches docs/json.schema.json', () => {
     const { a, snap } = blocks(t);
     const r = fixedram(['save', '-o', snap, '-b', `a=${a}`, '--progress', 'json']);
     assert.equal(r.status, 0, r.stderr);
-    const events = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const events = r.stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     assert.ok(events.length >= 1);
     for (const e of events) {
       assert.deepEqual(Object.keys(e), ['event', 'schemaVersion', 'command', 'bytesDone', 'bytesTotal', 'elapsedMs']);

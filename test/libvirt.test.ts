@@ -88,7 +88,9 @@ describe('libvirt: virsh save → fixedram convert → fixedram export → virsh
   it('virsh save --image-format sparse → convert keeps RAM, device state and libvirt header; virsh restore of the image counts on', async () => {
     const serial = path.join(dir, 'serial.txt');
     const xml = path.join(dir, 'domain.xml');
-    fs.writeFileSync(xml, `<domain type='qemu'>
+    fs.writeFileSync(
+      xml,
+      `<domain type='qemu'>
   <name>${domain}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
@@ -99,7 +101,8 @@ describe('libvirt: virsh save → fixedram convert → fixedram export → virsh
     <memballoon model='none'/>
   </devices>
 </domain>
-`);
+`,
+    );
     const c = virsh('create', xml);
     assert.equal(c.status, 0, c.stderr);
     await waitForCounts(serial, 3);
@@ -112,7 +115,9 @@ describe('libvirt: virsh save → fixedram convert → fixedram export → virsh
     const snap = path.join(dir, 'domain.fxr');
     const conv = fixedram(['convert', image, '-o', snap, '--json']);
     assert.equal(conv.status, 0, conv.stderr);
-    const info = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { deviceState?: { kind: string; origin: { libvirt?: unknown } } };
+    const info = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as {
+      deviceState?: { kind: string; origin: { libvirt?: unknown } };
+    };
     assert.equal(info.deviceState?.kind, 'qemu-mapped-ram');
     assert.ok(info.deviceState?.origin.libvirt, 'the libvirt header is kept');
 
@@ -132,8 +137,10 @@ describe('libvirt: virsh save → fixedram convert → fixedram export → virsh
     exported = { snap, saved, serial };
   });
 
-  it('export of the converted snapshot → virsh restore: the domain counts on from the saved count',
-    { todo: haveExport ? false : 'fixedram export is not in this build yet' }, async () => {
+  it(
+    'export of the converted snapshot → virsh restore: the domain counts on from the saved count',
+    { todo: haveExport ? false : 'fixedram export is not in this build yet' },
+    async () => {
       assert.ok(exported, 'the first test made the snapshot');
       const { snap, saved, serial } = exported;
       const back = path.join(dir, 'restored.save');
@@ -145,5 +152,6 @@ describe('libvirt: virsh save → fixedram convert → fixedram export → virsh
       assert.match(virsh('domstate', domain).stdout, /running/);
       const after = await waitForCounts(serial, 3);
       assert.deepEqual(after.slice(0, 3), [saved + 1, saved + 2, saved + 3]);
-  });
+    },
+  );
 });

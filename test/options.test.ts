@@ -9,32 +9,52 @@ import { describe, it } from 'node:test';
 import { convert, exportSnapshot, load, save, update, verify } from '../src/index';
 import { FixedramError } from '../src/errors';
 import {
-  checkBatchBytes, checkChannels, checkFsync, checkPageSize, checkUniqueNames, defaultChannels, kMaxChannels, requireOption,
+  checkBatchBytes,
+  checkChannels,
+  checkFsync,
+  checkPageSize,
+  checkUniqueNames,
+  defaultChannels,
+  kMaxChannels,
+  requireOption,
 } from '../src/options';
 import { kDefaultBatchBytes } from '../src/plan';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
-const usage = (re: RegExp) => (err: unknown): boolean => err instanceof FixedramError && err.code === 'ERR_USAGE' && err.exitCode === 2 && re.test(err.message);
+const usage =
+  (re: RegExp) =>
+  (err: unknown): boolean =>
+    err instanceof FixedramError && err.code === 'ERR_USAGE' && err.exitCode === 2 && re.test(err.message);
 
 describe('shared option checks (options.ts)', () => {
   it('each option has one rule: channels 1..64 (default one per CPU), batchBytes ≥ 0, pageSize a power of two 4096..1 GiB, fsync on by default', () => {
     assert.equal(checkChannels(undefined), defaultChannels());
     assert.equal(checkChannels(1), 1);
     assert.equal(checkChannels(kMaxChannels), kMaxChannels);
-    for (const bad of [0, -1, kMaxChannels + 1, 1.5, Number.NaN]) assert.throws(() => checkChannels(bad), usage(/option channels must be an integer from 1 to 64/));
+    for (const bad of [0, -1, kMaxChannels + 1, 1.5, Number.NaN])
+      assert.throws(() => checkChannels(bad), usage(/option channels must be an integer from 1 to 64/));
     assert.equal(checkBatchBytes(undefined), kDefaultBatchBytes);
     assert.equal(checkBatchBytes(0), 0);
     assert.equal(checkBatchBytes(65536), 65536);
-    for (const bad of [-1, 0.5, Number.POSITIVE_INFINITY]) assert.throws(() => checkBatchBytes(bad), usage(/option batchBytes/));
+    for (const bad of [-1, 0.5, Number.POSITIVE_INFINITY])
+      assert.throws(() => checkBatchBytes(bad), usage(/option batchBytes/));
     assert.equal(checkPageSize(undefined), undefined);
     assert.equal(checkPageSize(2 << 20), 2 << 20);
-    for (const bad of [512, 4097, 2 ** 31]) assert.throws(() => checkPageSize(bad), usage(/option pageSize must be a power of two from 4096 to 1 GiB/));
+    for (const bad of [512, 4097, 2 ** 31])
+      assert.throws(() => checkPageSize(bad), usage(/option pageSize must be a power of two from 4096 to 1 GiB/));
     assert.equal(checkFsync(undefined), true);
     assert.equal(checkFsync(false), false);
     assert.equal(requireOption('x', 'never'), 'x');
     assert.throws(() => requireOption('', 'an output file is required'), usage(/an output file is required/));
-    assert.throws(() => checkUniqueNames([{ name: 'a', path: '1' }, { name: 'a', path: '2' }]), usage(/block 'a' is given more than once/));
+    assert.throws(
+      () =>
+        checkUniqueNames([
+          { name: 'a', path: '1' },
+          { name: 'a', path: '2' },
+        ]),
+      usage(/block 'a' is given more than once/),
+    );
   });
 
   it('every command core refuses a bad channel count before any work: nothing created, the target untouched', async (t) => {

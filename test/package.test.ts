@@ -20,7 +20,10 @@ const commands = commandsOf(program).map((c) => c.name);
 /** The flags a help text lists (`-j, --channels <n>` → -j, --channels). */
 function helpFlags(help: string): Set<string> {
   const flags = new Set<string>();
-  const section = help.slice(help.indexOf('Options:'), help.indexOf('Exit status:') >= 0 ? help.indexOf('Exit status:') : undefined);
+  const section = help.slice(
+    help.indexOf('Options:'),
+    help.indexOf('Exit status:') >= 0 ? help.indexOf('Exit status:') : undefined,
+  );
   for (const line of section.split('\n')) {
     const m = /^ {2}(-[A-Za-z], )?(--[a-z][\w-]*)/.exec(line);
     if (!m) continue;
@@ -49,7 +52,11 @@ function readmeUsage(): { perCommand: Map<string, Set<string>>; global: Set<stri
 
 describe('the package', () => {
   it("require('fixedram') gives the typed core and loads neither commander nor the CLI", () => {
-    const r = spawnSync(process.execPath, ['-e', `
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `
       const api = require('fixedram');
       const loaded = Object.keys(require.cache);
       let blocked = '';
@@ -59,10 +66,14 @@ describe('the package', () => {
         commander: loaded.filter((f) => f.includes('/node_modules/commander/')),
         cli: loaded.filter((f) => f.includes('/dist/src/cli/')),
         blocked,
-      }));`], { cwd: root, encoding: 'utf8' });
+      }));`,
+      ],
+      { cwd: root, encoding: 'utf8' },
+    );
     assert.equal(r.status, 0, r.stderr);
     const o = JSON.parse(r.stdout) as { exports: string[]; commander: string[]; cli: string[]; blocked: string };
-    for (const f of ['save', 'update', 'load', 'verify', 'inspect', 'convert', 'ExitCode', 'FixedramError']) assert.ok(o.exports.includes(f), f);
+    for (const f of ['save', 'update', 'load', 'verify', 'inspect', 'convert', 'ExitCode', 'FixedramError'])
+      assert.ok(o.exports.includes(f), f);
     assert.ok(!o.exports.includes('runCli') && !o.exports.includes('main'), 'the CLI is not part of the library');
     assert.deepEqual(o.commander, [], 'commander was loaded by the library face');
     assert.deepEqual(o.cli, []);
@@ -70,16 +81,30 @@ describe('the package', () => {
   });
 
   it('the premise of that check: the bin does load commander', () => {
-    const r = spawnSync(process.execPath, ['-e', `
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `
       require(${JSON.stringify(path.join(root, 'dist', 'src', 'cli'))});
-      console.log(Object.keys(require.cache).some((f) => f.includes('/node_modules/commander/')))`], { encoding: 'utf8' });
+      console.log(Object.keys(require.cache).some((f) => f.includes('/node_modules/commander/')))`,
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.stdout.trim(), 'true');
   });
 
   it('README usage block, --help and the global options agree, command by command', () => {
     const { perCommand, global } = readmeUsage();
-    assert.ok(global.has('--json') && global.has('--log-level'), `the 'Every command also takes' sentence: ${[...global].join(' ')}`);
-    assert.deepEqual([...perCommand.keys()].sort(), [...commands].sort(), 'commands in the README usage block vs the program');
+    assert.ok(
+      global.has('--json') && global.has('--log-level'),
+      `the 'Every command also takes' sentence: ${[...global].join(' ')}`,
+    );
+    assert.deepEqual(
+      [...perCommand.keys()].sort(),
+      [...commands].sort(),
+      'commands in the README usage block vs the program',
+    );
     for (const name of commands) {
       const h = fixedram([...name.split(' '), '--help']);
       assert.equal(h.status, 0);
@@ -98,8 +123,15 @@ describe('the package', () => {
   it("every global option is in each command's help", () => {
     for (const c of kCommands) {
       const help = helpFlags(fixedram([...c.name.split(' '), '--help']).stdout);
-      const want = ['--json', '-q', '--quiet', '--log-level', '--log-format', ...(c.globals.channels ? ['-j', '--channels', '--progress'] : []),
-        ...(c.globals.followSymlinks ? ['--follow-symlinks'] : [])];
+      const want = [
+        '--json',
+        '-q',
+        '--quiet',
+        '--log-level',
+        '--log-format',
+        ...(c.globals.channels ? ['-j', '--channels', '--progress'] : []),
+        ...(c.globals.followSymlinks ? ['--follow-symlinks'] : []),
+      ];
       for (const f of want) assert.ok(help.has(f), `${c.name} --help lacks ${f}`);
     }
   });
@@ -112,25 +144,48 @@ describe('the package', () => {
   });
 
   it('the man page and the completions are current (scripts/gen-docs.sh)', (t) => {
-    if (!requirePrereq(t, spawnSync('help2man', ['--version']).status === 0, 'help2man is not installed (.ci/install-system installs it)')) return;
+    if (
+      !requirePrereq(
+        t,
+        spawnSync('help2man', ['--version']).status === 0,
+        'help2man is not installed (.ci/install-system installs it)',
+      )
+    )
+      return;
     const out = tempDir(t);
     const g = spawnSync('bash', [path.join(root, 'scripts', 'gen-docs.sh'), out], { cwd: root, encoding: 'utf8' });
     assert.equal(g.status, 0, g.stderr);
     const noDate = (s: string): string => s.replace(/^\.TH .*$/m, '.TH');
-    assert.equal(noDate(fs.readFileSync(path.join(out, 'man', 'fixedram.1'), 'utf8')),
-      noDate(fs.readFileSync(path.join(root, 'man', 'fixedram.1'), 'utf8')), 'man/fixedram.1 is stale: run scripts/gen-docs.sh');
+    assert.equal(
+      noDate(fs.readFileSync(path.join(out, 'man', 'fixedram.1'), 'utf8')),
+      noDate(fs.readFileSync(path.join(root, 'man', 'fixedram.1'), 'utf8')),
+      'man/fixedram.1 is stale: run scripts/gen-docs.sh',
+    );
     for (const f of ['fixedram.bash', '_fixedram']) {
-      assert.equal(fs.readFileSync(path.join(out, 'completion', f), 'utf8'), fs.readFileSync(path.join(root, 'completion', f), 'utf8'),
-        `completion/${f} is stale: run scripts/gen-docs.sh`);
+      assert.equal(
+        fs.readFileSync(path.join(out, 'completion', f), 'utf8'),
+        fs.readFileSync(path.join(root, 'completion', f), 'utf8'),
+        `completion/${f} is stale: run scripts/gen-docs.sh`,
+      );
     }
-    for (const name of commands) assert.match(fs.readFileSync(path.join(root, 'man', 'fixedram.1'), 'utf8'), new RegExp(`\\.SS "fixedram ${name}`));
+    for (const name of commands)
+      assert.match(
+        fs.readFileSync(path.join(root, 'man', 'fixedram.1'), 'utf8'),
+        new RegExp(`\\.SS "fixedram ${name}`),
+      );
   });
 
-  it('bash completion offers the commands and a command\'s flags', (t) => {
+  it("bash completion offers the commands and a command's flags", (t) => {
     const script = fixedram(['completion', 'bash']).stdout;
     const run = (words: string[]): string[] => {
-      const r = spawnSync('bash', ['-c', `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _fixedram; printf '%s\\n' "\${COMPREPLY[@]}"`],
-        { encoding: 'utf8', cwd: tempDir(t) });
+      const r = spawnSync(
+        'bash',
+        [
+          '-c',
+          `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _fixedram; printf '%s\\n' "\${COMPREPLY[@]}"`,
+        ],
+        { encoding: 'utf8', cwd: tempDir(t) },
+      );
       assert.equal(r.status, 0, r.stderr);
       return r.stdout.split('\n').filter(Boolean);
     };
@@ -153,9 +208,23 @@ describe('the package', () => {
     const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const files = new Set((JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path));
-    for (const f of ['LICENSE', 'README.md', 'package.json', 'bin/fixedram.js', 'dist/src/index.js', 'dist/src/cli/index.js',
-      'native/binding.gyp', 'native/vendor/xxhash/xxhash.h', 'native/vendor/xxhash/LICENSE', 'man/fixedram.1',
-      'completion/fixedram.bash', 'completion/_fixedram', 'docs/json.md', 'docs/json.schema.json', 'docs/format-v1.md']) {
+    for (const f of [
+      'LICENSE',
+      'README.md',
+      'package.json',
+      'bin/fixedram.js',
+      'dist/src/index.js',
+      'dist/src/cli/index.js',
+      'native/binding.gyp',
+      'native/vendor/xxhash/xxhash.h',
+      'native/vendor/xxhash/LICENSE',
+      'man/fixedram.1',
+      'completion/fixedram.bash',
+      'completion/_fixedram',
+      'docs/json.md',
+      'docs/json.schema.json',
+      'docs/format-v1.md',
+    ]) {
       assert.ok(files.has(f), `the package lacks ${f}`);
     }
     assert.ok(![...files].some((f) => f.startsWith('dist/test/') || f.startsWith('test/')), 'the package ships tests');
@@ -169,10 +238,14 @@ describe('core errors speak of options, the CLI of flags', () => {
     fs.writeFileSync(a, Buffer.alloc(8192, 1));
     fs.symlinkSync(a, path.join(dir, 'link'));
     const { save } = await import('../src/index');
-    await assert.rejects(save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: path.join(dir, 'link') }] }),
-      (err: Error) => /use option followSymlinks to accept it/.test(err.message) && !err.message.includes('--'));
-    await assert.rejects(save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: a }], channels: 999 }),
-      (err: Error) => /^option channels must be/.test(err.message));
+    await assert.rejects(
+      save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: path.join(dir, 'link') }] }),
+      (err: Error) => /use option followSymlinks to accept it/.test(err.message) && !err.message.includes('--'),
+    );
+    await assert.rejects(
+      save({ output: path.join(dir, 's.fxr'), blocks: [{ name: 'a', path: a }], channels: 999 }),
+      (err: Error) => /^option channels must be/.test(err.message),
+    );
     const r = fixedram(['save', '-o', path.join(dir, 's.fxr'), '-b', `a=${path.join(dir, 'link')}`]);
     assert.equal(r.status, 2);
     assert.match(r.stderr, /is a symbolic link; use --follow-symlinks to accept it/);

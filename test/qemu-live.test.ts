@@ -13,7 +13,15 @@ import { describe } from 'node:test';
 import { convert } from '../src/convert';
 import { decodeBlockName, encodeBlockName, inspect, load, verify } from '../src/index';
 import { fixedram } from './support/cli';
-import { infoRamblock, libvirtHeader, qemuMissing, saveMappedRam, startQemu, truncatedCopy, type QemuVm } from './support/qemu';
+import {
+  infoRamblock,
+  libvirtHeader,
+  qemuMissing,
+  saveMappedRam,
+  startQemu,
+  truncatedCopy,
+  type QemuVm,
+} from './support/qemu';
 import { fillFile, makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 import { prereqSuite } from './support/prereq';
@@ -36,7 +44,12 @@ describe('live QEMU mapped-ram saves', () => {
   let wrapped: { file: string; streamOffset: number };
 
   const memArgs = (): string[] => [
-    '-m', '32M', '-object', `memory-backend-file,id=mem0,size=32M,mem-path=${backend},share=on`, '-numa', 'node,memdev=mem0',
+    '-m',
+    '32M',
+    '-object',
+    `memory-backend-file,id=mem0,size=32M,mem-path=${backend},share=on`,
+    '-numa',
+    'node,memdev=mem0',
   ];
 
   /** Starts a paused guest, saves it to `uri` with `channels` multifd channels, quits it. */
@@ -90,11 +103,17 @@ describe('live QEMU mapped-ram saves', () => {
       assert.equal(info.state, 'complete');
       assert.match(String(info.machineType), /^pc-q35-\d+\.\d+$/);
       assert.deepEqual(info.capabilities, ['mapped-ram']);
-      assert.deepEqual(info.blocks.map((b) => ({ name: b.name, used: b.length })), s.ramblocks);
+      assert.deepEqual(
+        info.blocks.map((b) => ({ name: b.name, used: b.length })),
+        s.ramblocks,
+      );
       const mem0 = info.blocks.find((b) => b.name === 'mem0')!;
       assert.equal(mem0.length, kRamBytes);
       assert.equal(mem0.presentPages, dataPages);
-      assert.equal(info.ramTotal, s.ramblocks.reduce((sum, b) => sum + b.used, 0));
+      assert.equal(
+        info.ramTotal,
+        s.ramblocks.reduce((sum, b) => sum + b.used, 0),
+      );
       for (const b of info.blocks) assert.equal(b.pagesOffset % (1 << 20), 0, b.name);
     });
 
@@ -129,7 +148,10 @@ describe('live QEMU mapped-ram saves', () => {
     const snap = path.join(d, 'vm.fxr');
     const r = await convert({ input: s.file, output: snap, channels: 4, fsync: false });
     assert.equal(r.command, 'convert');
-    assert.deepEqual(r.blocks.map((b) => b.name), s.ramblocks.map((b) => b.name));
+    assert.deepEqual(
+      r.blocks.map((b) => b.name),
+      s.ramblocks.map((b) => b.name),
+    );
     assert.equal(fixedram(['verify', snap, '--against', `mem0=${backend}`]).status, 0);
     const a = path.join(d, 'a');
     const b = path.join(d, 'b');
@@ -145,10 +167,19 @@ describe('live QEMU mapped-ram saves', () => {
     assert.equal(info.state, 'complete');
     assert.equal(info.streamOffset, wrapped.streamOffset);
     assert.deepEqual(info.libvirt && { ...(info.libvirt as object), cookieOffset: 0 }, {
-      magic: 'LibvirtQemudSave', version: 2, dataLen: 65536 + 1234, wasRunning: false, format: 'sparse', formatCode: 6,
-      cookieOffset: 0, domainName: 'fxr-live',
+      magic: 'LibvirtQemudSave',
+      version: 2,
+      dataLen: 65536 + 1234,
+      wasRunning: false,
+      format: 'sparse',
+      formatCode: 6,
+      cookieOffset: 0,
+      domainName: 'fxr-live',
     });
-    assert.deepEqual(info.blocks.map((b) => b.name), saves.get(1)!.ramblocks.map((b) => b.name));
+    assert.deepEqual(
+      info.blocks.map((b) => b.name),
+      saves.get(1)!.ramblocks.map((b) => b.name),
+    );
     const target = path.join(tempDir(t), 'mem0.ram');
     fillFile(target, kRamBytes, 0x5a);
     await load({ snapshot: wrapped.file, blocks: [{ name: 'mem0', path: target }], channels: 4 });

@@ -12,17 +12,37 @@ import { decodeBlockName, encodeBlockName, ExitCode, FixedramError, inspect, loa
 import { openImage } from '../src/image';
 import { fixedram } from './support/cli';
 import {
-  be32, be64, blockOffsets, fixturesAvailable, isPatternZero, kFixtures, memBackendPattern, patch, readManifest, sha256,
-  sha256File, truncatedCopy, unpackFixture, wrapInLibvirt, type Manifest,
+  be32,
+  be64,
+  blockOffsets,
+  fixturesAvailable,
+  isPatternZero,
+  kFixtures,
+  memBackendPattern,
+  patch,
+  readManifest,
+  sha256,
+  sha256File,
+  truncatedCopy,
+  unpackFixture,
+  wrapInLibvirt,
+  type Manifest,
 } from './support/qemu';
 import { fillFile } from './support/stamp';
 import { openFds, tempDir } from './support/tmp';
 import { prereqSuite } from './support/prereq';
 
-const { it, before, after } = prereqSuite(fixturesAvailable(), `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`);
+const { it, before, after } = prereqSuite(
+  fixturesAvailable(),
+  `the QEMU fixtures are not at ${kFixtures} (set FIXEDRAM_QEMU_FIXTURES)`,
+);
 
 /** Asserts that fn throws a FixedramError with exit status 3 and the given code (and block). */
-function assertImageError(fn: () => unknown, code: string, opts: { block?: string; message?: RegExp } = {}): FixedramError {
+function assertImageError(
+  fn: () => unknown,
+  code: string,
+  opts: { block?: string; message?: RegExp } = {},
+): FixedramError {
   let caught: unknown;
   try {
     fn();
@@ -57,7 +77,10 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('inspect lists exactly the blocks of the manifest, with offsets, counts, machine type and capabilities', () => {
-    for (const [file, m] of [[mig, mb], [q35, q35m]] as const) {
+    for (const [file, m] of [
+      [mig, mb],
+      [q35, q35m],
+    ] as const) {
       const info = inspect(file);
       assert.equal(info.format, 'qemu-mapped-ram');
       assert.equal(info.state, 'complete');
@@ -68,13 +91,24 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       assert.equal(info.ramTotal, m.ram_total);
       assert.equal(info.ramEndOffset, m.ram_end_offset);
       assert.equal(info.ramSectionEnd, m.ram_section_end);
-      assert.deepEqual(info.blocks.map((b) => ({
-        name: b.name, used_length: b.length, page_size: b.pageSize, bitmap_offset: b.bitmapOffset,
-        pages_offset: b.pagesOffset, pages_present: b.presentPages,
-      })), m.blocks.map((b) => ({
-        name: b.name, used_length: b.used_length, page_size: b.page_size, bitmap_offset: b.bitmap_offset,
-        pages_offset: b.pages_offset, pages_present: b.pages_present,
-      })));
+      assert.deepEqual(
+        info.blocks.map((b) => ({
+          name: b.name,
+          used_length: b.length,
+          page_size: b.pageSize,
+          bitmap_offset: b.bitmapOffset,
+          pages_offset: b.pagesOffset,
+          pages_present: b.presentPages,
+        })),
+        m.blocks.map((b) => ({
+          name: b.name,
+          used_length: b.used_length,
+          page_size: b.page_size,
+          bitmap_offset: b.bitmap_offset,
+          pages_offset: b.pages_offset,
+          pages_present: b.pages_present,
+        })),
+      );
       for (const b of info.blocks) assert.equal(b.zeroPages, b.pages - b.presentPages);
     }
   });
@@ -88,7 +122,10 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       assert.deepEqual([...t.present.subarray(0, 6)], [1, 1, 0, 1, 1, 0]);
       for (let i = 0; i < 8192; i++) assert.equal(t.present[i], isPatternZero(i) ? 0 : 1, `page ${i}`);
       assert.equal(t.presentCount, 4983);
-      assert.ok(t.csums.every((v) => v === 0), 'QEMU files have no checksums');
+      assert.ok(
+        t.csums.every((v) => v === 0),
+        'QEMU files have no checksums',
+      );
       assert.equal(image.hasChecksums, false);
     } finally {
       image.close();
@@ -105,8 +142,18 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       const fresh = path.join(d, 'fresh.ram');
       const dirty = path.join(d, 'dirty.ram');
       fillFile(dirty, 32 << 20, 0xaa);
-      const r1 = await load({ snapshot: mig, blocks: [{ name: 'mem0', path: fresh }], channels, batchBytes: 256 << 10 });
-      const r2 = await load({ snapshot: mig, blocks: [{ name: 'mem0', path: dirty }], channels, batchBytes: 256 << 10 });
+      const r1 = await load({
+        snapshot: mig,
+        blocks: [{ name: 'mem0', path: fresh }],
+        channels,
+        batchBytes: 256 << 10,
+      });
+      const r2 = await load({
+        snapshot: mig,
+        blocks: [{ name: 'mem0', path: dirty }],
+        channels,
+        batchBytes: 256 << 10,
+      });
       assert.equal(r1.format, 'qemu-mapped-ram');
       assert.equal(r1.verified, false);
       assert.deepEqual([r1.blocks[0]!.created, r2.blocks[0]!.created], [true, false]);
@@ -119,7 +166,10 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
   }
 
   it('load --dir writes every block with the digests of the manifest; names are encoded and stay inside DIR', async (t) => {
-    for (const [file, m] of [[q35, q35m], [mig, mb]] as const) {
+    for (const [file, m] of [
+      [q35, q35m],
+      [mig, mb],
+    ] as const) {
       const d = tempDir(t);
       const out = path.join(d, 'blocks');
       const r = await load({ snapshot: file, dir: out, channels: 3 });
@@ -152,7 +202,13 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     patch(live, 2 * 4096 + 7, Buffer.from([0x01])); // a zero page that is no longer zero
     const bad = await verify({ snapshot: mig, against: [{ name: 'mem0', path: live }], channels: 2 });
     assert.equal(bad.ok, false);
-    assert.deepEqual(bad.failures.map((f) => [f.block, f.page, f.kind]), [['mem0', 2, 'differs'], ['mem0', 5, 'differs']]);
+    assert.deepEqual(
+      bad.failures.map((f) => [f.block, f.page, f.kind]),
+      [
+        ['mem0', 2, 'differs'],
+        ['mem0', 5, 'differs'],
+      ],
+    );
 
     const cli = fixedram(['verify', mig, '--against', `mem0=${live}`, '--json']);
     assert.equal(cli.status, 1, cli.stderr);
@@ -167,13 +223,20 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       const size = fs.statSync(file).size;
       const e = assertImageError(() => inspect(file), 'ERR_SNAPSHOT_TRUNCATED', { block: 'mem0' });
       assert.match(e.message, new RegExp(`file size is ${size} \\(0x${size.toString(16)}\\)`));
-      assert.match(e.message, variant.includes('bitmap') ? /bitmap needs 1024 bytes at offset 0x89/ : /pages end at offset 0x2100000/);
+      assert.match(
+        e.message,
+        variant.includes('bitmap') ? /bitmap needs 1024 bytes at offset 0x89/ : /pages end at offset 0x2100000/,
+      );
 
       const target = path.join(d, 'target.ram');
       fillFile(target, 32 << 20, 0x55);
       const before = fs.statSync(target);
-      for (const args of [['inspect', file, '--json'], ['verify', file, '--json'], ['load', file, '-b', `mem0=${target}`, '--json'],
-        ['load', file, '--dir', path.join(d, 'out'), '--json']]) {
+      for (const args of [
+        ['inspect', file, '--json'],
+        ['verify', file, '--json'],
+        ['load', file, '-b', `mem0=${target}`, '--json'],
+        ['load', file, '--dir', path.join(d, 'out'), '--json'],
+      ]) {
         const r = fixedram(args);
         assert.equal(r.status, 3, `${args[0]}: ${r.stderr}`);
         const o = JSON.parse(r.stdout);
@@ -217,10 +280,15 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
       const file = truncatedCopy(mig, path.join(d, 'cut.mig'), cut);
       const info = inspect(file);
       assert.equal(info.state, 'incomplete', `cut at 0x${cut.toString(16)}`);
-      assert.match(info.stateMessage!, /incomplete QEMU file: the file ends at offset .* before the END record of section 'ram'/);
+      assert.match(
+        info.stateMessage!,
+        /incomplete QEMU file: the file ends at offset .* before the END record of section 'ram'/,
+      );
       assert.equal(info.blocks.length, 9, 'the blocks are still listed');
-      await assert.rejects(load({ snapshot: file, blocks: [{ name: 'mem0', path: path.join(d, 'never.ram') }] }),
-        { code: 'ERR_SNAPSHOT_INCOMPLETE', exitCode: 3 });
+      await assert.rejects(load({ snapshot: file, blocks: [{ name: 'mem0', path: path.join(d, 'never.ram') }] }), {
+        code: 'ERR_SNAPSHOT_INCOMPLETE',
+        exitCode: 3,
+      });
       await assert.rejects(verify({ snapshot: file }), { code: 'ERR_SNAPSHOT_INCOMPLETE' });
       assert.equal(fs.existsSync(path.join(d, 'never.ram')), false);
     }
@@ -236,8 +304,12 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     const d = tempDir(t);
     for (const cut of [mb.ram_section_end, mb.ram_section_end + 4000, mb.file_size - 1]) {
       const file = truncatedCopy(mig, path.join(d, `cut-${cut}.mig`), cut);
-      for (const args of [['inspect', file], ['verify', file], ['load', file, '--dir', path.join(d, 'out')],
-        ['convert', file, '-o', path.join(d, 'out.fxr')]]) {
+      for (const args of [
+        ['inspect', file],
+        ['verify', file],
+        ['load', file, '--dir', path.join(d, 'out')],
+        ['convert', file, '-o', path.join(d, 'out.fxr')],
+      ]) {
         const r = fixedram(args);
         assert.equal(r.status, 3, `${args.join(' ')}: ${r.stderr}`);
         assert.match(r.stderr, /truncated QEMU file: the device state after the RAM section/);
@@ -253,7 +325,10 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     for (const b of mb.blocks) patch(file, b.bitmap_offset, Buffer.alloc(b.bitmap_bytes));
     const info = inspect(file);
     assert.equal(info.state, 'incomplete');
-    assert.equal(info.blocks.reduce((s, b) => s + b.presentPages, 0), 0);
+    assert.equal(
+      info.blocks.reduce((s, b) => s + b.presentPages, 0),
+      0,
+    );
     await assert.rejects(load({ snapshot: file, dir: path.join(d, 'out') }), { code: 'ERR_SNAPSHOT_INCOMPLETE' });
     assert.equal(fs.existsSync(path.join(d, 'out')), false);
   });
@@ -269,56 +344,228 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     const rsdp = mb.blocks[8]!;
     const h0 = blockOffsets(mem0).header;
     const R = mb.ram_end_offset;
-    const cases: { what: string; at: number; bytes: Buffer; also?: [number, Buffer][]; code: string; block?: string; message: RegExp }[] = [
-      { what: 'bitmap bit past the end', at: rsdp.bitmap_offset, bytes: Buffer.from([0x03]), code: 'ERR_SNAPSHOT_INVALID',
-        block: rsdp.name, message: /bitmap bit 1 is set past the last page 0/ },
-      { what: 'bitmap bit in the padding of the last word', at: tables.bitmap_offset + 7, bytes: Buffer.from([0x80]),
-        code: 'ERR_SNAPSHOT_INVALID', block: tables.name, message: /bitmap bit 63 is set past the last page 31/ },
-      { what: 'pages_offset not aligned', at: h0 + 20, bytes: be64(0x100800), code: 'ERR_SNAPSHOT_INVALID', block: 'mem0',
-        message: /pages_offset 0x100800 is not aligned/ },
-      { what: 'pages_offset inside the bitmap', at: h0 + 20, bytes: be64(0), code: 'ERR_SNAPSHOT_INVALID', block: 'mem0',
-        message: /overlaps its bitmap/ },
-      { what: 'mapped-ram header version 2', at: h0, bytes: be32(2), code: 'ERR_SNAPSHOT_UNSUPPORTED', block: 'mem0',
-        message: /mapped-ram header version 2/ },
-      { what: 'mapped-ram header version 0', at: h0, bytes: be32(0), code: 'ERR_SNAPSHOT_UNSUPPORTED', message: /version 0/ },
-      { what: 'stream version 2', at: 4, bytes: be32(2), code: 'ERR_SNAPSHOT_UNSUPPORTED', message: /stream version 2/ },
-      { what: 'page size not a power of two', at: h0 + 4, bytes: be64(3000), code: 'ERR_SNAPSHOT_INVALID', message: /page size 3000/ },
+    const cases: {
+      what: string;
+      at: number;
+      bytes: Buffer;
+      also?: [number, Buffer][];
+      code: string;
+      block?: string;
+      message: RegExp;
+    }[] = [
+      {
+        what: 'bitmap bit past the end',
+        at: rsdp.bitmap_offset,
+        bytes: Buffer.from([0x03]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        block: rsdp.name,
+        message: /bitmap bit 1 is set past the last page 0/,
+      },
+      {
+        what: 'bitmap bit in the padding of the last word',
+        at: tables.bitmap_offset + 7,
+        bytes: Buffer.from([0x80]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        block: tables.name,
+        message: /bitmap bit 63 is set past the last page 31/,
+      },
+      {
+        what: 'pages_offset not aligned',
+        at: h0 + 20,
+        bytes: be64(0x100800),
+        code: 'ERR_SNAPSHOT_INVALID',
+        block: 'mem0',
+        message: /pages_offset 0x100800 is not aligned/,
+      },
+      {
+        what: 'pages_offset inside the bitmap',
+        at: h0 + 20,
+        bytes: be64(0),
+        code: 'ERR_SNAPSHOT_INVALID',
+        block: 'mem0',
+        message: /overlaps its bitmap/,
+      },
+      {
+        what: 'mapped-ram header version 2',
+        at: h0,
+        bytes: be32(2),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        block: 'mem0',
+        message: /mapped-ram header version 2/,
+      },
+      {
+        what: 'mapped-ram header version 0',
+        at: h0,
+        bytes: be32(0),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /version 0/,
+      },
+      {
+        what: 'stream version 2',
+        at: 4,
+        bytes: be32(2),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /stream version 2/,
+      },
+      {
+        what: 'page size not a power of two',
+        at: h0 + 4,
+        bytes: be64(3000),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /page size 3000/,
+      },
       { what: 'page size 0', at: h0 + 4, bytes: be64(0), code: 'ERR_SNAPSHOT_INVALID', message: /page size 0 / },
-      { what: 'page size 2^63', at: h0 + 4, bytes: be64(1n << 63n), code: 'ERR_SNAPSHOT_INVALID', message: /out of range/ },
-      { what: 'used_length not a multiple of the page size', at: h0 - 8, bytes: be64(0x2000000 + 512), code: 'ERR_SNAPSHOT_INVALID',
-        message: /not a multiple of its page size/ },
-      { what: 'used_length above the RAM total', at: h0 - 8, bytes: be64(0x4000000), code: 'ERR_SNAPSHOT_INVALID',
-        message: /exceeds what is left of the RAM total/ },
-      { what: 'used_length 2^63', at: h0 - 8, bytes: be64(1n << 63n), code: 'ERR_SNAPSHOT_INVALID', message: /out of range/ },
-      { what: 'RAM total and used_length of 1 PiB (nothing allocated)', at: 0x58, bytes: be64((1n << 50n) | 4n),
-        also: [[h0 - 8, be64(1n << 50n)], [h0 + 20, be64(1n << 36n)]], code: 'ERR_SNAPSHOT_TRUNCATED', message: /block 'mem0' bitmap needs 34359738368 bytes/ },
-      { what: 'bitmap_offset elsewhere', at: h0 + 12, bytes: be64(0x1000), code: 'ERR_SNAPSHOT_INVALID', message: /not right after its header/ },
-      { what: 'duplicate block names', at: blockOffsets(loader).entry + 1, bytes: Buffer.from(vga.name), code: 'ERR_SNAPSHOT_INVALID',
-        message: /duplicate RAM block '0000:00:01.0\/vga.vram'/ },
-      { what: 'empty block name', at: blockOffsets(mem0).entry, bytes: Buffer.from([0]), code: 'ERR_SNAPSHOT_INVALID',
-        message: /must not be empty/ },
-      { what: 'NUL in a block name', at: blockOffsets(mem0).entry + 2, bytes: Buffer.from([0]), code: 'ERR_SNAPSHOT_INVALID',
-        message: /must not contain NUL/ },
-      { what: 'RAM size record without its flag', at: 0x5f, bytes: Buffer.from([0x08]), code: 'ERR_SNAPSHOT_INVALID',
-        message: /expected the RAM size record/ },
-      { what: 'no end-of-section marker after the blocks', at: R + 7, bytes: Buffer.from([0x11]), code: 'ERR_SNAPSHOT_INVALID',
-        message: /expected the end-of-section marker/ },
-      { what: 'bad section footer', at: R + 12, bytes: Buffer.from([0x09]), code: 'ERR_SNAPSHOT_INVALID', message: /bad section footer/ },
-      { what: 'a record of another section before END', at: R + 14, bytes: be32(7), code: 'ERR_SNAPSHOT_UNSUPPORTED',
-        message: /another iterable section \(id 7\)/ },
-      { what: 'another section starting before END', at: R + 13, bytes: Buffer.from([0x01]), code: 'ERR_SNAPSHOT_UNSUPPORTED',
-        message: /another section starts/ },
-      { what: 'an unknown migration command', at: R + 32, bytes: Buffer.from([0x00, 0x03]), code: 'ERR_SNAPSHOT_UNSUPPORTED',
-        message: /migration command 3/ },
-      { what: 'garbage instead of a record', at: R + 31, bytes: Buffer.from([0x55]), code: 'ERR_SNAPSHOT_INVALID',
-        message: /unexpected record type 0x55/ },
-      { what: 'capability list without mapped-ram', at: 0x3d, bytes: Buffer.from('mapped-rom'), code: 'ERR_SNAPSHOT_UNSUPPORTED',
-        message: /not saved with the mapped-ram capability \(capabilities: mapped-rom\)/ },
-      { what: 'unknown configuration subsection', at: 0x19 + 26, bytes: Buffer.from('z'), code: 'ERR_SNAPSHOT_UNSUPPORTED',
-        message: /unknown configuration subsection 'configuration\/capabilitiez'/ },
-      { what: 'machine type length 2^32-1', at: 9, bytes: be32(0xffffffff), code: 'ERR_SNAPSHOT_INVALID', message: /machine type length/ },
-      { what: 'first section not ram', at: 0x4d, bytes: Buffer.from('rom'), code: 'ERR_SNAPSHOT_UNSUPPORTED', message: /first section is 'rom'/ },
-      { what: 'ram section version 3', at: 0x54, bytes: be32(3), code: 'ERR_SNAPSHOT_UNSUPPORTED', message: /section 'ram' version 3/ },
+      {
+        what: 'page size 2^63',
+        at: h0 + 4,
+        bytes: be64(1n << 63n),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /out of range/,
+      },
+      {
+        what: 'used_length not a multiple of the page size',
+        at: h0 - 8,
+        bytes: be64(0x2000000 + 512),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /not a multiple of its page size/,
+      },
+      {
+        what: 'used_length above the RAM total',
+        at: h0 - 8,
+        bytes: be64(0x4000000),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /exceeds what is left of the RAM total/,
+      },
+      {
+        what: 'used_length 2^63',
+        at: h0 - 8,
+        bytes: be64(1n << 63n),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /out of range/,
+      },
+      {
+        what: 'RAM total and used_length of 1 PiB (nothing allocated)',
+        at: 0x58,
+        bytes: be64((1n << 50n) | 4n),
+        also: [
+          [h0 - 8, be64(1n << 50n)],
+          [h0 + 20, be64(1n << 36n)],
+        ],
+        code: 'ERR_SNAPSHOT_TRUNCATED',
+        message: /block 'mem0' bitmap needs 34359738368 bytes/,
+      },
+      {
+        what: 'bitmap_offset elsewhere',
+        at: h0 + 12,
+        bytes: be64(0x1000),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /not right after its header/,
+      },
+      {
+        what: 'duplicate block names',
+        at: blockOffsets(loader).entry + 1,
+        bytes: Buffer.from(vga.name),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /duplicate RAM block '0000:00:01.0\/vga.vram'/,
+      },
+      {
+        what: 'empty block name',
+        at: blockOffsets(mem0).entry,
+        bytes: Buffer.from([0]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /must not be empty/,
+      },
+      {
+        what: 'NUL in a block name',
+        at: blockOffsets(mem0).entry + 2,
+        bytes: Buffer.from([0]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /must not contain NUL/,
+      },
+      {
+        what: 'RAM size record without its flag',
+        at: 0x5f,
+        bytes: Buffer.from([0x08]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /expected the RAM size record/,
+      },
+      {
+        what: 'no end-of-section marker after the blocks',
+        at: R + 7,
+        bytes: Buffer.from([0x11]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /expected the end-of-section marker/,
+      },
+      {
+        what: 'bad section footer',
+        at: R + 12,
+        bytes: Buffer.from([0x09]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /bad section footer/,
+      },
+      {
+        what: 'a record of another section before END',
+        at: R + 14,
+        bytes: be32(7),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /another iterable section \(id 7\)/,
+      },
+      {
+        what: 'another section starting before END',
+        at: R + 13,
+        bytes: Buffer.from([0x01]),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /another section starts/,
+      },
+      {
+        what: 'an unknown migration command',
+        at: R + 32,
+        bytes: Buffer.from([0x00, 0x03]),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /migration command 3/,
+      },
+      {
+        what: 'garbage instead of a record',
+        at: R + 31,
+        bytes: Buffer.from([0x55]),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /unexpected record type 0x55/,
+      },
+      {
+        what: 'capability list without mapped-ram',
+        at: 0x3d,
+        bytes: Buffer.from('mapped-rom'),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /not saved with the mapped-ram capability \(capabilities: mapped-rom\)/,
+      },
+      {
+        what: 'unknown configuration subsection',
+        at: 0x19 + 26,
+        bytes: Buffer.from('z'),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /unknown configuration subsection 'configuration\/capabilitiez'/,
+      },
+      {
+        what: 'machine type length 2^32-1',
+        at: 9,
+        bytes: be32(0xffffffff),
+        code: 'ERR_SNAPSHOT_INVALID',
+        message: /machine type length/,
+      },
+      {
+        what: 'first section not ram',
+        at: 0x4d,
+        bytes: Buffer.from('rom'),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /first section is 'rom'/,
+      },
+      {
+        what: 'ram section version 3',
+        at: 0x54,
+        bytes: be32(3),
+        code: 'ERR_SNAPSHOT_UNSUPPORTED',
+        message: /section 'ram' version 3/,
+      },
     ];
     const pristine = sha256File(file);
     const read = (at: number, n: number): Buffer => {
@@ -355,7 +602,13 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
   it('x-ignore-shared files are refused cleanly (their layout differs between QEMU versions)', (t) => {
     const d = tempDir(t);
     const head = fs.readFileSync(mig).subarray(0, 4096);
-    const caps = Buffer.concat([be32(2), Buffer.from([10]), Buffer.from('mapped-ram'), Buffer.from([15]), Buffer.from('x-ignore-shared')]);
+    const caps = Buffer.concat([
+      be32(2),
+      Buffer.from([10]),
+      Buffer.from('mapped-ram'),
+      Buffer.from([15]),
+      Buffer.from('x-ignore-shared'),
+    ]);
     const file = path.join(d, 'ignore-shared.mig');
     fs.writeFileSync(file, Buffer.concat([head.subarray(0, 0x38), caps, head.subarray(0x47)]));
     assertImageError(() => inspect(file), 'ERR_SNAPSHOT_UNSUPPORTED', { message: /x-ignore-shared/ });
@@ -364,19 +617,31 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
   it('libvirt save image ("sparse"): inspect reports the wrapper and the stream offset; the RAM is read through it', async (t) => {
     const d = tempDir(t);
     const file = path.join(d, 'domain.save');
-    const streamOffset = wrapInLibvirt(mig, file, mb.blocks[0]!, { dataLen: 70000, domainName: 'fxr-vm', wasRunning: true });
+    const streamOffset = wrapInLibvirt(mig, file, mb.blocks[0]!, {
+      dataLen: 70000,
+      domainName: 'fxr-vm',
+      wasRunning: true,
+    });
     assert.equal(streamOffset, 92 + 70000);
     const info = inspect(file);
     assert.equal(info.format, 'qemu-mapped-ram');
     assert.equal(info.state, 'complete');
     assert.equal(info.streamOffset, streamOffset);
     assert.deepEqual(info.libvirt, {
-      magic: 'LibvirtQemudSave', version: 2, dataLen: 70000, wasRunning: true, format: 'sparse', formatCode: 6,
-      cookieOffset: (info.libvirt as { cookieOffset: number }).cookieOffset, domainName: 'fxr-vm',
+      magic: 'LibvirtQemudSave',
+      version: 2,
+      dataLen: 70000,
+      wasRunning: true,
+      format: 'sparse',
+      formatCode: 6,
+      cookieOffset: (info.libvirt as { cookieOffset: number }).cookieOffset,
+      domainName: 'fxr-vm',
     });
     assert.equal(info.blocks[0]!.bitmapOffset, mb.blocks[0]!.bitmap_offset + streamOffset);
-    assert.deepEqual(info.blocks.map((b) => [b.name, b.pagesOffset, b.presentPages]),
-      mb.blocks.map((b) => [b.name, b.pages_offset, b.pages_present]));
+    assert.deepEqual(
+      info.blocks.map((b) => [b.name, b.pagesOffset, b.presentPages]),
+      mb.blocks.map((b) => [b.name, b.pages_offset, b.pages_present]),
+    );
 
     const target = path.join(d, 'mem0.ram');
     fillFile(target, 32 << 20, 0xaa);
@@ -392,9 +657,14 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     const part = inspect(file);
     assert.equal(part.state, 'incomplete');
     assert.match(part.stateMessage!, /LibvirtQemudPart/);
-    await assert.rejects(load({ snapshot: file, blocks: [{ name: 'mem0', path: target }] }), { code: 'ERR_SNAPSHOT_INCOMPLETE' });
+    await assert.rejects(load({ snapshot: file, blocks: [{ name: 'mem0', path: target }] }), {
+      code: 'ERR_SNAPSHOT_INCOMPLETE',
+    });
     const partCut = truncatedCopy(file, path.join(d, 'part-cut.save'), 0x100000 + 5000);
-    assertImageError(() => inspect(partCut), 'ERR_SNAPSHOT_INCOMPLETE', { block: 'mem0', message: /LibvirtQemudPart.*pages end/ });
+    assertImageError(() => inspect(partCut), 'ERR_SNAPSHOT_INCOMPLETE', {
+      block: 'mem0',
+      message: /LibvirtQemudPart.*pages end/,
+    });
     patch(file, 0, Buffer.from('LibvirtQemudSave'));
     const fmt = Buffer.alloc(4);
     fmt.writeUInt32LE(3);
@@ -417,9 +687,13 @@ describe('QEMU mapped-ram files (shared fixtures)', () => {
     assert.equal(o.format, 'qemu-mapped-ram');
     assert.equal(o.machineType, 'pc-q35-10.0');
     assert.deepEqual(o.capabilities, ['mapped-ram']);
-    assert.deepEqual(o.blocks.map((b: { name: string }) => b.name), q35m.blocks.map((b) => b.name));
+    assert.deepEqual(
+      o.blocks.map((b: { name: string }) => b.name),
+      q35m.blocks.map((b) => b.name),
+    );
     for (const b of o.blocks) {
-      for (const k of ['name', 'length', 'pageSize', 'bitmapOffset', 'pagesOffset', 'presentPages']) assert.ok(k in b, k);
+      for (const k of ['name', 'length', 'pageSize', 'bitmapOffset', 'pagesOffset', 'presentPages'])
+        assert.ok(k in b, k);
     }
     const human = fixedram(['inspect', q35]);
     assert.equal(human.status, 0);

@@ -22,16 +22,32 @@ const { it, after } = prereqSuite(s3Missing === '', s3Missing);
 const client = s3Client();
 after(() => client.destroy());
 
-interface Run { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+interface Run {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** The real CLI in a child, asynchronously (the relay runs in this process's event loop). */
-function cli(args: string[], env: NodeJS.ProcessEnv = {}, onSpawn?: (c: ReturnType<typeof spawn>) => void): Promise<Run> {
+function cli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  onSpawn?: (c: ReturnType<typeof spawn>) => void,
+): Promise<Run> {
   return new Promise((resolve) => {
-    const c = spawn(process.execPath, [kBin, ...args], { env: { ...process.env, ...kS3Env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(process.execPath, [kBin, ...args], {
+      env: { ...process.env, ...kS3Env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    c.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     c.on('close', (status, signal) => resolve({ status, signal, stdout, stderr }));
     onSpawn?.(c);
   });
@@ -63,14 +79,19 @@ function oneLine(r: Run): string {
   return lines[0]!;
 }
 
-const chunkKeys = (keys: string[], key: string): string[] => keys.filter((k) => k.startsWith(`${key}.fixedram-chunks/`));
+const chunkKeys = (keys: string[], key: string): string[] =>
+  keys.filter((k) => k.startsWith(`${key}.fixedram-chunks/`));
 
 async function headExists(bucket: string, key: string): Promise<boolean> {
   try {
     await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
     return true;
   } catch (err) {
-    if ((err as { name?: string }).name === 'NotFound' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return false;
+    if (
+      (err as { name?: string }).name === 'NotFound' ||
+      (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404
+    )
+      return false;
     throw err;
   }
 }
@@ -90,12 +111,18 @@ describe('s3: a real Ceph RGW', () => {
     const url = `s3://${bucket}/vm/ram.fxr`;
     const s = await cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '3', '--json']);
     assert.equal(s.status, 0, s.stderr);
-    const res = JSON.parse(s.stdout) as { s3: { chunks: number; chunksPresent: number; chunksUploaded: number; bytesUploaded: number } };
+    const res = JSON.parse(s.stdout) as {
+      s3: { chunks: number; chunksPresent: number; chunksUploaded: number; bytesUploaded: number };
+    };
     assert.ok(res.s3.chunksPresent <= res.s3.chunks - 2, `two chunks hold no data: ${JSON.stringify(res.s3)}`);
     assert.equal(res.s3.chunksUploaded, res.s3.chunksPresent);
     const keys = await listKeys(client, bucket);
     assert.ok(keys.includes('vm/ram.fxr'));
-    assert.equal(chunkKeys(keys, 'vm/ram.fxr').length, res.s3.chunksPresent, 'one object per present chunk, nothing else');
+    assert.equal(
+      chunkKeys(keys, 'vm/ram.fxr').length,
+      res.s3.chunksPresent,
+      'one object per present chunk, nothing else',
+    );
 
     const out = path.join(dir, 'out');
     const l = await cli(['load', url, '-b', `mem=${out}`, '-j', '2']);
@@ -106,10 +133,17 @@ describe('s3: a real Ceph RGW', () => {
     assert.match(v.stdout, /^OK: s3:\/\//);
     const i = await cli(['inspect', url, '--json']);
     assert.equal(i.status, 0, i.stderr);
-    const info = JSON.parse(i.stdout) as { snapshot: string; state: string; blocks: { name: string; length: number }[] };
+    const info = JSON.parse(i.stdout) as {
+      snapshot: string;
+      state: string;
+      blocks: { name: string; length: number }[];
+    };
     assert.equal(info.snapshot, url);
     assert.equal(info.state, 'complete');
-    assert.deepEqual(info.blocks.map((b) => [b.name, b.length]), [['mem', kPages * 4096]]);
+    assert.deepEqual(
+      info.blocks.map((b) => [b.name, b.length]),
+      [['mem', kPages * 4096]],
+    );
 
     // the bytes on S3 are a fixedram v1 snapshot: pulled, they equal a local save of the same block
     const local = path.join(dir, 'local.fxr');
@@ -117,7 +151,10 @@ describe('s3: a real Ceph RGW', () => {
     const pulled = path.join(dir, 'pulled.fxr');
     const p = await cli(['pull', url, pulled]);
     assert.equal(p.status, 0, p.stderr);
-    assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), 'pulled snapshot is byte-identical to a local save');
+    assert.ok(
+      fs.readFileSync(pulled).equals(fs.readFileSync(local)),
+      'pulled snapshot is byte-identical to a local save',
+    );
   });
 
   it('packed chunks: the objects hold only the non-zero pages (plus one page map each); the store refuses a body that does not match its signed hash', async (t) => {
@@ -151,22 +188,26 @@ describe('s3: a real Ceph RGW', () => {
     const res = JSON.parse(r.stdout) as { bytesUploaded: number; chunksPresent: number };
     assert.ok(zeroPages > 100, `the premise: zero pages inside chunks that hold data (${zeroPages})`);
     assert.equal(res.bytesUploaded, dataBytes + maps, 'uploaded: the data pages and one page map per chunk');
-    const m = JSON.parse(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'p' }))).Body!.transformToString()) as
-      { version: number; chunks: [number, string, number][] };
+    const m = JSON.parse(
+      await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'p' }))).Body!.transformToString(),
+    ) as { version: number; chunks: [number, string, number][] };
     assert.equal(m.version, 2);
     let stored = 0;
     for (const [, sha, len] of m.chunks) {
       const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: `p.fixedram-chunks/${sha}` }));
-      assert.equal(head.ContentLength, len, 'the manifest names each object\'s length');
+      assert.equal(head.ContentLength, len, "the manifest names each object's length");
       stored += len;
     }
     assert.equal(stored, res.bytesUploaded);
     // upload integrity: a body that does not match the signed payload hash is refused by the RGW
     const put = new PutObjectCommand({ Bucket: bucket, Key: 'probe', Body: Buffer.from('hello'), ContentLength: 5 });
-    put.middlewareStack.add((next) => async (args) => {
-      (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = '0'.repeat(64);
-      return next(args);
-    }, { step: 'build', name: 'wrongHash' });
+    put.middlewareStack.add(
+      (next) => async (args) => {
+        (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = '0'.repeat(64);
+        return next(args);
+      },
+      { step: 'build', name: 'wrongHash' },
+    );
     await assert.rejects(client.send(put), (e: Error) => e.name === 'XAmzContentSHA256Mismatch');
     assert.equal(await headExists(bucket, 'probe'), false);
   });
@@ -209,10 +250,18 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal((await cli(['save', '-o', again, '-b', `mem=${src}`])).status, 0);
     const pulled2 = path.join(dir, 'pulled2.fxr');
     assert.equal((await cli(['pull', url, pulled2])).status, 0);
-    assert.ok(fs.readFileSync(pulled2).equals(fs.readFileSync(again)), 'updated version 1 snapshot equals a fresh save');
+    assert.ok(
+      fs.readFileSync(pulled2).equals(fs.readFileSync(again)),
+      'updated version 1 snapshot equals a fresh save',
+    );
     // a version this reader does not know: refused before any chunk is fetched
-    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'v9', Body: JSON.stringify({ ...manifest, version: 9 }) }));
-    for (const args of [['verify', `s3://${bucket}/v9`], ['load', `s3://${bucket}/v9`, '-b', `mem=${out}`]]) {
+    await client.send(
+      new PutObjectCommand({ Bucket: bucket, Key: 'v9', Body: JSON.stringify({ ...manifest, version: 9 }) }),
+    );
+    for (const args of [
+      ['verify', `s3://${bucket}/v9`],
+      ['load', `s3://${bucket}/v9`, '-b', `mem=${out}`],
+    ]) {
       const r = await cli(args);
       assert.equal(r.status, 3, r.stderr);
       assert.match(oneLine(r), /unsupported manifest version 9/);
@@ -239,11 +288,14 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal(e.status, 0, e.stderr);
     assert.ok(fs.readFileSync(old).equals(fs.readFileSync(src)), 'stale data of an existing target is gone');
     // a packed object whose page bytes were altered (length and page map intact): its page fails its XXH3
-    const m = JSON.parse(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'd' }))).Body!.transformToString()) as
-      { chunks: [number, string, number][] };
+    const m = JSON.parse(
+      await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'd' }))).Body!.transformToString(),
+    ) as { chunks: [number, string, number][] };
     const [, sha] = m.chunks.at(-1)!;
     const victim = `d.fixedram-chunks/${sha}`;
-    const body = Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray());
+    const body = Buffer.from(
+      await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray(),
+    );
     body[body.length - 100] ^= 0xff; // inside the last stored page
     await client.send(new PutObjectCommand({ Bucket: bucket, Key: victim, Body: body }));
     const b = await cli(['load', url, '-b', `mem=${path.join(dir, 'bad')}`], noTmp);
@@ -260,14 +312,21 @@ describe('s3: a real Ceph RGW', () => {
     const bucket = await tempBucket(t, client);
     const src = block(dir);
     const relay = await startRelay();
-    t.after(() => { relay.release(); return relay.close(); });
+    t.after(() => {
+      relay.release();
+      return relay.close();
+    });
     const url = `s3://${bucket}/w`;
     const local = path.join(dir, 'local.fxr');
     assert.equal((await cli(['save', '-o', local, '-b', `mem=${src}`])).status, 0);
     // the first writer stalls mid-upload (after its lock, before its manifest)
     relay.holdAfterBytes = 1 << 20;
     let exited = false;
-    const first = cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint]).finally(() => { exited = true; });
+    const first = cli(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint]).finally(
+      () => {
+        exited = true;
+      },
+    );
     const deadline = Date.now() + 60_000;
     while (relay.held === 0 && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.ok(relay.held > 0 && !exited, 'the first writer is stalled mid-upload');
@@ -285,13 +344,18 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal((await cli(['verify', url])).status, 0);
     // a lock left by a writer of this host that no longer runs (killed): taken over
     const dead = spawnSync('true').pid!;
-    const lockBody = (pid: number, host: string): string => JSON.stringify({ pid, host, started: new Date().toISOString() });
-    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(dead, os.hostname()) }));
+    const lockBody = (pid: number, host: string): string =>
+      JSON.stringify({ pid, host, started: new Date().toISOString() });
+    await client.send(
+      new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(dead, os.hostname()) }),
+    );
     const taken = await cli(['save', '-o', url, '-b', `mem=${src}`]);
     assert.equal(taken.status, 0, taken.stderr);
     assert.equal(await headExists(bucket, 'w.fixedram-lock'), false);
     // a fresh lock of a writer on another host: refused, the lock left alone
-    await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(4242, 'other-host') }));
+    await client.send(
+      new PutObjectCommand({ Bucket: bucket, Key: 'w.fixedram-lock', Body: lockBody(4242, 'other-host') }),
+    );
     const other = await cli(['save', '--update', '-o', url, '-b', `mem=${src}`]);
     assert.equal(other.status, 4, other.stderr);
     assert.match(oneLine(other), /being written by pid 4242 on other-host/);
@@ -336,7 +400,10 @@ describe('s3: a real Ceph RGW', () => {
     assert.ok(fs.readFileSync(back).equals(fs.readFileSync(local)));
     const size = fs.statSync(back).size;
     assert.ok(allocated(back) < size - (8 << 20), `holes stay holes: ${allocated(back)} allocated of ${size}`);
-    assert.ok(allocated(back) <= allocated(local) + (1 << 20), `no more allocated than the original: ${allocated(back)} vs ${allocated(local)}`);
+    assert.ok(
+      allocated(back) <= allocated(local) + (1 << 20),
+      `no more allocated than the original: ${allocated(back)} vs ${allocated(local)}`,
+    );
     assert.equal(fs.statSync(back).mode & 0o777, 0o600);
     // a second push of the same file uploads nothing
     const again = await cli(['push', local, url, '--json']);
@@ -351,9 +418,19 @@ describe('s3: a real Ceph RGW', () => {
     const url = `s3://${bucket}/u`;
     const first = await cli(['save', '-o', url, '-b', `mem=${src}`, '--json']);
     assert.equal(first.status, 0, first.stderr);
-    const metadataEnd = (JSON.parse((await cli(['inspect', url, '--json'])).stdout) as { metadataEnd: number }).metadataEnd;
+    const metadataEnd = (JSON.parse((await cli(['inspect', url, '--json'])).stdout) as { metadataEnd: number })
+      .metadataEnd;
     assert.ok(metadataEnd > 0);
-    type S3R = { s3: { mode: string; pagesChanged: number; bytesUploaded: number; patchLayers: number; chunksPresent: number; chunksDeleted: number } };
+    type S3R = {
+      s3: {
+        mode: string;
+        pagesChanged: number;
+        bytesUploaded: number;
+        patchLayers: number;
+        chunksPresent: number;
+        chunksDeleted: number;
+      };
+    };
     const matchesFresh = async (what: string): Promise<void> => {
       const local = path.join(dir, 'fresh.fxr');
       fs.rmSync(local, { force: true });
@@ -362,7 +439,10 @@ describe('s3: a real Ceph RGW', () => {
       fs.rmSync(pulled, { force: true });
       const p = await cli(['pull', url, pulled]);
       assert.equal(p.status, 0, p.stderr);
-      assert.ok(fs.readFileSync(pulled).equals(fs.readFileSync(local)), `${what}: the snapshot on S3 equals a fresh save`);
+      assert.ok(
+        fs.readFileSync(pulled).equals(fs.readFileSync(local)),
+        `${what}: the snapshot on S3 equals a fresh save`,
+      );
       const v = await cli(['verify', url, '--against', `mem=${src}`]);
       assert.equal(v.status, 0, v.stdout + v.stderr);
     };
@@ -408,10 +488,34 @@ describe('s3: a real Ceph RGW', () => {
     const src = block(dir);
     const url = `s3://${bucket}/x`;
     const cases: [string, string[], NodeJS.ProcessEnv, number, RegExp][] = [
-      ['missing bucket', ['save', '-o', 's3://fixedram-no-such-bucket/x', '-b', `mem=${src}`], {}, 4, /bucket 'fixedram-no-such-bucket' does not exist/],
-      ['no credentials', ['save', '-o', url, '-b', `mem=${src}`], { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' }, 4, /no S3 credentials/],
-      ['access denied', ['save', '-o', url, '-b', `mem=${src}`], { AWS_SECRET_ACCESS_KEY: 'wrong' }, 4, /access denied/],
-      ['endpoint down', ['load', url, '-b', `mem=${path.join(dir, 'o')}`, '--s3-endpoint', 'http://127.0.0.1:9'], {}, 4, /ECONNREFUSED: endpoint unreachable/],
+      [
+        'missing bucket',
+        ['save', '-o', 's3://fixedram-no-such-bucket/x', '-b', `mem=${src}`],
+        {},
+        4,
+        /bucket 'fixedram-no-such-bucket' does not exist/,
+      ],
+      [
+        'no credentials',
+        ['save', '-o', url, '-b', `mem=${src}`],
+        { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' },
+        4,
+        /no S3 credentials/,
+      ],
+      [
+        'access denied',
+        ['save', '-o', url, '-b', `mem=${src}`],
+        { AWS_SECRET_ACCESS_KEY: 'wrong' },
+        4,
+        /access denied/,
+      ],
+      [
+        'endpoint down',
+        ['load', url, '-b', `mem=${path.join(dir, 'o')}`, '--s3-endpoint', 'http://127.0.0.1:9'],
+        {},
+        4,
+        /ECONNREFUSED: endpoint unreachable/,
+      ],
       ['no such key', ['verify', url], {}, 4, /no such object/],
       ['bad url', ['verify', 's3://bucket-only'], {}, 2, /expected s3:\/\/BUCKET\/KEY/],
     ];
@@ -425,14 +529,17 @@ describe('s3: a real Ceph RGW', () => {
     // an object that is not a snapshot
     await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'notes.txt', Body: 'hello' }));
     for (const cmd of [['verify'], ['inspect'], ['pull'], ['load']]) {
-      const extra = cmd[0] === 'pull' ? [path.join(dir, 'n')] : cmd[0] === 'load' ? ['-b', `mem=${path.join(dir, 'n')}`] : [];
+      const extra =
+        cmd[0] === 'pull' ? [path.join(dir, 'n')] : cmd[0] === 'load' ? ['-b', `mem=${path.join(dir, 'n')}`] : [];
       const r = await cli([...cmd, `s3://${bucket}/notes.txt`, ...extra]);
       assert.equal(r.status, 3, `${cmd[0]}: ${r.stderr}`);
       assert.match(oneLine(r), /is not a fixedram snapshot on S3/);
     }
     assert.ok(!fs.existsSync(path.join(dir, 'n')), 'a refused pull or load creates nothing');
     // a half-uploaded snapshot: chunks, no manifest
-    await client.send(new PutObjectCommand({ Bucket: bucket, Key: `half.fixedram-chunks/${'0'.repeat(64)}`, Body: 'x' }));
+    await client.send(
+      new PutObjectCommand({ Bucket: bucket, Key: `half.fixedram-chunks/${'0'.repeat(64)}`, Body: 'x' }),
+    );
     const h = await cli(['verify', `s3://${bucket}/half`]);
     assert.equal(h.status, 3, h.stderr);
     assert.match(oneLine(h), /incomplete: chunks but no manifest/);
@@ -446,12 +553,26 @@ describe('s3: a real Ceph RGW', () => {
     t.after(() => relay.close());
     const key = 'down';
     let exited = false;
-    const pending = cli(['save', '-o', `s3://${bucket}/${key}`, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint])
-      .finally(() => { exited = true; });
+    const pending = cli([
+      'save',
+      '-o',
+      `s3://${bucket}/${key}`,
+      '-b',
+      `mem=${src}`,
+      '-j',
+      '1',
+      '--s3-endpoint',
+      relay.endpoint,
+    ]).finally(() => {
+      exited = true;
+    });
     // let about two packed chunks through (several MiB of the data), then the endpoint disappears
     const deadline = Date.now() + 60_000;
-    while (relay.bytesUp < (5 << 20) && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    assert.ok(!exited && relay.bytesUp >= (5 << 20), `the save was still uploading after 5 MiB (sent ${relay.bytesUp} bytes, exited: ${exited})`);
+    while (relay.bytesUp < 5 << 20 && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      !exited && relay.bytesUp >= 5 << 20,
+      `the save was still uploading after 5 MiB (sent ${relay.bytesUp} bytes, exited: ${exited})`,
+    );
     relay.down = true;
     const r = await pending;
     assert.ok(relay.drops > 0, 'the relay cut connections');
@@ -459,7 +580,10 @@ describe('s3: a real Ceph RGW', () => {
     assert.match(oneLine(r), /endpoint unreachable|ECONNRESET|socket hang up/);
     assert.equal(await headExists(bucket, key), false, 'nothing under the final key');
     const orphans = chunkKeys(await listKeys(client, bucket), key);
-    assert.ok(orphans.length >= 1, 'chunks uploaded before the endpoint went down are still there (it could not delete them)');
+    assert.ok(
+      orphans.length >= 1,
+      'chunks uploaded before the endpoint went down are still there (it could not delete them)',
+    );
     const v = await cli(['verify', `s3://${bucket}/${key}`]);
     assert.equal(v.status, 3, v.stderr);
     assert.match(oneLine(v), /incomplete/);
@@ -504,15 +628,26 @@ describe('s3: a real Ceph RGW', () => {
       const start = relay.bytesUp;
       let child: ReturnType<typeof spawn> | undefined;
       let exited = false;
-      const p = cli(args, {}, (c) => { child = c; });
-      void p.then(() => { exited = true; });
+      const p = cli(args, {}, (c) => {
+        child = c;
+      });
+      void p.then(() => {
+        exited = true;
+      });
       const deadline = Date.now() + 60_000;
-      while (relay.bytesUp - start < bytes && !exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      while (relay.bytesUp - start < bytes && !exited && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 5));
       child!.kill('SIGKILL');
-      assert.ok(relay.bytesUp - start >= bytes, `the command had sent ${relay.bytesUp - start} of ${bytes} bytes before the kill`);
+      assert.ok(
+        relay.bytesUp - start >= bytes,
+        `the command had sent ${relay.bytesUp - start} of ${bytes} bytes before the kill`,
+      );
       return p;
     };
-    const k = await killAt(['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint], 5 << 20);
+    const k = await killAt(
+      ['save', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint],
+      5 << 20,
+    );
     assert.equal(k.signal, 'SIGKILL');
     assert.equal(await headExists(bucket, 'k'), false, 'no snapshot visible after the kill');
     assert.equal((await cli(['save', '-o', url, '-b', `mem=${src}`])).status, 0);
@@ -520,7 +655,10 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal((await cli(['pull', url, v1])).status, 0);
 
     for (let p = 0; p < 1000; p += 3) touchPage(src, p, 9); // about 1.3 MiB of changed pages: one patch part
-    const ku = await killAt(['save', '--update', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint], 300 << 10);
+    const ku = await killAt(
+      ['save', '--update', '-o', url, '-b', `mem=${src}`, '-j', '1', '--s3-endpoint', relay.endpoint],
+      300 << 10,
+    );
     assert.equal(ku.signal, 'SIGKILL');
     const mid = path.join(dir, 'mid.fxr');
     assert.equal((await cli(['pull', url, mid])).status, 0);
@@ -544,12 +682,18 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal((await cli(['save', '-o', url, '-b', `mem=${src}`])).status, 0);
     // the chunk with the highest index: with -j 1 the chunks before it (many MiB) are read first,
     // so the relay below cuts a connection before the load reaches the damaged chunk
-    const manifest = JSON.parse(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 't' }))).Body!.transformToString()) as
-      { chunks: [number, string][] };
-    assert.ok(manifest.chunks.length >= 4 && manifest.chunks.at(-1)![0] >= 4, 'several chunks come before the damaged one');
+    const manifest = JSON.parse(
+      await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: 't' }))).Body!.transformToString(),
+    ) as { chunks: [number, string][] };
+    assert.ok(
+      manifest.chunks.length >= 4 && manifest.chunks.at(-1)![0] >= 4,
+      'several chunks come before the damaged one',
+    );
     const victim = `t.fixedram-chunks/${manifest.chunks.at(-1)![1]}`;
     assert.ok(chunkKeys(await listKeys(client, bucket), 't').includes(victim));
-    const body = Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray());
+    const body = Buffer.from(
+      await (await client.send(new GetObjectCommand({ Bucket: bucket, Key: victim }))).Body!.transformToByteArray(),
+    );
     await client.send(new PutObjectCommand({ Bucket: bucket, Key: victim, Body: body.subarray(0, body.length >> 1) }));
     const v = await cli(['verify', url]);
     assert.equal(v.status, 3, v.stderr);

@@ -52,13 +52,19 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     const threadsBefore = threads();
     const seen: { temps: string[]; mode: number; outputExists: boolean; threads: number }[] = [];
     const r = await save({
-      output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: true, writeback: 'commit',
+      output: out,
+      blocks: [{ name: 'mem0', path: src }],
+      channels: 2,
+      fsync: true,
+      writeback: 'commit',
       batchBytes: 64 << 10, // 32 batches: the walk needs its worker threads
       beforePages: () => {
         const temps = fs.readdirSync(dir).filter((f) => /^\.vm\.fxr\.\d+\.[0-9a-f]{8}\.tmp$/.test(f));
         seen.push({
-          temps, mode: temps.length ? fs.statSync(path.join(dir, temps[0]!)).mode & 0o777 : -1,
-          outputExists: fs.existsSync(out), threads: threads(),
+          temps,
+          mode: temps.length ? fs.statSync(path.join(dir, temps[0]!)).mode & 0o777 : -1,
+          outputExists: fs.existsSync(out),
+          threads: threads(),
         });
         // the "guest" writes until it is stopped: every data page changes to generation 2
         restamp(src, 2, holes);
@@ -69,13 +75,19 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     assert.equal(seen[0]!.temps.length, 1, `one temp file beside the output: ${seen[0]!.temps.join(', ')}`);
     assert.equal(seen[0]!.mode, 0o600);
     assert.equal(seen[0]!.outputExists, false);
-    assert.ok(seen[0]!.threads >= threadsBefore + 2, `the 2 channels were started before the hook (threads ${threadsBefore} → ${seen[0]!.threads})`);
+    assert.ok(
+      seen[0]!.threads >= threadsBefore + 2,
+      `the 2 channels were started before the hook (threads ${threadsBefore} → ${seen[0]!.threads})`,
+    );
     assert.equal(r.channels, 2);
 
     // the premise: generation 1 and 2 differ, so a page read before the hook would show
     const back = path.join(dir, 'back.ram');
     await load({ snapshot: out, blocks: [{ name: 'mem0', path: back }], channels: 2 });
-    assert.ok(fs.readFileSync(back).equals(fs.readFileSync(src)), 'the snapshot holds generation 2 (read after the hook)');
+    assert.ok(
+      fs.readFileSync(back).equals(fs.readFileSync(src)),
+      'the snapshot holds generation 2 (read after the hook)',
+    );
     assert.equal(fs.readFileSync(back).readUInt32LE(4), 2, 'page 0 is a generation 2 stamp');
 
     const ds = snapshotDeviceState(out);
@@ -95,13 +107,20 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     await save({ output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false });
     const before = fs.readFileSync(out);
     let ran = false;
-    await assert.rejects(save({
-      output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false, batchBytes: 64 << 10,
-      beforePages: () => {
-        ran = true;
-        return Promise.reject(new Error('QEMU said no'));
-      },
-    }), /QEMU said no/);
+    await assert.rejects(
+      save({
+        output: out,
+        blocks: [{ name: 'mem0', path: src }],
+        channels: 2,
+        fsync: false,
+        batchBytes: 64 << 10,
+        beforePages: () => {
+          ran = true;
+          return Promise.reject(new Error('QEMU said no'));
+        },
+      }),
+      /QEMU said no/,
+    );
     assert.ok(ran, 'the fault was injected (the hook ran)');
     assert.ok(fs.readFileSync(out).equals(before));
     assert.deepEqual(fs.readdirSync(dir).sort(), ['mem0.ram', 'vm.fxr']);

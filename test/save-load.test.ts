@@ -13,7 +13,12 @@ import { referenceSave } from './support/reference-writer';
 import { requirePrereq } from './support/prereq';
 
 // Odd page counts, so blocks do not divide into batches (the tests use small batches).
-const kShapes: [string, number][] = [['empty', 0], ['one', 1], ['odd', 1031], ['many', 4099]];
+const kShapes: [string, number][] = [
+  ['empty', 0],
+  ['one', 1],
+  ['odd', 1031],
+  ['many', 4099],
+];
 
 function makeBlocks(dir: string): { name: string; path: string }[] {
   return kShapes.map(([name, pages], id) => {
@@ -32,12 +37,18 @@ describe('save and load', () => {
       const r = await save({ output: out, blocks, channels, batchBytes: 64 * 4096, fsync: channels === 1 });
       assert.equal(r.blocks.length, 4);
       assert.ok(fs.existsSync(out));
-      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock')), []);
+      assert.deepEqual(
+        fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock')),
+        [],
+      );
 
       // holes are holes: allocated bytes of the file ~ present pages (+ metadata)
       const presentBytes = r.presentPages * 4096;
       const alloc = allocated(out);
-      assert.ok(alloc >= presentBytes && alloc <= presentBytes + 256 * 1024, `allocated ${alloc}, present ${presentBytes}`);
+      assert.ok(
+        alloc >= presentBytes && alloc <= presentBytes + 256 * 1024,
+        `allocated ${alloc}, present ${presentBytes}`,
+      );
 
       // fresh targets
       const fresh = path.join(dir, 'fresh');
@@ -127,8 +138,12 @@ describe('save and load', () => {
     await save({ output: out, blocks: [{ name: 'a', path: src }], channels: 2 });
     const before = openFds();
     for (let i = 0; i < 20; i++) {
-      await assert.rejects(save({ output: out, blocks: [{ name: 'a', path: path.join(dir, 'missing') }] }), { code: 'ENOENT' });
-      await assert.rejects(load({ snapshot: out, blocks: [{ name: 'nope', path: path.join(dir, 'x') }] }), { code: 'ERR_USAGE' });
+      await assert.rejects(save({ output: out, blocks: [{ name: 'a', path: path.join(dir, 'missing') }] }), {
+        code: 'ENOENT',
+      });
+      await assert.rejects(load({ snapshot: out, blocks: [{ name: 'nope', path: path.join(dir, 'x') }] }), {
+        code: 'ERR_USAGE',
+      });
       await save({ output: out, blocks: [{ name: 'a', path: src }], channels: 2, fsync: false });
     }
     assert.equal(openFds(), before);

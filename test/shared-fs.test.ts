@@ -26,7 +26,9 @@ function run(args: string[]): Promise<{ status: number | null; stderr: string }>
   return new Promise((resolve) => {
     const c = spawn(process.execPath, [kBin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     c.on('close', (status) => resolve({ status, stderr }));
   });
 }
@@ -94,12 +96,22 @@ describe('shared file system: GlusterFS mounted twice', () => {
     const src = path.join(local, 'mem');
     makeBlock(src, 1, 100);
     // host A holds the output's lock, as a save in progress does
-    const holder = spawn(process.execPath, ['-e', `
+    const holder = spawn(
+      process.execPath,
+      [
+        '-e',
+        `
       const { lockOutput } = require(${JSON.stringify(path.resolve(__dirname, '..', 'src', 'lock.js'))});
       const l = lockOutput(process.argv[1]);
       process.stdout.write('locked\\n');
-      process.stdin.on('data', () => { l.release(); process.exit(0); });`, path.join(d.a, 'vm.fxr')], { stdio: ['pipe', 'pipe', 'inherit'] });
-    t.after(() => { holder.kill(); });
+      process.stdin.on('data', () => { l.release(); process.exit(0); });`,
+        path.join(d.a, 'vm.fxr'),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    t.after(() => {
+      holder.kill();
+    });
     await new Promise<void>((res) => holder.stdout!.once('data', () => res()));
     const r = fixedram(['save', '-o', path.join(d.b, 'vm.fxr'), '-b', `mem=${src}`]);
     assert.equal(r.status, 4, r.stderr);

@@ -86,13 +86,19 @@ describe('save --update', () => {
     const ino = fs.statSync(out).ino;
     const m = blocks.map((b, i) => mutate(b.path, i + 1, 1));
     const changed = m.reduce((s, x) => s + x.changed, 0);
-    assert.ok(m.every((x) => x.toZero > 0 && x.fromZero > 0), 'the mutation covers data→zero and zero→data');
+    assert.ok(
+      m.every((x) => x.toZero > 0 && x.fromZero > 0),
+      'the mutation covers data→zero and zero→data',
+    );
 
     const r = await update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage });
     assert.equal(fs.statSync(out).ino, ino, 'updated in place');
     assert.equal(r.pagesChecked, 4500);
     assert.equal(r.pagesWritten + r.pagesPunched, changed);
-    assert.equal(r.pagesPunched, m.reduce((s, x) => s + x.toZero, 0));
+    assert.equal(
+      r.pagesPunched,
+      m.reduce((s, x) => s + x.toZero, 0),
+    );
     assert.equal(r.pagesUnchanged, 4500 - changed);
     assert.ok(r.bytesWritten < full.bytesWritten * 0.15, `${r.bytesWritten} vs full ${full.bytesWritten}`);
 
@@ -107,7 +113,10 @@ describe('save --update', () => {
     // equal to a fresh save of the same sources
     const fresh = path.join(dir, 'fresh.fxr');
     await save({ output: fresh, blocks, channels: 2, fsync: false });
-    assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(out)), 'an updated snapshot is byte-identical to a fresh save');
+    assert.ok(
+      fs.readFileSync(fresh).equals(fs.readFileSync(out)),
+      'an updated snapshot is byte-identical to a fresh save',
+    );
   });
 
   it('an update with no changes writes no pages', async (t) => {
@@ -121,17 +130,46 @@ describe('save --update', () => {
   });
 
   it('an update with no changes writes only the header, twice (counted with strace); one with changes writes pages', async (t) => {
-    if (!requirePrereq(t, spawnSync('strace', ['-V']).status === 0, 'strace is not installed (.ci/install-system installs it)')) return;
+    if (
+      !requirePrereq(
+        t,
+        spawnSync('strace', ['-V']).status === 0,
+        'strace is not installed (.ci/install-system installs it)',
+      )
+    )
+      return;
     const { blocks, out } = setup(t, [2000, 700]);
     await save({ output: out, blocks, channels: 2 });
     const before = fs.readFileSync(out);
     const traced = (name: string): { writes: string[]; stderr: string } => {
       const log = path.join(os.tmpdir(), `fixedram-strace-${process.pid}-${name}.log`);
       t.after(() => fs.rmSync(log, { force: true }));
-      const r = spawnSync('strace', ['-f', '-qq', '-y', '-o', log,
-        '-e', 'trace=write,pwrite64,writev,pwritev,pwritev2,fallocate,ftruncate,copy_file_range,sendfile,splice',
-        process.execPath, kBin, 'save', '--update', '-o', out, ...blocks.flatMap((b) => ['-b', `${b.name}=${b.path}`]),
-        '-j', '2', '--progress', 'none', '--log-level', 'debug'], { encoding: 'utf8' });
+      const r = spawnSync(
+        'strace',
+        [
+          '-f',
+          '-qq',
+          '-y',
+          '-o',
+          log,
+          '-e',
+          'trace=write,pwrite64,writev,pwritev,pwritev2,fallocate,ftruncate,copy_file_range,sendfile,splice',
+          process.execPath,
+          kBin,
+          'save',
+          '--update',
+          '-o',
+          out,
+          ...blocks.flatMap((b) => ['-b', `${b.name}=${b.path}`]),
+          '-j',
+          '2',
+          '--progress',
+          'none',
+          '--log-level',
+          'debug',
+        ],
+        { encoding: 'utf8' },
+      );
       assert.equal(r.status, 0, r.stderr);
       // a call another thread interrupted is split over an "<unfinished ...>" and a "resumed>" line
       const open = new Map<string, string>();
@@ -151,14 +189,28 @@ describe('save --update', () => {
 
     const same = traced('same');
     assert.equal(same.writes.length, 2, same.writes.join('\n'));
-    for (const w of same.writes) assert.match(w, /pwrite64\(\d+<[^>]+>, .*, \d+, 0\) = \d+$/, 'a header write at offset 0');
+    for (const w of same.writes)
+      assert.match(w, /pwrite64\(\d+<[^>]+>, .*, \d+, 0\) = \d+$/, 'a header write at offset 0');
     assert.ok(fs.readFileSync(out).equals(before), 'nothing changed');
     // the phase breakdown is in the debug log
     const line = same.stderr.split('\n').find((l) => l.includes('update: phases'));
     assert.ok(line, same.stderr);
     const phases = (JSON.parse(line) as { phases: Record<string, number> }).phases;
-    for (const k of ['startup', 'open', 'tablesRead', 'mark', 'scan', 'pages', 'tablesWrite', 'syncData', 'commit',
-      'chRead', 'chHash', 'chWrite', 'chPunch']) {
+    for (const k of [
+      'startup',
+      'open',
+      'tablesRead',
+      'mark',
+      'scan',
+      'pages',
+      'tablesWrite',
+      'syncData',
+      'commit',
+      'chRead',
+      'chHash',
+      'chWrite',
+      'chPunch',
+    ]) {
       assert.equal(typeof phases[k], 'number', `phase ${k}`);
     }
 
@@ -181,7 +233,9 @@ describe('save --update', () => {
     fs.writeSync(fd, Buffer.from([0xff]), 0, 1, at);
     fs.closeSync(fd);
     const before = fs.readFileSync(out);
-    await assert.rejects(update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage }), { code: 'ERR_SNAPSHOT_INVALID' });
+    await assert.rejects(update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage }), {
+      code: 'ERR_SNAPSHOT_INVALID',
+    });
     assert.ok(fs.readFileSync(out).equals(before));
     const started = Date.now();
     const cli = fixedram(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`, '-j', '2']);
@@ -197,8 +251,10 @@ describe('save --update', () => {
     const { src, out } = await savedDense(t);
     denseBlock(src, 1, kPages, { generation: 2 }); // every page changed: each batch writes one run
     // every write of the snapshot sleeps, so the truncation lands while batches remain
-    const w = new Watched(['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '1', '--progress', 'json', '--no-fsync'],
-      shimEnv(so, { funcs: 'pwritev', delayUs: 200_000, path: out }));
+    const w = new Watched(
+      ['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '1', '--progress', 'json', '--no-fsync'],
+      shimEnv(so, { funcs: 'pwritev', delayUs: 200_000, path: out }),
+    );
     reap(t, w);
     assert.ok(await w.midway(), 'the update started');
     fs.truncateSync(src, 100 * kPage);
@@ -228,8 +284,11 @@ describe('save --update', () => {
       fs.truncateSync(src, full);
       denseBlock(src, 1, kPages, { generation: run + 2 }); // every page changed: every batch copies out
       // each write of the snapshot waits 20 ms, so the batches after the first meet the flapping
-      const w = new Watched(['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '2', '--no-fsync', '--progress', 'json'],
-        shimEnv(so, { funcs: 'pwritev', delayUs: 20_000, path: out }), { timeoutMs: 60_000 });
+      const w = new Watched(
+        ['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '2', '--no-fsync', '--progress', 'json'],
+        shimEnv(so, { funcs: 'pwritev', delayUs: 20_000, path: out }),
+        { timeoutMs: 60_000 },
+      );
       reap(t, w);
       let ended = false;
       void w.exited.then(() => {
@@ -258,7 +317,11 @@ describe('save --update', () => {
     fs.truncateSync(src, full);
     denseBlock(src, 1, kPages, { generation: 99 });
     const r = await update({ output: out, blocks: [{ name: 'b0', path: src }], channels: 2, fsync: false });
-    assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true, JSON.stringify(r));
+    assert.equal(
+      (await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok,
+      true,
+      JSON.stringify(r),
+    );
   });
 
   it('pages larger than the host page are read, not mapped, and give the same file as a fresh save', async (t) => {
@@ -304,8 +367,9 @@ describe('save --update', () => {
     const so = shimPath();
     if (!requireSetup(t, so)) return;
     const report = path.join(dir, 'shim.report');
-    const cli = fixedram(['save', '--update', '-o', copy, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--no-fsync'],
-      { env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: copy, report }) });
+    const cli = fixedram(['save', '--update', '-o', copy, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--no-fsync'], {
+      env: shimEnv(so, { fallocate: 'eopnotsupp', funcs: 'none', path: copy, report }),
+    });
     assert.equal(cli.status, 0, cli.stderr);
     assert.ok(readShimReport(report).fallocate > 0, 'fallocate was refused at least once');
     assert.ok(fs.readFileSync(fresh).equals(fs.readFileSync(copy)), 'zeros written instead: the same bytes');
@@ -323,10 +387,18 @@ describe('save --update', () => {
       ['added', [...blocks, { name: 'extra', path: extra }], /block 'extra' is not in the snapshot/],
       ['removed', [blocks[0]!], /block 'b1' is in the snapshot but not given/],
       ['resized', [{ name: 'b0', path: bigger }, blocks[1]!], /block 'b0' is 1232896 bytes, the snapshot has 1228800/],
-      ['renamed', [{ name: 'renamed', path: blocks[0]!.path }, blocks[1]!], /block 'b0' is in the snapshot but not given/],
+      [
+        'renamed',
+        [{ name: 'renamed', path: blocks[0]!.path }, blocks[1]!],
+        /block 'b0' is in the snapshot but not given/,
+      ],
     ];
     for (const [what, given, message] of cases) {
-      await assert.rejects(update({ output: out, blocks: given, channels: 1 }), { code: 'ERR_SNAPSHOT_INVALID', message }, what);
+      await assert.rejects(
+        update({ output: out, blocks: given, channels: 1 }),
+        { code: 'ERR_SNAPSHOT_INVALID', message },
+        what,
+      );
       assert.ok(fs.readFileSync(out).equals(before), `${what}: the snapshot was modified`);
     }
     const cli = fixedram(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`]);
@@ -334,7 +406,10 @@ describe('save --update', () => {
     assert.match(cli.stderr, /nothing was changed/);
     const missing = fixedram(['save', '--update', '-o', path.join(dir, 'none.fxr'), '-b', `b0=${blocks[0]!.path}`]);
     assert.equal(missing.status, 3);
-    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('none')), []);
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.startsWith('none')),
+      [],
+    );
   });
 
   it('SIGKILL at random points: verify reports the interrupted update, a re-run repairs it', async (t) => {
@@ -345,8 +420,10 @@ describe('save --update', () => {
     for (let round = 0; round < 4; round++) {
       mutate(blocks[0]!.path, 1, 10 + round);
       // make every page differ so the update has work for its whole run
-      const child = fixedramChild(['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--progress', 'json', '--no-fsync'],
-        { env: { ...process.env } });
+      const child = fixedramChild(
+        ['save', '--update', '-o', out, '-b', `b0=${blocks[0]!.path}`, '-j', '2', '--progress', 'json', '--no-fsync'],
+        { env: { ...process.env } },
+      );
       const killAt = round === 0 ? 1 : 1 + crypto.randomInt(4);
       let events = 0;
       let buf = '';
@@ -359,12 +436,17 @@ describe('save --update', () => {
           if (line.startsWith('{"event":"progress"') && ++events === killAt) child.kill('SIGKILL');
         }
       });
-      const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
+      const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
+        child.on('exit', (c, s) => resolve([c, s])),
+      );
       const v = fixedram(['verify', out, '--json']);
       if (signal === 'SIGKILL') {
         interrupted++;
         assert.equal(v.status, 3, v.stdout);
-        assert.match(JSON.parse(v.stdout).error.message, /interrupted in-place update.*re-run `fixedram save --update`/);
+        assert.match(
+          JSON.parse(v.stdout).error.message,
+          /interrupted in-place update.*re-run `fixedram save --update`/,
+        );
         const l = fixedram(['load', out, '--dir', path.join(dir, 'x')]);
         assert.equal(l.status, 3);
         const repair = await update({ output: out, blocks, channels: 2, fsync: false });

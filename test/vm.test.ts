@@ -13,7 +13,15 @@ import * as path from 'node:path';
 import { describe } from 'node:test';
 import { load } from '../src/index';
 import { fixedram, fixedramChild } from './support/cli';
-import { buildGuest, guestMissing, serialCounts, startGuest, waitForCounts, type GuestKernel, type GuestVm } from './support/guest';
+import {
+  buildGuest,
+  guestMissing,
+  serialCounts,
+  startGuest,
+  waitForCounts,
+  type GuestKernel,
+  type GuestVm,
+} from './support/guest';
 import { qemuMissing, sha256File } from './support/qemu';
 import { prereqSuite } from './support/prereq';
 import { fillFile } from './support/stamp';
@@ -27,7 +35,10 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
   let dir: string;
   let kernel: GuestKernel;
   const vms: GuestVm[] = [];
-  const start = async (tag: string, o: { memPath?: string; incoming?: boolean; mib?: number; paused?: boolean } = {}): Promise<GuestVm> => {
+  const start = async (
+    tag: string,
+    o: { memPath?: string; incoming?: boolean; mib?: number; paused?: boolean } = {},
+  ): Promise<GuestVm> => {
     const vm = await startGuest(dir, tag, { kernel, mib: o.mib ?? kMib, ...o });
     vms.push(vm);
     return vm;
@@ -75,8 +86,14 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     const j1 = json(r1);
     assert.equal(j1.command, 'vm save');
     assert.equal(j1.mode, 'shared-file');
-    assert.deepEqual((j1.blocks as { name: string }[]).map((b) => b.name), ['mem0']);
-    assert.ok((j1.deviceStateBytes as number) > 1000 && (j1.deviceStateBytes as number) < (4 << 20), String(j1.deviceStateBytes));
+    assert.deepEqual(
+      (j1.blocks as { name: string }[]).map((b) => b.name),
+      ['mem0'],
+    );
+    assert.ok(
+      (j1.deviceStateBytes as number) > 1000 && (j1.deviceStateBytes as number) < 4 << 20,
+      String(j1.deviceStateBytes),
+    );
     assert.equal(typeof j1.downtimeSeconds, 'number');
     assert.equal(j1.channels, 2);
     assert.equal((await a.qmp.execute<{ status: string }>('query-status')).status, 'running');
@@ -88,14 +105,31 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     // 2. the guest runs on; --update rewrites only the pages it changed
     const seen = serialCounts(a.serial).length;
     await waitForCounts(a.serial, seen + 10);
-    const r2 = fixedram(['vm', 'save', '--update', '--qmp', a.fixedramQmp, '-o', snap, '--json', '--progress', 'none', '--then', 'pause']);
+    const r2 = fixedram([
+      'vm',
+      'save',
+      '--update',
+      '--qmp',
+      a.fixedramQmp,
+      '-o',
+      snap,
+      '--json',
+      '--progress',
+      'none',
+      '--then',
+      'pause',
+    ]);
     assert.equal(r2.status, 0, r2.stderr);
     const j2 = json(r2);
     const written = j2.pagesWritten as number;
     assert.ok(written >= 2 && written <= 40, `pages written by --update: ${written}`);
     assert.ok((j2.pagesUnchanged as number) > 1000);
     assert.equal(j2.downtimeSeconds, undefined);
-    assert.equal((await a.qmp.execute<{ status: string }>('query-status')).status, 'postmigrate', '--then pause leaves it stopped');
+    assert.equal(
+      (await a.qmp.execute<{ status: string }>('query-status')).status,
+      'postmigrate',
+      '--then pause leaves it stopped',
+    );
     const c2 = await savedCount(snap);
     assert.ok(c2 >= c1 + 10, `count ${c1} then ${c2}`);
     const printedBeforeKill = serialCounts(a.serial);
@@ -107,7 +141,18 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     fillFile(mem, kMib << 20, 0xaa);
     const b = await start('b', { memPath: mem, incoming: true });
     assert.equal((await b.qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
-    const r3 = fixedram(['vm', 'restore', '--qmp', b.fixedramQmp, snap, '--then', 'pause', '--json', '--progress', 'none']);
+    const r3 = fixedram([
+      'vm',
+      'restore',
+      '--qmp',
+      b.fixedramQmp,
+      snap,
+      '--then',
+      'pause',
+      '--json',
+      '--progress',
+      'none',
+    ]);
     assert.equal(r3.status, 0, r3.stderr);
     const j3 = json(r3);
     assert.equal(j3.command, 'vm restore');
@@ -155,7 +200,10 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     const before = sha256File(mem);
     const r = fixedram(['vm', 'restore', '--qmp', b.fixedramQmp, snap, '--json', '--progress', 'none']);
     assert.equal(r.status, 3, r.stderr);
-    assert.match(r.stderr, /^fixedram: error: snapshot '.*' does not match this VM: block 'mem0' is 64 MiB in the snapshot, 32 MiB in QEMU; nothing was written\n$/);
+    assert.match(
+      r.stderr,
+      /^fixedram: error: snapshot '.*' does not match this VM: block 'mem0' is 64 MiB in the snapshot, 32 MiB in QEMU; nothing was written\n$/,
+    );
     assert.equal(sha256File(mem), before);
     assert.equal((await b.qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
     await b.stop();
@@ -163,7 +211,11 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
 
   it('a truncated device state is exit 3, an altered one exit 1, both before anything is written', async () => {
     const orig = path.join(dir, 'vm.fxr');
-    const info = JSON.parse(fixedram(['inspect', orig, '--json']).stdout) as { deviceStateOffset: number; deviceState: { kind: string }; fileSize: number };
+    const info = JSON.parse(fixedram(['inspect', orig, '--json']).stdout) as {
+      deviceStateOffset: number;
+      deviceState: { kind: string };
+      fileSize: number;
+    };
     assert.equal(info.deviceState.kind, 'qemu-stream');
     const cut = path.join(dir, 'cut.fxr');
     fs.copyFileSync(orig, cut);
@@ -198,7 +250,10 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await waitForCounts(b.serial, 2);
     const r = fixedram(['vm', 'restore', '--qmp', b.fixedramQmp, path.join(dir, 'vm.fxr'), '--progress', 'none']);
     assert.equal(r.status, 4, r.stderr);
-    assert.match(r.stderr, /^fixedram: error: QEMU is not waiting for an incoming migration \(status 'running'\): start it with -incoming defer/);
+    assert.match(
+      r.stderr,
+      /^fixedram: error: QEMU is not waiting for an incoming migration \(status 'running'\): start it with -incoming defer/,
+    );
     assert.equal(r.stderr.split('\n').length, 2, 'one line');
     assert.equal((await b.qmp.execute<{ status: string }>('query-status')).status, 'running');
     const n = serialCounts(b.serial).length;
@@ -206,7 +261,7 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await b.stop();
   });
 
-  it('a save that fails after stopping the VM resumes it and says so (update of another VM\'s snapshot)', async () => {
+  it("a save that fails after stopping the VM resumes it and says so (update of another VM's snapshot)", async () => {
     const other = path.join(dir, 'other.fxr');
     const src = path.join(dir, 'other-src.ram');
     fillFile(src, 1 << 20, 0x11);
@@ -220,7 +275,7 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await b.stop();
   });
 
-  it('QEMU killed mid-save: exit 4 with QEMU\'s disconnect, no snapshot and no temp file left', async () => {
+  it("QEMU killed mid-save: exit 4 with QEMU's disconnect, no snapshot and no temp file left", async () => {
     const outDir = path.join(dir, 'killed');
     fs.mkdirSync(outDir);
     const snap = path.join(outDir, 'vm.fxr');
@@ -241,7 +296,10 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     watcher.close();
     assert.ok(killed, 'the fault was injected (QEMU killed during the save)');
     assert.equal(status, 4, stderr);
-    assert.match(stderr, /^fixedram: error: QEMU closed the QMP connection '.*' \(did QEMU exit\?\) (during [a-z-]+|\(before stop\))/);
+    assert.match(
+      stderr,
+      /^fixedram: error: QEMU closed the QMP connection '.*' \(did QEMU exit\?\) (during [a-z-]+|\(before stop\))/,
+    );
     assert.equal(stderr.trim().split('\n').length, 1, stderr);
     assert.deepEqual(fs.readdirSync(outDir), []);
     await b.stop();
@@ -258,7 +316,11 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     assert.ok((j1.blocks as { name: string }[]).some((b) => b.name === 'pc.ram'));
     assert.equal((await a.qmp.execute<{ status: string }>('query-status')).status, 'running');
     const caps = await a.qmp.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
-    assert.deepEqual(caps.filter((c) => c.state).map((c) => c.capability), [], 'the capabilities fixedram set were put back');
+    assert.deepEqual(
+      caps.filter((c) => c.state).map((c) => c.capability),
+      [],
+      'the capabilities fixedram set were put back',
+    );
     assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('.anon.fxr')).length, 0, 'no temp file left');
     const info = JSON.parse(fixedram(['inspect', snap, '--json']).stdout) as { deviceState: { kind: string } };
     assert.equal(info.deviceState.kind, 'qemu-mapped-ram');
@@ -273,7 +335,10 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     const small = await start('anon-small', { incoming: true, mib: 32 });
     const bad = fixedram(['vm', 'restore', '--qmp', small.fixedramQmp, snap, '--progress', 'none']);
     assert.equal(bad.status, 3, bad.stderr);
-    assert.match(bad.stderr, /does not match this VM: block 'pc\.ram' is 64 MiB in the snapshot, 32 MiB in QEMU; nothing was written/);
+    assert.match(
+      bad.stderr,
+      /does not match this VM: block 'pc\.ram' is 64 MiB in the snapshot, 32 MiB in QEMU; nothing was written/,
+    );
     assert.equal((await small.qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
     await small.stop();
 

@@ -10,7 +10,13 @@ import { reopenChecked } from '../blocks';
 import { integrityError, toRecord } from '../errors';
 import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native, type Native } from '../native';
 import {
-  emptyStats, kCtlCancel, kCtlNextBatch, type BadPage, type ChannelBlock, type ChannelJob, type ChannelMessage,
+  emptyStats,
+  kCtlCancel,
+  kCtlNextBatch,
+  type BadPage,
+  type ChannelBlock,
+  type ChannelJob,
+  type ChannelMessage,
 } from './messages';
 
 const kMaxOpenLive = 64;
@@ -35,15 +41,17 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
   const scratch = job.directIo
     ? new Uint8Array(addon.alignedBuffer(Math.max(job.scratchBytes, 4096)))
     : Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
-  const scratch2 = job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined || b.livePath !== undefined)
-    ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64)) : Buffer.alloc(0);
+  const scratch2 =
+    job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined || b.livePath !== undefined)
+      ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64))
+      : Buffer.alloc(0);
   const bad = new BigUint64Array(Math.max(job.badCapacity, 1) * 3);
   const live = new Map<number, number>();
   const reopen = (fd: number, flags: number): number => fs.openSync(`/proc/self/fd/${fd}`, flags);
   let snapFd = -1;
   let direct = job.directIo;
-  const snapFlags = (): number => (job.kind === 'save' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) |
-    (direct ? fs.constants.O_DIRECT : 0);
+  const snapFlags = (): number =>
+    (job.kind === 'save' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | (direct ? fs.constants.O_DIRECT : 0);
 
   const liveFd = (i: number, b: ChannelBlock): number => {
     const have = live.get(i);
@@ -53,10 +61,18 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       fs.closeSync(fd);
       live.delete(oldest);
     }
-    const flags = job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
-    const fd = b.liveFd !== undefined ? reopen(b.liveFd, flags)
-      : reopenChecked(b.livePath!, flags, { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false }, b.name,
-        b.liveDirFd !== undefined ? { dirFd: b.liveDirFd, rel: b.liveRel! } : undefined);
+    const flags =
+      job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
+    const fd =
+      b.liveFd !== undefined
+        ? reopen(b.liveFd, flags)
+        : reopenChecked(
+            b.livePath!,
+            flags,
+            { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false },
+            b.name,
+            b.liveDirFd !== undefined ? { dirFd: b.liveDirFd, rel: b.liveRel! } : undefined,
+          );
     live.set(i, fd);
     return fd;
   };
@@ -76,8 +92,18 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
         if (job.kind === 'save') {
           // save and update take the same options and report the same counts first
           const o = {
-            srcFd: liveFd(blockIndex, b), srcBase: b.liveBase, dstFd: snapFd, dstBase: b.snapBase, pageSize: b.pageSize,
-            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, mask: b.mask ?? kNoMask, flags: b.flags,
+            srcFd: liveFd(blockIndex, b),
+            srcBase: b.liveBase,
+            dstFd: snapFd,
+            dstBase: b.snapBase,
+            pageSize: b.pageSize,
+            firstPage: first,
+            pageCount: count,
+            scratch,
+            csums: b.csums,
+            present: b.present,
+            mask: b.mask ?? kNoMask,
+            flags: b.flags,
           };
           const update = (b.flags & kSaveUpdate) !== 0;
           const r = update ? addon.updatePages(o) : addon.savePages(o);
@@ -97,8 +123,17 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           }
         } else if (job.kind === 'load') {
           const r = addon.loadPages({
-            snapFd, snapBase: b.snapBase, dstFd: liveFd(blockIndex, b), dstBase: b.liveBase, pageSize: b.pageSize,
-            firstPage: first, pageCount: count, scratch, csums: b.csums, present: b.present, flags: b.flags,
+            snapFd,
+            snapBase: b.snapBase,
+            dstFd: liveFd(blockIndex, b),
+            dstBase: b.liveBase,
+            pageSize: b.pageSize,
+            firstPage: first,
+            pageCount: count,
+            scratch,
+            csums: b.csums,
+            present: b.present,
+            flags: b.flags,
           });
           stats.bytesRead += r[0];
           stats.bytesWritten += r[1];
@@ -109,13 +144,25 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             throw integrityError(
               `block '${b.name}' page ${page}: checksum mismatch (expected ${hex(expected)}, got ${hex(r[4])}) at ` +
                 `offset 0x${(b.snapBase + page * b.pageSize).toString(16)}; the targets are incomplete`,
-              { block: b.name, page, offset: b.snapBase + page * b.pageSize, path: job.snapshotPath });
+              { block: b.name, page, offset: b.snapBase + page * b.pageSize, path: job.snapshotPath },
+            );
           }
         } else {
           const fd = b.liveFd !== undefined || b.liveIno !== undefined ? liveFd(blockIndex, b) : -1;
           const r = addon.verifyPages({
-            snapFd, snapBase: b.snapBase, pageSize: b.pageSize, firstPage: first, pageCount: count, scratch,
-            csums: b.csums, present: b.present, againstFd: fd, againstBase: b.liveBase, scratch2, bad, flags: b.flags,
+            snapFd,
+            snapBase: b.snapBase,
+            pageSize: b.pageSize,
+            firstPage: first,
+            pageCount: count,
+            scratch,
+            csums: b.csums,
+            present: b.present,
+            againstFd: fd,
+            againstBase: b.liveBase,
+            scratch2,
+            bad,
+            flags: b.flags,
             mask: b.mask ?? kNoMask,
           });
           stats.bytesRead += r[0];
@@ -124,7 +171,8 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             const page = Number(bad[3 * k]!);
             const kind = Number(bad[3 * k + 1]!);
             const entry: BadPage = {
-              block: blockIndex, page,
+              block: blockIndex,
+              page,
               kind: kind === kBadChecksum ? 'checksum' : kind === kDiffersFromLive ? 'differs' : 'absent-not-zero',
               actual: hex(bad[3 * k + 2]!),
             };
@@ -148,7 +196,10 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
           fs.closeSync(snapFd);
           snapFd = -1;
           snapFd = reopen(job.snapshotFd, snapFlags());
-          post({ type: 'warning', message: `direct I/O failed with EINVAL on '${job.snapshotPath}'; continuing with buffered I/O` });
+          post({
+            type: 'warning',
+            message: `direct I/O failed with EINVAL on '${job.snapshotPath}'; continuing with buffered I/O`,
+          });
           once();
         }
       } catch (err) {
@@ -172,4 +223,3 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
     if (snapFd >= 0) fs.closeSync(snapFd);
   }
 }
-

@@ -125,8 +125,20 @@ export type ChannelMessage = ProgressMessage | DoneMessage | FailedMessage | War
 
 export function emptyStats(): ChannelStats {
   return {
-    batches: 0, bytesRead: 0, bytesWritten: 0, presentPages: 0, writtenPages: 0, punchedPages: 0,
-    unchangedPages: 0, zeroedPages: 0,
-    readNs: 0, hashNs: 0, writeNs: 0, punchNs: 0, cpuNs: 0, badCount: 0, bad: [],
+    batches: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    presentPages: 0,
+    writtenPages: 0,
+    punchedPages: 0,
+    unchangedPages: 0,
+    zeroedPages: 0,
+    readNs: 0,
+    hashNs: 0,
+    writeNs: 0,
+    punchNs: 0,
+    cpuNs: 0,
+    badCount: 0,
+    bad: [],
   };
 }

@@ -13,7 +13,14 @@ import { Worker } from 'node:worker_threads';
 import { runChannel } from './channel';
 import { fromRecord, interruptedError } from '../errors';
 import {
-  emptyStats, kCtlCancel, kCtlNextBatch, kCtlWords, type ChannelBlock, type ChannelJob, type ChannelKind, type ChannelMessage,
+  emptyStats,
+  kCtlCancel,
+  kCtlNextBatch,
+  kCtlWords,
+  type ChannelBlock,
+  type ChannelJob,
+  type ChannelKind,
+  type ChannelMessage,
   type ChannelStats,
 } from './messages';
 import type { BatchPlan } from '../plan';
@@ -136,13 +143,18 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
   };
 
   // One batch: run it here. A worker thread would cost more to start than the batch takes.
-  const inline = opts.plan.count <= 1 ? async (): Promise<void> => runChannel(job, (m) => void onMessage(m, failWith)) : undefined;
+  const inline =
+    opts.plan.count <= 1 ? async (): Promise<void> => runChannel(job, (m) => void onMessage(m, failWith)) : undefined;
 
   const one = (index: number): Promise<void> =>
     new Promise<void>((resolve) => {
       const slot = opts.team?.take();
       if (slot && (slot.early || slot.exited)) {
-        failWith(slot.early ? (explainWorkerError(slot.early, index) as Error) : new Error(`channel ${index} exited before its job was handed over`));
+        failWith(
+          slot.early
+            ? (explainWorkerError(slot.early, index) as Error)
+            : new Error(`channel ${index} exited before its job was handed over`),
+        );
         resolve();
         return;
       }
@@ -255,29 +267,34 @@ export class ChannelPool {
       runChannel(job, (m) => void onMessage(m));
     } else {
       this.start(n, false);
-      await Promise.all(this.workers.slice(0, n).map((w, index) => new Promise<void>((resolve) => {
-        const off = (): void => {
-          w.off('message', message);
-          w.off('error', error);
-          w.off('exit', exit);
-          resolve();
-        };
-        const message = (m: ChannelMessage): void => {
-          if (onMessage(m)) off();
-        };
-        const error = (err: Error): void => {
-          this.fail(explainWorkerError(err, index) as Error); // a thread or descriptor limit says so in one line
-          off();
-        };
-        const exit = (code: number): void => {
-          this.fail(new Error(`channel ${index} exited with code ${code} before finishing`));
-          off();
-        };
-        w.on('message', message);
-        w.on('error', error);
-        w.on('exit', exit);
-        w.postMessage(job);
-      })));
+      await Promise.all(
+        this.workers.slice(0, n).map(
+          (w, index) =>
+            new Promise<void>((resolve) => {
+              const off = (): void => {
+                w.off('message', message);
+                w.off('error', error);
+                w.off('exit', exit);
+                resolve();
+              };
+              const message = (m: ChannelMessage): void => {
+                if (onMessage(m)) off();
+              };
+              const error = (err: Error): void => {
+                this.fail(explainWorkerError(err, index) as Error); // a thread or descriptor limit says so in one line
+                off();
+              };
+              const exit = (code: number): void => {
+                this.fail(new Error(`channel ${index} exited with code ${code} before finishing`));
+                off();
+              };
+              w.on('message', message);
+              w.on('error', error);
+              w.on('exit', exit);
+              w.postMessage(job);
+            }),
+        ),
+      );
     }
     // eslint-disable-next-line @typescript-eslint/only-throw-error -- set by the workers' callbacks, an Error
     if (this.firstError) throw this.firstError;
@@ -294,21 +311,30 @@ export class ChannelPool {
    */
   async prestart(count: number, timeoutMs = 30_000): Promise<void> {
     const fresh = this.start(Math.min(this.opts.channels, count), true);
-    await Promise.all(fresh.map((w, i) => new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => done(new Error(`channel ${i} did not start within ${timeoutMs / 1000} s`)), timeoutMs);
-      const done = (err?: Error): void => {
-        clearTimeout(timer);
-        w.off('message', message).off('error', error).off('exit', exit);
-        if (err) reject(err);
-        else resolve();
-      };
-      const message = (m: { type?: string }): void => {
-        if (m.type === 'ready') done();
-      };
-      const error = (err: Error): void => done(explainWorkerError(err, i) as Error);
-      const exit = (code: number): void => done(new Error(`channel ${i} exited with code ${code} before its first window`));
-      w.on('message', message).on('error', error).on('exit', exit);
-    })));
+    await Promise.all(
+      fresh.map(
+        (w, i) =>
+          new Promise<void>((resolve, reject) => {
+            const timer = setTimeout(
+              () => done(new Error(`channel ${i} did not start within ${timeoutMs / 1000} s`)),
+              timeoutMs,
+            );
+            const done = (err?: Error): void => {
+              clearTimeout(timer);
+              w.off('message', message).off('error', error).off('exit', exit);
+              if (err) reject(err);
+              else resolve();
+            };
+            const message = (m: { type?: string }): void => {
+              if (m.type === 'ready') done();
+            };
+            const error = (err: Error): void => done(explainWorkerError(err, i) as Error);
+            const exit = (code: number): void =>
+              done(new Error(`channel ${i} exited with code ${code} before its first window`));
+            w.on('message', message).on('error', error).on('exit', exit);
+          }),
+      ),
+    );
   }
 
   /** Starts channels until `n` run; returns the new ones. */
@@ -316,7 +342,10 @@ export class ChannelPool {
     const fresh: Worker[] = [];
     while (this.workers.length < n) {
       try {
-        const w = new Worker(kWorkerFile, { workerData: { persistent: true, announce }, name: `fixedram-channel-${this.workers.length}` });
+        const w = new Worker(kWorkerFile, {
+          workerData: { persistent: true, announce },
+          name: `fixedram-channel-${this.workers.length}`,
+        });
         this.workers.push(w);
         fresh.push(w);
       } catch (err) {

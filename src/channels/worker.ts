@@ -15,5 +15,4 @@ else if (data?.persistent) {
   parentPort!.on('message', (job: ChannelJob) => runChannel(job, post));
   // started ahead (ChannelPool.prestart): say that the modules and the addon are loaded
   if (data.announce) parentPort!.postMessage({ type: 'ready' });
-}
-else parentPort!.once('message', (job: ChannelJob) => runChannel(job, post));
+} else parentPort!.once('message', (job: ChannelJob) => runChannel(job, post));

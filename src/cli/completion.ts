@@ -8,9 +8,17 @@ import { Argument, type Command, type Option } from 'commander';
 import { ExitCode } from '../errors';
 import type { ProgramIo } from './program';
 
-interface Spec { name: string; description: string; options: Option[] }
+interface Spec {
+  name: string;
+  description: string;
+  options: Option[];
+}
 
-function specsOf(program: Command): { parents: Map<string, string[]>; leaves: Spec[]; top: { name: string; description: string }[] } {
+function specsOf(program: Command): {
+  parents: Map<string, string[]>;
+  leaves: Spec[];
+  top: { name: string; description: string }[];
+} {
   const parents = new Map<string, string[]>();
   const leaves: Spec[] = [];
   const top = program.commands.map((c) => ({ name: c.name(), description: c.description() }));
@@ -18,7 +26,10 @@ function specsOf(program: Command): { parents: Map<string, string[]>; leaves: Sp
     for (const sub of c.commands) {
       const name = prefix ? `${prefix} ${sub.name()}` : sub.name();
       if (sub.commands.length) {
-        parents.set(name, sub.commands.map((s) => s.name()));
+        parents.set(
+          name,
+          sub.commands.map((s) => s.name()),
+        );
         walk(sub, name);
       } else {
         leaves.push({ name, description: sub.description(), options: [...sub.options, ...helpOption(sub)] });
@@ -43,7 +54,13 @@ export function bashCompletion(program: Command): string {
   for (const l of leaves) {
     for (const o of l.options) {
       if (!takesValue(o)) continue;
-      for (const f of flagsOf(o)) valueOpts.set(f, o.argChoices ? `COMPREPLY=( $(compgen -W "${o.argChoices.join(' ')}" -- "$cur") )` : 'COMPREPLY=( $(compgen -f -- "$cur") )');
+      for (const f of flagsOf(o))
+        valueOpts.set(
+          f,
+          o.argChoices
+            ? `COMPREPLY=( $(compgen -W "${o.argChoices.join(' ')}" -- "$cur") )`
+            : 'COMPREPLY=( $(compgen -f -- "$cur") )',
+        );
     }
   }
   const byAction = new Map<string, string[]>();
@@ -78,7 +95,9 @@ const zq = (s: string): string => s.replace(/'/g, `'\\''`).replace(/([[\]:])/g, 
 export function zshCompletion(program: Command): string {
   const { parents, leaves, top } = specsOf(program);
   const argSpec = (o: Option): string[] => {
-    const value = takesValue(o) ? `:${zq(o.attributeName())}:${o.argChoices ? `(${o.argChoices.join(' ')})` : '_files'}` : '';
+    const value = takesValue(o)
+      ? `:${zq(o.attributeName())}:${o.argChoices ? `(${o.argChoices.join(' ')})` : '_files'}`
+      : '';
     const rep = o.variadic || /repeat/.test(o.description) ? '*' : '';
     return flagsOf(o).map((f) => `'${rep}${f}[${zq(o.description)}]${value}'`);
   };
@@ -104,7 +123,8 @@ _fixedram "$@"
 }
 
 export function addCompletionCommand(program: Command, io: ProgramIo): void {
-  program.command('completion')
+  program
+    .command('completion')
     .description('print a shell completion script (bash: source it; zsh: put it in $fpath as _fixedram)')
     .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh']))
     .action((shell: 'bash' | 'zsh') => {

@@ -1,6 +1,7 @@
 /** Small formatters for the human summaries on stdout. */
 export const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-export const rate = (bytes: number, s: number): string => (s > 0 && Number.isFinite(bytes / s) ? `${mib(bytes / s)}/s` : '-');
+export const rate = (bytes: number, s: number): string =>
+  s > 0 && Number.isFinite(bytes / s) ? `${mib(bytes / s)}/s` : '-';
 export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 export const sum = <T>(xs: readonly T[], f: (x: T) => number): number => xs.reduce((s, x) => s + f(x), 0);
 
@@ -16,7 +17,9 @@ export interface JsonBlock {
 }
 
 /** A block in the documented order of fields; `pages` is derived when the core result lacks it. */
-export function jsonBlock<B extends Omit<JsonBlock, 'pages'> & { pages?: number }>(b: B): JsonBlock & Record<string, unknown> {
+export function jsonBlock<B extends Omit<JsonBlock, 'pages'> & { pages?: number }>(
+  b: B,
+): JsonBlock & Record<string, unknown> {
   const { name, length, pageSize, pages, presentPages, zeroPages, ...rest } = b;
   return { name, length, pageSize, pages: pages ?? presentPages + zeroPages, presentPages, zeroPages, ...rest };
 }

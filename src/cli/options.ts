@@ -7,9 +7,11 @@ import { defaultChannels, kMaxChannels } from '../options';
 /** An integer option value in [min, max]. */
 export function parseCount(what: string, min: number, max: number) {
   return (v: string): number => {
-    if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max} (got '${v}')`);
+    if (!/^\d+$/.test(v))
+      throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max} (got '${v}')`);
     const n = Number(v);
-    if (n < min || n > max) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max} (got ${v})`);
+    if (n < min || n > max)
+      throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max} (got ${v})`);
     return n;
   };
 }
@@ -62,16 +64,26 @@ export interface GlobalFlags {
  */
 export function addGlobalOptions(cmd: Command, set: GlobalOptionSet): Command {
   if (set.channels) {
-    cmd.option('-j, --channels <n>', 'worker threads, at most 64; 0 = one per CPU (default: one per CPU)', parseChannels)
-      .addOption(new Option('--progress <mode>', 'progress on stderr: a bar (on a terminal), NDJSON events, or none')
-        .choices(['auto', 'bar', 'json', 'none']).default('auto'));
+    cmd
+      .option('-j, --channels <n>', 'worker threads, at most 64; 0 = one per CPU (default: one per CPU)', parseChannels)
+      .addOption(
+        new Option('--progress <mode>', 'progress on stderr: a bar (on a terminal), NDJSON events, or none')
+          .choices(['auto', 'bar', 'json', 'none'])
+          .default('auto'),
+      );
   }
   if (set.followSymlinks) cmd.option('--follow-symlinks', 'accept block files that are symbolic links');
   return cmd
     .option('--json', 'print one JSON object on stdout, also for errors (see docs/json.md)')
     .option('-q, --quiet', 'no summary on stdout, no progress, no warnings (errors are still printed)')
-    .addOption(new Option('--log-level <level>', 'stderr log level; info, debug and trace log JSON lines')
-      .choices(kLogLevels).default('warn'))
-    .addOption(new Option('--log-format <format>', 'stderr log format (auto: JSON from --log-level info down)')
-      .choices(kLogFormats).default('auto'));
+    .addOption(
+      new Option('--log-level <level>', 'stderr log level; info, debug and trace log JSON lines')
+        .choices(kLogLevels)
+        .default('warn'),
+    )
+    .addOption(
+      new Option('--log-format <format>', 'stderr log format (auto: JSON from --log-level info down)')
+        .choices(kLogFormats)
+        .default('auto'),
+    );
 }

@@ -5,7 +5,13 @@
  */
 import { CommanderError } from 'commander';
 import {
-  describeLocation, ExitCode, exitCodeOf, FixedramError, isSystemError, toRecord, type ErrorRecord,
+  describeLocation,
+  ExitCode,
+  exitCodeOf,
+  FixedramError,
+  isSystemError,
+  toRecord,
+  type ErrorRecord,
 } from '../errors';
 import { escapeControls } from '../escape';
 import type { ProgressReporter } from '../progress';
@@ -34,9 +40,12 @@ export function resultEnvelope(command: string, exitCode: number, fields: object
 export function errorEnvelope(command: string | null, err: unknown): Envelope & { error: JsonError } {
   const { stack: _s, name: _n, exitCode: _e, ...rest } = toRecord(err);
   // commander's own codes (commander.unknownOption, …) are an implementation detail: all are ERR_USAGE
-  const code = err instanceof CommanderError ? 'ERR_USAGE' : rest.code ?? 'ERR_INTERNAL';
+  const code = err instanceof CommanderError ? 'ERR_USAGE' : (rest.code ?? 'ERR_INTERNAL');
   return {
-    schemaVersion: kSchemaVersion, command, ok: false, exitCode: cliExitCodeOf(err),
+    schemaVersion: kSchemaVersion,
+    command,
+    ok: false,
+    exitCode: cliExitCodeOf(err),
     error: { code, message: errorLine(err), ...withoutCodeMessage(rest) },
   };
 }
@@ -52,8 +61,14 @@ export function cliExitCodeOf(err: unknown): number {
  * the same words name the flag (`--follow-symlinks`).
  */
 export const kFlagOfOption: Readonly<Record<string, string>> = {
-  channels: '--channels', followSymlinks: '--follow-symlinks', allowDevice: '--allow-device', pageSize: '--page-size',
-  blocks: '-b', dir: '--dir', update: '--update', qmp: '--qmp',
+  channels: '--channels',
+  followSymlinks: '--follow-symlinks',
+  allowDevice: '--allow-device',
+  pageSize: '--page-size',
+  blocks: '-b',
+  dir: '--dir',
+  update: '--update',
+  qmp: '--qmp',
 };
 
 function flagsForOptions(message: string): string {
@@ -72,7 +87,9 @@ function errorLineOf(err: unknown): string {
     const where = [
       err.path !== undefined && !err.message.includes(err.path) ? `'${err.path}'` : '',
       err.offset !== undefined && !/offset|0x/.test(err.message) ? `offset 0x${err.offset.toString(16)}` : '',
-    ].filter(Boolean).join(', ');
+    ]
+      .filter(Boolean)
+      .join(', ');
     return oneLine(where ? `${err.message} (${where})` : err.message);
   }
   if (isSystemError(err)) {
@@ -132,7 +149,11 @@ export class StderrLines {
  * line and makes the exit status 4 (also when the command sets its own status afterwards: check
  * `failed`); EPIPE (the reader went away: `| head -c1`) is quiet and keeps the command's status.
  */
-export function guardStdout(stdout: NodeJS.WritableStream, lines: StderrLines, setExitCode: (c: number) => void): { failed: boolean } {
+export function guardStdout(
+  stdout: NodeJS.WritableStream,
+  lines: StderrLines,
+  setExitCode: (c: number) => void,
+): { failed: boolean } {
   const state = { failed: false };
   let seen = false;
   stdout.on('error', (err: NodeJS.ErrnoException) => {

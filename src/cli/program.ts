@@ -28,7 +28,8 @@ Exit status:
   4    I/O or system error (the message names the errno code, syscall and path)
   130  interrupted (SIGINT/SIGTERM)`;
 
-export const kDescription = 'Save and restore RAM block files into one fixed-offset snapshot (QEMU mapped-ram layout) ' +
+export const kDescription =
+  'Save and restore RAM block files into one fixed-offset snapshot (QEMU mapped-ram layout) ' +
   'with parallel channels and per-page XXH3 checksums.';
 
 export interface ProgramIo {
@@ -96,7 +97,11 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
     cmd.addHelpText('after', kExitHelp);
     cmd.action(async (...a: unknown[]) => {
       const c = a[a.length - 1] as Command;
-      await execute(spec, c.processedArgs.filter((x): x is string => typeof x === 'string'), c.opts<GlobalFlags>());
+      await execute(
+        spec,
+        c.processedArgs.filter((x): x is string => typeof x === 'string'),
+        c.opts<GlobalFlags>(),
+      );
     });
   }
 
@@ -105,11 +110,17 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any command of the table
   const execute = async (spec: CliCommand<any, any, any>, args: string[], flags: GlobalFlags): Promise<void> => {
     const quiet = flags.quiet === true;
-    const reporter = spec.globals.channels ? progressReporter(quiet ? 'none' : flags.progress ?? 'auto', io.stderr) : undefined;
+    const reporter = spec.globals.channels
+      ? progressReporter(quiet ? 'none' : (flags.progress ?? 'auto'), io.stderr)
+      : undefined;
     lines.attach(reporter);
-    const logger = makeCliLogger(quiet && flags.logLevel === 'warn' ? 'error' : flags.logLevel, flags.logFormat, (l) => lines.line(l));
+    const logger = makeCliLogger(quiet && flags.logLevel === 'warn' ? 'error' : flags.logLevel, flags.logFormat, (l) =>
+      lines.line(l),
+    );
     const ctx: CoreContext = {
-      ...(io.signal ? { signal: io.signal } : {}), logger, ...(reporter ? { onProgress: reporter.sink } : {}),
+      ...(io.signal ? { signal: io.signal } : {}),
+      logger,
+      ...(reporter ? { onProgress: reporter.sink } : {}),
     };
     try {
       const options: unknown = spec.options(args, flags, ctx);
@@ -129,8 +140,12 @@ export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, an
       logger.debug({ err }, 'command failed');
       lines.line(`fixedram: ${code === ExitCode.interrupted ? '' : 'error: '}${errorLine(err)}`);
       if (flags.json) io.stdout.write(`${JSON.stringify(errorEnvelope(spec.name, err))}\n`);
-      if (code === ExitCode.system && !isSystemError(err) && !(err instanceof FixedramError) &&
-          (err as { code?: unknown }).code !== 'ERR_SHORT_READ') {
+      if (
+        code === ExitCode.system &&
+        !isSystemError(err) &&
+        !(err instanceof FixedramError) &&
+        (err as { code?: unknown }).code !== 'ERR_SHORT_READ'
+      ) {
         io.stderr.write(`${(err as Error).stack ?? ''}\n`); // a bug: show where
       }
       io.setExitCode(code);

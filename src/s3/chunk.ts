@@ -72,7 +72,8 @@ export function packedRuns(object: Buffer, chunkLength: number, what: string): P
   }
   // bits beyond the last page must be clear, and the pages must fill the object exactly
   for (let p = pages; p < mb * 8; p++) {
-    if (object[p >> 3]! & (1 << (p & 7))) throw snapshotError('ERR_SNAPSHOT_INVALID', `${what}: its page map names pages beyond the chunk`);
+    if (object[p >> 3]! & (1 << (p & 7)))
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `${what}: its page map names pages beyond the chunk`);
   }
   if (o !== object.length) {
     throw snapshotError('ERR_SNAPSHOT_INVALID', `${what}: ${object.length} bytes, its page map announces ${o}`);

@@ -28,13 +28,15 @@ export function makeClient(opts: S3Options): S3Client {
     maxAttempts: kMaxAttempts,
     ...(opts.endpoint !== undefined ? { endpoint: opts.endpoint } : {}),
     // S3-compatible stores need no AWS region; fall back to the SDK's chain, then us-east-1
-    region: region ?? (async () => {
-      try {
-        return await new S3Client({}).config.region();
-      } catch {
-        return 'us-east-1';
-      }
-    }),
+    region:
+      region ??
+      (async () => {
+        try {
+          return await new S3Client({}).config.region();
+        } catch {
+          return 'us-east-1';
+        }
+      }),
     // CRC checksums on every request are an AWS extension that older S3-compatible stores refuse;
     // integrity is the signed SHA-256 payload hash on upload and SHA-256 per chunk on download (docs/s3.md)
     requestChecksumCalculation: 'WHEN_REQUIRED',
@@ -61,19 +63,27 @@ export function s3Error(err: unknown, url: S3Url, what: string, signal?: AbortSi
   const where = formatS3Url(url);
   const sys = e.code ?? (e.cause as { code?: string } | undefined)?.code;
   if (name === 'AbortError') return interruptedError('interrupted');
-  if (name === 'NoSuchBucket') return ioError('ERR_S3_NO_SUCH_BUCKET', `${what} ${where}: bucket '${url.bucket}' does not exist`);
-  if (name === 'NoSuchKey' || name === 'NotFound') return ioError('ERR_S3_NO_SUCH_KEY', `${what} ${where}: no such object`);
+  if (name === 'NoSuchBucket')
+    return ioError('ERR_S3_NO_SUCH_BUCKET', `${what} ${where}: bucket '${url.bucket}' does not exist`);
+  if (name === 'NoSuchKey' || name === 'NotFound')
+    return ioError('ERR_S3_NO_SUCH_KEY', `${what} ${where}: no such object`);
   if (name === 'CredentialsProviderError' || /Could not load credentials/i.test(e.message)) {
-    return ioError('ERR_S3_NO_CREDENTIALS', `${what} ${where}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)`);
+    return ioError(
+      'ERR_S3_NO_CREDENTIALS',
+      `${what} ${where}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)`,
+    );
   }
   if (['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'Forbidden'].includes(name) || status === 403) {
     return ioError('ERR_S3_ACCESS_DENIED', `${what} ${where}: access denied (${name || status})`);
   }
   if (sys && /^E[A-Z]+$/.test(sys)) {
-    return ioError('ERR_S3_UNREACHABLE', `${what} ${where}: ${sys}: endpoint unreachable after ${kMaxAttempts} attempts`);
+    return ioError(
+      'ERR_S3_UNREACHABLE',
+      `${what} ${where}: ${sys}: endpoint unreachable after ${kMaxAttempts} attempts`,
+    );
   }
   if (/Region is missing/i.test(e.message)) return ioError('ERR_S3_CONFIG', `${what} ${where}: no region configured`);
-  const detail = status !== undefined ? `HTTP ${status}${name ? ` ${name}` : ''}` : (name || 'error');
+  const detail = status !== undefined ? `HTTP ${status}${name ? ` ${name}` : ''}` : name || 'error';
   return ioError('ERR_S3', `${what} ${where}: ${detail}: ${(e.message || '').split('\n')[0]}`);
 }
 

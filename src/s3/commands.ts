@@ -43,7 +43,9 @@ async function withTempDir<T>(work: (dir: string) => Promise<T>): Promise<T> {
   }
 }
 
-const s3Opts = (o: S3CommandOptions & { signal?: AbortSignal; channels?: number }): S3Options & { channels?: number } => ({
+const s3Opts = (
+  o: S3CommandOptions & { signal?: AbortSignal; channels?: number },
+): S3Options & { channels?: number } => ({
   ...(o.s3Endpoint !== undefined ? { endpoint: o.s3Endpoint } : {}),
   ...(o.signal ? { signal: o.signal } : {}),
   ...(o.channels !== undefined ? { channels: o.channels } : {}),
@@ -59,16 +61,25 @@ export async function saveS3(opts: SaveOptions & S3CommandOptions & { update?: b
   const so = s3Opts(opts);
   if (opts.update) await fetchManifest(url, so); // fail before the local save: the key must hold a snapshot
   const { save } = await import('../save');
-  return writeThenPush(opts, url, { ...so, requireExisting: opts.update ?? false }, (local) => save({ ...opts, output: local, fsync: false }));
+  return writeThenPush(opts, url, { ...so, requireExisting: opts.update ?? false }, (local) =>
+    save({ ...opts, output: local, fsync: false }),
+  );
 }
 
 /** Writes a snapshot into a private temp file with `write`, then uploads its present chunks to `url`. */
-async function writeThenPush<R extends { seconds: number }>(opts: { output: string; chunkBytes?: number },
-  url: S3Url, pushOpts: Parameters<typeof push>[2], write: (local: string) => Promise<R>): Promise<R & { output: string; s3: PushResult }> {
+async function writeThenPush<R extends { seconds: number }>(
+  opts: { output: string; chunkBytes?: number },
+  url: S3Url,
+  pushOpts: Parameters<typeof push>[2],
+  write: (local: string) => Promise<R>,
+): Promise<R & { output: string; s3: PushResult }> {
   return withTempDir(async (dir) => {
     const local = path.join(dir, 'snapshot');
     const r = await write(local);
-    const s3 = await push(local, url, { ...pushOpts, ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}) });
+    const s3 = await push(local, url, {
+      ...pushOpts,
+      ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
+    });
     return { ...r, output: opts.output, seconds: r.seconds + s3.seconds, s3 };
   });
 }
@@ -125,7 +136,10 @@ export async function verifyS3(opts: VerifyOptions & S3CommandOptions): Promise<
 }
 
 /** `inspect s3://…`: downloads only the chunks that hold the header, block table, bitmaps and checksums. */
-export async function inspectS3(file: string, opts: S3CommandOptions & { signal?: AbortSignal } = {}): Promise<InspectResult> {
+export async function inspectS3(
+  file: string,
+  opts: S3CommandOptions & { signal?: AbortSignal } = {},
+): Promise<InspectResult> {
   const url = parseS3Url(file);
   const so = s3Opts(opts);
   const client = makeClient(so);
@@ -166,17 +180,33 @@ export async function inspectS3(file: string, opts: S3CommandOptions & { signal?
   });
 }
 
-export async function pushCommand(file: string, target: string, opts: S3CommandOptions & { signal?: AbortSignal; channels?: number }): Promise<PushResult & { command: 'push'; file: string }> {
+export async function pushCommand(
+  file: string,
+  target: string,
+  opts: S3CommandOptions & { signal?: AbortSignal; channels?: number },
+): Promise<PushResult & { command: 'push'; file: string }> {
   const url = parseS3Url(target);
   // only complete fixedram snapshots go up: the bucket holds nothing a reader would refuse
   const r = inspect(file);
-  if (r.format !== 'fixedram') throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${file}' is a ${r.format} file; push takes fixedram snapshots (convert it first)`);
-  if (r.state !== 'complete') throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${file}' is ${r.state}: ${r.stateMessage ?? ''}`.trim());
-  const s3 = await push(file, url, { ...s3Opts(opts), ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}) });
+  if (r.format !== 'fixedram')
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `'${file}' is a ${r.format} file; push takes fixedram snapshots (convert it first)`,
+    );
+  if (r.state !== 'complete')
+    throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${file}' is ${r.state}: ${r.stateMessage ?? ''}`.trim());
+  const s3 = await push(file, url, {
+    ...s3Opts(opts),
+    ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
+  });
   return { command: 'push', file, ...s3 };
 }
 
-export async function pullCommand(source: string, file: string, opts: S3CommandOptions & { signal?: AbortSignal; channels?: number; fsync?: boolean }): Promise<PullResult & { command: 'pull'; file: string }> {
+export async function pullCommand(
+  source: string,
+  file: string,
+  opts: S3CommandOptions & { signal?: AbortSignal; channels?: number; fsync?: boolean },
+): Promise<PullResult & { command: 'pull'; file: string }> {
   const url = parseS3Url(source);
   let st: fs.Stats | undefined;
   try {
@@ -184,7 +214,8 @@ export async function pullCommand(source: string, file: string, opts: S3CommandO
   } catch {
     st = undefined; // a new file
   }
-  if (st && !st.isFile()) throw usageError(`'${file}' exists and is not a regular file; pull replaces only regular files`, { path: file });
+  if (st && !st.isFile())
+    throw usageError(`'${file}' exists and is not a regular file; pull replaces only regular files`, { path: file });
   const r = await pull(url, file, { ...s3Opts(opts), fsync: opts.fsync ?? true });
   return { command: 'pull', file, ...r };
 }

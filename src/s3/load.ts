@@ -56,7 +56,11 @@ const hex = (v: bigint): string => `0x${v.toString(16).padStart(16, '0')}`;
  * Loads the snapshot at `url` into the `-b` targets, or returns undefined (nothing opened, nothing
  * written) when a direct load does not apply: the caller then loads through a local copy.
  */
-export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & S3Options): Promise<DirectLoadResult | undefined> {
+export async function loadS3Direct(
+  url: S3Url,
+  m: Manifest,
+  opts: LoadOptions & S3Options,
+): Promise<DirectLoadResult | undefined> {
   const started = process.hrtime.bigint();
   if (!directLoadApplies(m, opts)) return undefined;
   const channels = checkChannels(opts.channels);
@@ -80,9 +84,18 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
     // the metadata, in memory: chunk 0 holds the header; the tables may need more chunks
     const readMeta = async (end: number): Promise<Buffer> => {
       const meta = Buffer.alloc(Math.min(end, m.size));
-      bytesFetched += await fetchChunks(client, url, m, requests, signal, opts.signal, (i) => i * m.chunkBytes < meta.length, (i, c) => {
-        c.copy(meta, i * m.chunkBytes, 0, Math.min(c.length, meta.length - i * m.chunkBytes));
-      });
+      bytesFetched += await fetchChunks(
+        client,
+        url,
+        m,
+        requests,
+        signal,
+        opts.signal,
+        (i) => i * m.chunkBytes < meta.length,
+        (i, c) => {
+          c.copy(meta, i * m.chunkBytes, 0, Math.min(c.length, meta.length - i * m.chunkBytes));
+        },
+      );
       return meta;
     };
     const bad = (err: unknown): Error => {
@@ -108,8 +121,10 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
     const chosen = opts.blocks!.map((a) => {
       const index = byName.get(a.name);
       if (index === undefined) {
-        throw usageError(`block '${a.name}' is not in '${where}' (it has: ${header.blocks.map((b) => `'${b.name}'`).join(', ')})`,
-          { block: a.name });
+        throw usageError(
+          `block '${a.name}' is not in '${where}' (it has: ${header.blocks.map((b) => `'${b.name}'`).join(', ')})`,
+          { block: a.name },
+        );
       }
       return { index, path: path.resolve(a.path) };
     });
@@ -119,8 +134,11 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
       const bitmap = meta.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes);
       const csums = meta.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes);
       if (hash64(Buffer.concat([bitmap, csums])) !== header.metadataChecksums[c.index]) {
-        throw snapshotError('ERR_SNAPSHOT_INVALID', `${where}: corrupt metadata: the bitmap or checksum table of block '${b.name}' ` +
-          'fails its checksum', { block: b.name });
+        throw snapshotError(
+          'ERR_SNAPSHOT_INVALID',
+          `${where}: corrupt metadata: the bitmap or checksum table of block '${b.name}' ` + 'fails its checksum',
+          { block: b.name },
+        );
       }
       const present = new Uint8Array(b.pages);
       let count = 0;
@@ -131,19 +149,34 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
         }
       }
       if (count !== header.presentPages[c.index]) {
-        throw snapshotError('ERR_SNAPSHOT_INVALID', `${where}: corrupt metadata: block '${b.name}' bitmap has ${count} pages set, ` +
-          `the block table says ${header.presentPages[c.index]}`, { block: b.name });
+        throw snapshotError(
+          'ERR_SNAPSHOT_INVALID',
+          `${where}: corrupt metadata: block '${b.name}' bitmap has ${count} pages set, ` +
+            `the block table says ${header.presentPages[c.index]}`,
+          { block: b.name },
+        );
       }
       return { present, csums, count };
     });
     // targets: all opened and checked before any data moves; plain files only, else the local path
     for (const [k, c] of chosen.entries()) {
       const b = header.blocks[c.index]!;
-      const t = openTarget(c.path, b.name, b.length, { followSymlinks: opts.followSymlinks ?? false, allowDevice: false });
+      const t = openTarget(c.path, b.name, b.length, {
+        followSymlinks: opts.followSymlinks ?? false,
+        allowDevice: false,
+      });
       const target: Target = {
-        file: t.file, block: b, index: c.index, fd: t.file.fd, path: t.file.path, created: t.created,
-        written: new Uint8Array(b.pages), seen: new Uint8Array(b.pages),
-        present: tables[k]!.present, csums: tables[k]!.csums, presentPages: tables[k]!.count,
+        file: t.file,
+        block: b,
+        index: c.index,
+        fd: t.file.fd,
+        path: t.file.path,
+        created: t.created,
+        written: new Uint8Array(b.pages),
+        seen: new Uint8Array(b.pages),
+        present: tables[k]!.present,
+        csums: tables[k]!.csums,
+        presentPages: tables[k]!.count,
       };
       targets.push(target);
       if (t.file.hugetlbfs || t.file.device) return undefined;
@@ -153,18 +186,21 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
         return a.dev === z.dev && a.ino === z.ino;
       });
       if (twin) {
-        throw usageError(`targets of blocks '${twin.block.name}' and '${b.name}' are the same file ('${twin.path}' and '${c.path}')`,
-          { path: c.path, block: b.name });
+        throw usageError(
+          `targets of blocks '${twin.block.name}' and '${b.name}' are the same file ('${twin.path}' and '${c.path}')`,
+          { path: c.path, block: b.name },
+        );
       }
     }
     dataStarted = true;
     const total = targets.reduce((s, t) => s + t.block.length, 0);
     let done = 0;
     opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
-    const chunkHits = (i: number): boolean => targets.some((t) => {
-      const lo = i * m.chunkBytes;
-      return lo < t.block.pagesOffset + t.block.length && lo + m.chunkBytes > t.block.pagesOffset;
-    });
+    const chunkHits = (i: number): boolean =>
+      targets.some((t) => {
+        const lo = i * m.chunkBytes;
+        return lo < t.block.pagesOffset + t.block.length && lo + m.chunkBytes > t.block.pagesOffset;
+      });
     const zero = Buffer.alloc(Math.max(...targets.map((t) => t.block.pageSize)));
     /** Checks and writes the pages of `t` in [from, to) (file offsets, whole pages), held by `data` from file offset `base`. */
     const place = (t: Target, data: Buffer, base: number, from: number, to: number): void => {
@@ -192,8 +228,11 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
           const expected = t.csums.readBigUInt64LE(8 * p);
           const actual = hash64(page);
           if (actual !== expected) {
-            throw integrityError(`${where}: block '${b.name}' page ${p}: checksum mismatch (expected ${hex(expected)}, got ` +
-              `${hex(actual)}); the targets are incomplete`, { block: b.name, page: p });
+            throw integrityError(
+              `${where}: block '${b.name}' page ${p}: checksum mismatch (expected ${hex(expected)}, got ` +
+                `${hex(actual)}); the targets are incomplete`,
+              { block: b.name, page: p },
+            );
           }
         }
         if (page.equals(zero.subarray(0, b.pageSize))) {
@@ -208,22 +247,35 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
     // 4 KiB pages: a packed object's runs are used as they are (the pages of the chunk that no run
     // holds are zero, and are checked as such at the end); larger pages: the chunk unpacked first
     const raw = m.packed && targets.every((t) => t.block.pageSize === kPackPage);
-    bytesFetched += await fetchChunks(client, url, m, requests, signal, opts.signal, chunkHits, (i, data, runs) => {
-      const lo = i * m.chunkBytes;
-      const spans = runs ? runs.map((r) => [lo + r.chunkOffset, r.length, r.objectOffset] as const) : [[lo, data.length, 0] as const];
-      for (const t of targets) {
-        const b = t.block;
-        for (const [at, len, objectOffset] of spans) {
-          const from = Math.max(at, b.pagesOffset);
-          const to = Math.min(at + len, b.pagesOffset + b.length);
-          if (from < to) place(t, data, at - objectOffset, from, to);
+    bytesFetched += await fetchChunks(
+      client,
+      url,
+      m,
+      requests,
+      signal,
+      opts.signal,
+      chunkHits,
+      (i, data, runs) => {
+        const lo = i * m.chunkBytes;
+        const spans = runs
+          ? runs.map((r) => [lo + r.chunkOffset, r.length, r.objectOffset] as const)
+          : [[lo, data.length, 0] as const];
+        for (const t of targets) {
+          const b = t.block;
+          for (const [at, len, objectOffset] of spans) {
+            const from = Math.max(at, b.pagesOffset);
+            const to = Math.min(at + len, b.pagesOffset + b.length);
+            if (from < to) place(t, data, at - objectOffset, from, to);
+          }
+          const from = Math.max(lo, b.pagesOffset);
+          const to = Math.min(lo + m.chunkBytes, b.pagesOffset + b.length);
+          if (from < to) done += to - from;
         }
-        const from = Math.max(lo, b.pagesOffset);
-        const to = Math.min(lo + m.chunkBytes, b.pagesOffset + b.length);
-        if (from < to) done += to - from;
-      }
-      opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total });
-    }, !wantVerify, raw); // verified: every page used is checked against its XXH3, which the SHA-256 would only repeat
+        opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total });
+      },
+      !wantVerify,
+      raw,
+    ); // verified: every page used is checked against its XXH3, which the SHA-256 would only repeat
     for (const t of targets) {
       const b = t.block;
       // present pages that no chunk held are zero pages: their checksums must say so
@@ -231,8 +283,11 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
         const zeroSum = hash64(zero.subarray(0, b.pageSize));
         for (let p = 0; p < b.pages; p++) {
           if (t.present[p] && !t.seen[p] && t.csums.readBigUInt64LE(8 * p) !== zeroSum) {
-            throw integrityError(`${where}: block '${b.name}' page ${p}: checksum mismatch (expected ` +
-              `${hex(t.csums.readBigUInt64LE(8 * p))}, got ${hex(zeroSum)}); the targets are incomplete`, { block: b.name, page: p });
+            throw integrityError(
+              `${where}: block '${b.name}' page ${p}: checksum mismatch (expected ` +
+                `${hex(t.csums.readBigUInt64LE(8 * p))}, got ${hex(zeroSum)}); the targets are incomplete`,
+              { block: b.name, page: p },
+            );
           }
         }
       }
@@ -256,12 +311,24 @@ export async function loadS3Direct(url: S3Url, m: Manifest, opts: LoadOptions & 
     opts.onProgress?.({ command: 'load', bytesDone: total, bytesTotal: total });
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const blocks: LoadedBlock[] = targets.map((t) => ({
-      name: t.block.name, path: t.path, length: t.block.length, pageSize: t.block.pageSize,
-      presentPages: t.presentPages, zeroPages: t.block.pages - t.presentPages, created: t.created,
+      name: t.block.name,
+      path: t.path,
+      length: t.block.length,
+      pageSize: t.block.pageSize,
+      presentPages: t.presentPages,
+      zeroPages: t.block.pages - t.presentPages,
+      created: t.created,
     }));
     return {
-      command: 'load', snapshot: opts.snapshot, format: 'fixedram', blocks, bytesRead: bytesFetched, bytesWritten,
-      verified: wantVerify, channels, seconds,
+      command: 'load',
+      snapshot: opts.snapshot,
+      format: 'fixedram',
+      blocks,
+      bytesRead: bytesFetched,
+      bytesWritten,
+      verified: wantVerify,
+      channels,
+      seconds,
       s3: { url: where, size: m.size, chunksFetched: m.chunks.length, bytesFetched, channels: requests, seconds },
     };
   } catch (err) {

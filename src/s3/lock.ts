@@ -16,9 +16,15 @@ export const lockKey = (key: string): string => `${key}.fixedram-lock`;
 export const kLockStaleMs = 10 * 60_000;
 const kLockRenewMs = 60_000;
 
-interface LockBody { pid: number; host: string; started: string }
+interface LockBody {
+  pid: number;
+  host: string;
+  started: string;
+}
 
-export interface S3Lock { release(): Promise<void> }
+export interface S3Lock {
+  release(): Promise<void>;
+}
 
 const alive = (pid: number): boolean => {
   try {
@@ -29,14 +35,20 @@ const alive = (pid: number): boolean => {
   }
 };
 
-async function holder(client: S3Client, bucket: string, key: string, signal: AbortSignal): Promise<{ body?: LockBody; age: number } | undefined> {
+async function holder(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  signal: AbortSignal,
+): Promise<{ body?: LockBody; age: number } | undefined> {
   try {
     const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: signal });
     const text = (await r.Body?.transformToString()) ?? '';
     let body: LockBody | undefined;
     try {
       const o = JSON.parse(text.slice(0, 4096)) as Partial<LockBody>;
-      if (typeof o.pid === 'number' && typeof o.host === 'string' && typeof o.started === 'string') body = o as LockBody;
+      if (typeof o.pid === 'number' && typeof o.host === 'string' && typeof o.started === 'string')
+        body = o as LockBody;
     } catch {
       body = undefined; // not ours to read: judged by age only
     }
@@ -51,16 +63,25 @@ async function holder(client: S3Client, bucket: string, key: string, signal: Abo
 export async function acquireS3Lock(client: S3Client, url: S3Url, signal: AbortSignal): Promise<S3Lock> {
   const key = lockKey(url.key);
   const body = JSON.stringify({ pid: process.pid, host: os.hostname(), started: new Date().toISOString() });
-  const put = (conditional: boolean): Promise<unknown> => client.send(new PutObjectCommand({
-    Bucket: url.bucket, Key: key, Body: body, ContentType: 'application/json', ...(conditional ? { IfNoneMatch: '*' } : {}),
-  }), { abortSignal: signal });
+  const put = (conditional: boolean): Promise<unknown> =>
+    client.send(
+      new PutObjectCommand({
+        Bucket: url.bucket,
+        Key: key,
+        Body: body,
+        ContentType: 'application/json',
+        ...(conditional ? { IfNoneMatch: '*' } : {}),
+      }),
+      { abortSignal: signal },
+    );
   for (let attempt = 0; ; attempt++) {
     try {
       await put(true);
       break;
     } catch (err) {
       const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-      if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw s3Error(err, url, 'lock', signal);
+      if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412)
+        throw s3Error(err, url, 'lock', signal);
     }
     const h = await holder(client, url.bucket, key, signal).catch((err: unknown) => {
       throw s3Error(err, url, 'lock', signal);
@@ -68,11 +89,17 @@ export async function acquireS3Lock(client: S3Client, url: S3Url, signal: AbortS
     const gone = h === undefined || (h.body?.host === os.hostname() && !alive(h.body.pid)) || h.age > kLockStaleMs;
     if (!gone || attempt > 0) {
       const who = h?.body ? `pid ${h.body.pid} on ${h.body.host} since ${h.body.started}` : 'another writer';
-      throw ioError('ERR_LOCKED', `${formatS3Url(url)} is being written by ${who} (lock object ${lockKey(url.key)}; ` +
-        `taken over once that writer is gone or after ${kLockStaleMs / 60_000} minutes without renewal)`);
+      throw ioError(
+        'ERR_LOCKED',
+        `${formatS3Url(url)} is being written by ${who} (lock object ${lockKey(url.key)}; ` +
+          `taken over once that writer is gone or after ${kLockStaleMs / 60_000} minutes without renewal)`,
+      );
     }
     // the writer is gone: remove its lock and try once more (a racing writer may win; then we refuse)
-    if (h) await client.send(new DeleteObjectCommand({ Bucket: url.bucket, Key: key }), { abortSignal: signal }).catch(() => undefined);
+    if (h)
+      await client
+        .send(new DeleteObjectCommand({ Bucket: url.bucket, Key: key }), { abortSignal: signal })
+        .catch(() => undefined);
   }
   let renewing: Promise<unknown> = Promise.resolve();
   const timer = setInterval(() => {

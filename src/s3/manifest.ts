@@ -65,16 +65,22 @@ export function checkChunkBytes(n: number): string | undefined {
 }
 
 export function encodeManifest(m: Manifest): Buffer {
-  return Buffer.from(`${JSON.stringify({
-    format: kManifestFormat, version: m.packed ? 2 : 1, size: m.size, chunkBytes: m.chunkBytes,
-    chunks: m.chunks.map((c) => (m.packed ? [c.index, c.sha256, c.bytes] : [c.index, c.sha256])),
-    ...(m.patches.length ? { patches: m.patches.map((layer) => layer.map((p) => [p.sha256, p.runs])) } : {}),
-  })}\n`);
+  return Buffer.from(
+    `${JSON.stringify({
+      format: kManifestFormat,
+      version: m.packed ? 2 : 1,
+      size: m.size,
+      chunkBytes: m.chunkBytes,
+      chunks: m.chunks.map((c) => (m.packed ? [c.index, c.sha256, c.bytes] : [c.index, c.sha256])),
+      ...(m.patches.length ? { patches: m.patches.map((layer) => layer.map((p) => [p.sha256, p.runs])) } : {}),
+    })}\n`,
+  );
 }
 
 /** Parses and checks a manifest; anything else is "not a fixedram snapshot on S3" (exit 3). */
 export function decodeManifest(bytes: Buffer, where: string): Manifest {
-  const bad = (why: string): Error => snapshotError('ERR_SNAPSHOT_INVALID', `${where} is not a fixedram snapshot on S3: ${why}`);
+  const bad = (why: string): Error =>
+    snapshotError('ERR_SNAPSHOT_INVALID', `${where} is not a fixedram snapshot on S3: ${why}`);
   if (bytes.length < 2 || bytes[0] !== 0x7b) throw bad('no manifest');
   let raw: unknown;
   try {
@@ -85,11 +91,15 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
   const o = raw as Record<string, unknown>;
   if (typeof o !== 'object' || o === null || o.format !== kManifestFormat) throw bad('no manifest');
   if (typeof o.version !== 'number' || !kManifestVersions.includes(o.version)) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `${where}: unsupported manifest version ${JSON.stringify(o.version)}`);
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `${where}: unsupported manifest version ${JSON.stringify(o.version)}`,
+    );
   }
   const size = o.size;
   const chunkBytes = o.chunkBytes;
-  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || size > kMaxSnapshotBytes) throw bad('bad size');
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || size > kMaxSnapshotBytes)
+    throw bad('bad size');
   if (typeof chunkBytes !== 'number' || checkChunkBytes(chunkBytes)) throw bad('bad chunk size');
   if (!Array.isArray(o.chunks)) throw bad('no chunk list');
   const count = Math.ceil(size / chunkBytes);
@@ -106,7 +116,12 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
     if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw bad('bad chunk checksum');
     if (packed) {
       const len = chunkLength({ size, chunkBytes }, index);
-      if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes <= mapBytes(len) || bytes > mapBytes(len) + len) {
+      if (
+        typeof bytes !== 'number' ||
+        !Number.isSafeInteger(bytes) ||
+        bytes <= mapBytes(len) ||
+        bytes > mapBytes(len) + len
+      ) {
         throw bad('bad chunk object length');
       }
       chunks.push({ index, sha256, bytes });
@@ -123,8 +138,14 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
       const parts: PatchPart[] = [];
       const spans: [number, number][] = [];
       for (const part of layer as unknown[]) {
-        if (!Array.isArray(part) || part.length !== 2 || typeof part[0] !== 'string' || !/^[0-9a-f]{64}$/.test(part[0])
-            || !Array.isArray(part[1]) || part[1].length === 0) {
+        if (
+          !Array.isArray(part) ||
+          part.length !== 2 ||
+          typeof part[0] !== 'string' ||
+          !/^[0-9a-f]{64}$/.test(part[0]) ||
+          !Array.isArray(part[1]) ||
+          part[1].length === 0
+        ) {
           throw bad('bad patch part');
         }
         const runs: [number, number][] = [];
@@ -132,8 +153,15 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
         for (const run of part[1] as unknown[]) {
           if (!Array.isArray(run) || run.length !== 2) throw bad('bad patch run');
           const [off, len] = run as [unknown, unknown];
-          if (typeof off !== 'number' || typeof len !== 'number' || !Number.isSafeInteger(off) || !Number.isSafeInteger(len)
-              || off < 0 || len <= 0 || off + len > size) {
+          if (
+            typeof off !== 'number' ||
+            typeof len !== 'number' ||
+            !Number.isSafeInteger(off) ||
+            !Number.isSafeInteger(len) ||
+            off < 0 ||
+            len <= 0 ||
+            off + len > size
+          ) {
             throw bad('patch run out of range');
           }
           total += len;
@@ -145,7 +173,8 @@ export function decodeManifest(bytes: Buffer, where: string): Manifest {
       }
       // runs of one layer never overlap (they are applied in parallel)
       spans.sort((a, b) => a[0] - b[0]);
-      for (let i = 1; i < spans.length; i++) if (spans[i - 1]![0] + spans[i - 1]![1] > spans[i]![0]) throw bad('overlapping patch runs');
+      for (let i = 1; i < spans.length; i++)
+        if (spans[i - 1]![0] + spans[i - 1]![1] > spans[i]![0]) throw bad('overlapping patch runs');
       patches.push(parts);
     }
   }

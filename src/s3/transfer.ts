@@ -15,7 +15,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { registerTemp, unregisterTemp } from '../cleanup';
 import { integrityError, interruptedError, ioError, snapshotError } from '../errors';
@@ -23,8 +27,18 @@ import { decodeFixedHeader, decodeHeader, kHeaderBytes } from '../format';
 import { native } from '../native';
 import { kMaxAttempts, makeClient, s3Error, type S3Options } from './client';
 import {
-  chunkCount, chunkKey, chunkLength, chunkPrefix, decodeManifest, encodeManifest, kDefaultChunkBytes,
-  kMaxManifestBytes, partBytes, type ChunkRef, type Manifest, type PatchPart,
+  chunkCount,
+  chunkKey,
+  chunkLength,
+  chunkPrefix,
+  decodeManifest,
+  encodeManifest,
+  kDefaultChunkBytes,
+  kMaxManifestBytes,
+  partBytes,
+  type ChunkRef,
+  type Manifest,
+  type PatchPart,
 } from './manifest';
 import { formatS3Url, type S3Url } from './url';
 import { packChunk, packedRuns, type PackedRun } from './chunk';
@@ -77,7 +91,12 @@ export interface PullResult {
 }
 
 /** Runs `work(i)` for i in [0, n) on `channels` concurrent lanes; the first failure stops the rest. */
-async function lanes(n: number, channels: number, signal: AbortSignal, work: (i: number) => Promise<void>): Promise<void> {
+async function lanes(
+  n: number,
+  channels: number,
+  signal: AbortSignal,
+  work: (i: number) => Promise<void>,
+): Promise<void> {
   let next = 0;
   let failure: unknown;
   const lane = async (): Promise<void> => {
@@ -113,22 +132,35 @@ async function readBody(body: unknown, max: number, what: string): Promise<Buffe
   let total = 0;
   for await (const part of body as AsyncIterable<Uint8Array>) {
     total += part.length;
-    if (total > max) throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is larger than expected (more than ${max} bytes)`);
+    if (total > max)
+      throw snapshotError('ERR_SNAPSHOT_INVALID', `${what} is larger than expected (more than ${max} bytes)`);
     parts.push(Buffer.from(part.buffer, part.byteOffset, part.length));
   }
   return Buffer.concat(parts, total);
 }
 
 /** Every object under `prefix`: key → size. */
-async function listPrefix(client: S3Client, url: S3Url, prefix: string, signal: AbortSignal): Promise<Map<string, number>> {
+async function listPrefix(
+  client: S3Client,
+  url: S3Url,
+  prefix: string,
+  signal: AbortSignal,
+): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   let token: string | undefined;
   do {
-    const r = await client.send(new ListObjectsV2Command({
-      Bucket: url.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}),
-    }), { abortSignal: signal }).catch((err: unknown) => {
-      throw s3Error(err, url, 'list', signal);
-    });
+    const r = await client
+      .send(
+        new ListObjectsV2Command({
+          Bucket: url.bucket,
+          Prefix: prefix,
+          ...(token ? { ContinuationToken: token } : {}),
+        }),
+        { abortSignal: signal },
+      )
+      .catch((err: unknown) => {
+        throw s3Error(err, url, 'list', signal);
+      });
     for (const o of r.Contents ?? []) if (o.Key !== undefined) out.set(o.Key, o.Size ?? -1);
     token = r.IsTruncated ? r.NextContinuationToken : undefined;
   } while (token);
@@ -141,9 +173,12 @@ async function deleteKeys(client: S3Client, url: S3Url, keys: readonly string[],
   for (let i = 0; i < keys.length; i += 1000) {
     const batch = keys.slice(i, i + 1000);
     try {
-      const r = await client.send(new DeleteObjectsCommand({
-        Bucket: url.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
-      }));
+      const r = await client.send(
+        new DeleteObjectsCommand({
+          Bucket: url.bucket,
+          Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+        }),
+      );
       deleted += batch.length - (r.Errors?.length ?? 0);
     } catch (err) {
       if (!quiet) throw s3Error(err, url, 'delete', undefined);
@@ -156,25 +191,39 @@ async function deleteKeys(client: S3Client, url: S3Url, keys: readonly string[],
  * The manifest at `url`, or undefined when there is no object there. A key without a manifest but
  * with chunks is an interrupted save (exit 3); an object that is not a manifest is exit 3 too.
  */
-export async function readManifest(client: S3Client, url: S3Url, signal: AbortSignal, missingOk: boolean): Promise<Manifest | undefined> {
+export async function readManifest(
+  client: S3Client,
+  url: S3Url,
+  signal: AbortSignal,
+  missingOk: boolean,
+): Promise<Manifest | undefined> {
   const where = formatS3Url(url);
   let bytes: Buffer;
   try {
     const r = await client.send(new GetObjectCommand({ Bucket: url.bucket, Key: url.key }), { abortSignal: signal });
     if ((r.ContentLength ?? 0) > kMaxManifestBytes) {
-      throw snapshotError('ERR_SNAPSHOT_INVALID', `${where} is not a fixedram snapshot on S3: ${r.ContentLength} bytes is too large for a manifest`);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INVALID',
+        `${where} is not a fixedram snapshot on S3: ${r.ContentLength} bytes is too large for a manifest`,
+      );
     }
     bytes = await readBody(r.Body, kMaxManifestBytes, `the manifest of ${where}`);
   } catch (err) {
     const e = s3Error(err, url, 'read', signal);
     if ((e as { code?: string }).code !== 'ERR_S3_NO_SUCH_KEY') throw e;
-    const r = await client.send(new ListObjectsV2Command({ Bucket: url.bucket, Prefix: chunkPrefix(url.key), MaxKeys: 1 }),
-      { abortSignal: signal }).catch((e2: unknown) => {
-      throw s3Error(e2, url, 'list', signal);
-    });
+    const r = await client
+      .send(new ListObjectsV2Command({ Bucket: url.bucket, Prefix: chunkPrefix(url.key), MaxKeys: 1 }), {
+        abortSignal: signal,
+      })
+      .catch((e2: unknown) => {
+        throw s3Error(e2, url, 'list', signal);
+      });
     if ((r.KeyCount ?? r.Contents?.length ?? 0) > 0) {
       if (missingOk) return undefined;
-      throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `${where} is incomplete: chunks but no manifest (a save that did not finish; save again)`);
+      throw snapshotError(
+        'ERR_SNAPSHOT_INCOMPLETE',
+        `${where} is incomplete: chunks but no manifest (a save that did not finish; save again)`,
+      );
     }
     if (missingOk) return undefined;
     throw e;
@@ -197,7 +246,11 @@ const objectBytes = (m: Manifest, c: ChunkRef): number => (m.packed ? c.bytes! :
 export const kMaxPatchFraction = 0.5;
 export const kCompactAfterLayers = 32;
 
-interface PatchPlan { parts: PatchPart[]; pagesChanged: number; bytes: number }
+interface PatchPlan {
+  parts: PatchPart[];
+  pagesChanged: number;
+  bytes: number;
+}
 
 function readExactFd(fd: number, len: number, pos: number): Buffer {
   const b = Buffer.alloc(len);
@@ -217,8 +270,16 @@ function readExactFd(fd: number, len: number, pos: number): Buffer {
  * update does not apply (another layout, old metadata that fails its checksum, too many or too large
  * patches): then changed chunks are uploaded instead.
  */
-async function planPatch(client: S3Client, url: S3Url, old: Manifest, fd: number, size: number, channels: number,
-  signal: AbortSignal, userSignal?: AbortSignal): Promise<PatchPlan | undefined> {
+async function planPatch(
+  client: S3Client,
+  url: S3Url,
+  old: Manifest,
+  fd: number,
+  size: number,
+  channels: number,
+  signal: AbortSignal,
+  userSignal?: AbortSignal,
+): Promise<PatchPlan | undefined> {
   if (old.size !== size || old.patches.length >= kCompactAfterLayers) return undefined;
   const hash64 = (b: Uint8Array): bigint => native().hash64(b);
   let fresh;
@@ -251,24 +312,40 @@ async function planPatch(client: S3Client, url: S3Url, old: Manifest, fd: number
   } catch {
     return undefined;
   }
-  const same = prev.metadataEnd === end && prev.blocks.length === fresh.blocks.length && prev.blocks.every((b, i) => {
-    const n = fresh.blocks[i]!;
-    return b.name === n.name && b.length === n.length && b.pageSize === n.pageSize && b.bitmapOffset === n.bitmapOffset
-      && b.checksumsOffset === n.checksumsOffset && b.pagesOffset === n.pagesOffset;
-  });
+  const same =
+    prev.metadataEnd === end &&
+    prev.blocks.length === fresh.blocks.length &&
+    prev.blocks.every((b, i) => {
+      const n = fresh.blocks[i]!;
+      return (
+        b.name === n.name &&
+        b.length === n.length &&
+        b.pageSize === n.pageSize &&
+        b.bitmapOffset === n.bitmapOffset &&
+        b.checksumsOffset === n.checksumsOffset &&
+        b.pagesOffset === n.pagesOffset
+      );
+    });
   if (!same) return undefined;
   const newMeta = readExactFd(fd, end, 0);
   const runs: [number, number][] = [[0, end]];
   let pagesChanged = 0;
   for (const [i, b] of prev.blocks.entries()) {
-    const tables = (m: Buffer): Buffer => Buffer.concat([m.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes),
-      m.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes)]);
+    const tables = (m: Buffer): Buffer =>
+      Buffer.concat([
+        m.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes),
+        m.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes),
+      ]);
     if (hash64(tables(oldMeta)) !== prev.metadataChecksums[i]) return undefined; // untrusted old tables: chunks
     for (let p = 0; p < b.pages; p++) {
       const bit = b.bitmapOffset + (p >> 3);
       const mask = 1 << (p & 7);
       const c = b.checksumsOffset + 8 * p;
-      if ((oldMeta[bit]! & mask) === (newMeta[bit]! & mask) && oldMeta.readBigUInt64LE(c) === newMeta.readBigUInt64LE(c)) continue;
+      if (
+        (oldMeta[bit]! & mask) === (newMeta[bit]! & mask) &&
+        oldMeta.readBigUInt64LE(c) === newMeta.readBigUInt64LE(c)
+      )
+        continue;
       pagesChanged++;
       const off = b.pagesOffset + p * b.pageSize;
       const last = runs[runs.length - 1]!;
@@ -304,8 +381,16 @@ async function planPatch(client: S3Client, url: S3Url, old: Manifest, fd: number
 }
 
 /** After a commit: deletes the objects under the chunk prefix that manifest `m` does not name. */
-async function collect(client: S3Client, url: S3Url, m: Manifest, held: Map<string, number>, uploaded: string[]): Promise<number> {
-  const live = new Set([...m.chunks.map((c) => c.sha256), ...m.patches.flat().map((p) => p.sha256)].map((h) => chunkKey(url.key, h)));
+async function collect(
+  client: S3Client,
+  url: S3Url,
+  m: Manifest,
+  held: Map<string, number>,
+  uploaded: string[],
+): Promise<number> {
+  const live = new Set(
+    [...m.chunks.map((c) => c.sha256), ...m.patches.flat().map((p) => p.sha256)].map((h) => chunkKey(url.key, h)),
+  );
   const stale = [...held.keys(), ...uploaded].filter((k) => !live.has(k));
   return deleteKeys(client, url, [...new Set(stale)], true);
 }
@@ -337,10 +422,13 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     const put = new PutObjectCommand({ Bucket: url.bucket, Key: key, Body: data, ContentLength: data.length });
     // the signed payload hash (SigV4 x-amz-content-sha256) is the object's name: the store checks
     // the body against it and refuses an altered one, and the SDK does not hash the body again
-    put.middlewareStack.add((next) => async (args) => {
-      (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256;
-      return next(args);
-    }, { step: 'build', name: 'fixedramPayloadHash' });
+    put.middlewareStack.add(
+      (next) => async (args) => {
+        (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256;
+        return next(args);
+      },
+      { step: 'build', name: 'fixedramPayloadHash' },
+    );
     await client.send(put, { abortSignal: signal }).catch((err: unknown) => {
       throw s3Error(err, url, `upload ${what} of`, opts.signal);
     });
@@ -348,20 +436,41 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     return sha256;
   };
   /** The commit: one PUT of the manifest, atomic for readers; then what it no longer names is deleted. */
-  const commit = async (m: Manifest, objects: number, rest: Pick<PushResult, 'mode' | 'pagesChanged' | 'patchLayers'>,
-    write = true): Promise<PushResult> => {
+  const commit = async (
+    m: Manifest,
+    objects: number,
+    rest: Pick<PushResult, 'mode' | 'pagesChanged' | 'patchLayers'>,
+    write = true,
+  ): Promise<PushResult> => {
     if (write) {
-      await client.send(new PutObjectCommand({
-        Bucket: url.bucket, Key: url.key, Body: encodeManifest(m), ContentType: 'application/json',
-      }), { abortSignal: signal }).catch((err: unknown) => {
-        throw s3Error(err, url, 'commit', opts.signal);
-      });
+      await client
+        .send(
+          new PutObjectCommand({
+            Bucket: url.bucket,
+            Key: url.key,
+            Body: encodeManifest(m),
+            ContentType: 'application/json',
+          }),
+          { abortSignal: signal },
+        )
+        .catch((err: unknown) => {
+          throw s3Error(err, url, 'commit', opts.signal);
+        });
     }
     committed = true;
     const chunksDeleted = await collect(client, url, m, held, uploaded);
     return {
-      url: where, size: m.size, chunkBytes: m.chunkBytes, chunks: chunkCount(m), chunksPresent: m.chunks.length,
-      chunksUploaded: objects - reused, chunksReused: reused, bytesUploaded, chunksDeleted, channels, ...rest,
+      url: where,
+      size: m.size,
+      chunkBytes: m.chunkBytes,
+      chunks: chunkCount(m),
+      chunksPresent: m.chunks.length,
+      chunksUploaded: objects - reused,
+      chunksReused: reused,
+      bytesUploaded,
+      chunksDeleted,
+      channels,
+      ...rest,
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,
     };
   };
@@ -394,8 +503,12 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
         }
       });
       const m: Manifest = { ...old, patches: plan.parts.length ? [...old.patches, plan.parts] : old.patches };
-      return await commit(m, plan.parts.length, { mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length },
-        plan.parts.length > 0);
+      return await commit(
+        m,
+        plan.parts.length,
+        { mode: 'patch', pagesChanged: plan.pagesChanged, patchLayers: m.patches.length },
+        plan.parts.length > 0,
+      );
     }
     const m: Manifest = { packed: true, size: st.size, chunkBytes, chunks: [], patches: [] };
     const n = chunkCount(m);
@@ -406,7 +519,8 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
     const fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {
       const st2 = await fh.stat();
-      if (st2.ino !== st.ino || st2.dev !== st.dev) throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced`, { path: file });
+      if (st2.ino !== st.ino || st2.dev !== st.dev)
+        throw ioError('ERR_SOURCE_CHANGED', `'${file}' was replaced`, { path: file });
       await lanes(n, channels, signal, async (i) => {
         if (!mask[i]) return;
         const buf = buffers.pop()!;
@@ -416,7 +530,8 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
           let got = 0;
           while (got < len) {
             const { bytesRead } = await fh.read(chunk, got, len - got, i * chunkBytes + got);
-            if (bytesRead === 0) throw ioError('ERR_SOURCE_CHANGED', `'${file}' shrank while it was uploaded`, { path: file });
+            if (bytesRead === 0)
+              throw ioError('ERR_SOURCE_CHANGED', `'${file}' shrank while it was uploaded`, { path: file });
             got += bytesRead;
           }
           const object = packChunk(chunk);
@@ -446,15 +561,30 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
  * Fetches object `key` (exactly `len` bytes, SHA-256 `sha256`) into `buf`, resuming a dropped body
  * with a ranged GET for the rest. `what` names it in messages ("chunk 3").
  */
-async function fetchObject(client: S3Client, url: S3Url, key: string, len: number, sha256: string, what: string, buf: Buffer,
-  signal: AbortSignal, userSignal?: AbortSignal, checkSha = true): Promise<Buffer> {
+async function fetchObject(
+  client: S3Client,
+  url: S3Url,
+  key: string,
+  len: number,
+  sha256: string,
+  what: string,
+  buf: Buffer,
+  signal: AbortSignal,
+  userSignal?: AbortSignal,
+  checkSha = true,
+): Promise<Buffer> {
   const where = formatS3Url(url);
   let got = 0;
   for (let attempt = 1; ; attempt++) {
     try {
-      const r = await client.send(new GetObjectCommand({
-        Bucket: url.bucket, Key: key, ...(got > 0 ? { Range: `bytes=${got}-${len - 1}` } : {}),
-      }), { abortSignal: signal });
+      const r = await client.send(
+        new GetObjectCommand({
+          Bucket: url.bucket,
+          Key: key,
+          ...(got > 0 ? { Range: `bytes=${got}-${len - 1}` } : {}),
+        }),
+        { abortSignal: signal },
+      );
       for await (const part of r.Body as AsyncIterable<Uint8Array>) {
         if (got + part.length > len) {
           throw snapshotError('ERR_SNAPSHOT_INVALID', `${where}: ${what} is longer than ${len} bytes`);
@@ -469,12 +599,18 @@ async function fetchObject(client: S3Client, url: S3Url, key: string, len: numbe
     } catch (err) {
       const name = (err as { name?: string }).name;
       if (name === 'NoSuchKey') {
-        throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `${where}: ${what} is missing (replaced or deleted while being read?)`);
+        throw snapshotError(
+          'ERR_SNAPSHOT_INCOMPLETE',
+          `${where}: ${what} is missing (replaced or deleted while being read?)`,
+        );
       }
       if (name === 'InvalidRange') {
         throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `${where}: ${what} is truncated (${got} of ${len} bytes)`);
       }
-      const transient = !(err as { $metadata?: unknown }).$metadata && !signal.aborted && (err as { code?: string }).code !== undefined &&
+      const transient =
+        !(err as { $metadata?: unknown }).$metadata &&
+        !signal.aborted &&
+        (err as { code?: string }).code !== undefined &&
         /^E[A-Z]+$|^ERR_STREAM/.test((err as { code: string }).code);
       // a body cut off mid-way: ask for the rest (the SDK itself retries failed requests)
       if (transient && attempt < kMaxAttempts) {
@@ -511,14 +647,25 @@ function writeRun(fh: fs.promises.FileHandle, data: Buffer, offset: number, zero
   }
 }
 
-export interface Materialized { objects: number; bytes: number }
+export interface Materialized {
+  objects: number;
+  bytes: number;
+}
 
 /**
  * Writes the snapshot described by `m` into `fh` (already sized, zero): the chunks, then each patch
  * layer in order. With `below`, only what starts below that offset.
  */
-async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.promises.FileHandle, channels: number,
-  signal: AbortSignal, userSignal: AbortSignal | undefined, below?: number): Promise<Materialized> {
+async function materialize(
+  client: S3Client,
+  url: S3Url,
+  m: Manifest,
+  fh: fs.promises.FileHandle,
+  channels: number,
+  signal: AbortSignal,
+  userSignal: AbortSignal | undefined,
+  below?: number,
+): Promise<Materialized> {
   const zero = Buffer.alloc(Math.max(kZeroPage, 1 << 16));
   // a packed object may be one page map longer than its chunk
   const free = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
@@ -530,7 +677,17 @@ async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.pro
     const buf = free.pop()!;
     try {
       const what = `chunk ${c.index}`;
-      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), objectBytes(m, c), c.sha256, what, buf, signal, userSignal);
+      const data = await fetchObject(
+        client,
+        url,
+        chunkKey(url.key, c.sha256),
+        objectBytes(m, c),
+        c.sha256,
+        what,
+        buf,
+        signal,
+        userSignal,
+      );
       bytes += data.length;
       objects++;
       if (!m.packed) {
@@ -540,7 +697,8 @@ async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.pro
       // only the present pages are in the object: the rest stay holes
       for (const r of packedRuns(data, chunkLength(m, c.index), `${formatS3Url(url)}: ${what}`)) {
         let o = 0;
-        while (o < r.length) o += fs.writeSync(fh.fd, data, r.objectOffset + o, r.length - o, c.index * m.chunkBytes + r.chunkOffset + o);
+        while (o < r.length)
+          o += fs.writeSync(fh.fd, data, r.objectOffset + o, r.length - o, c.index * m.chunkBytes + r.chunkOffset + o);
       }
     } finally {
       free.push(buf);
@@ -552,8 +710,17 @@ async function materialize(client: S3Client, url: S3Url, m: Manifest, fh: fs.pro
       const p = parts[i]!;
       const buf = free.pop()!;
       try {
-        const data = await fetchObject(client, url, chunkKey(url.key, p.sha256), partBytes(p), p.sha256,
-          `patch ${layer + 1} part ${i}`, buf, signal, userSignal);
+        const data = await fetchObject(
+          client,
+          url,
+          chunkKey(url.key, p.sha256),
+          partBytes(p),
+          p.sha256,
+          `patch ${layer + 1} part ${i}`,
+          buf,
+          signal,
+          userSignal,
+        );
         bytes += data.length;
         objects++;
         let o = 0;
@@ -604,9 +771,18 @@ function writeSparse(fh: fs.promises.FileHandle, chunk: Buffer, offset: number, 
  * is not checked: only for callers that check every byte they use against another checksum. With
  * `raw`, a packed object is handed over as it is, with its runs of present pages (not unpacked).
  */
-export async function fetchChunks(client: S3Client, url: S3Url, m: Manifest, channels: number, signal: AbortSignal,
-  userSignal: AbortSignal | undefined, select: (index: number) => boolean,
-  use: (index: number, chunk: Buffer, runs?: PackedRun[]) => void, checkSha = true, raw = false): Promise<number> {
+export async function fetchChunks(
+  client: S3Client,
+  url: S3Url,
+  m: Manifest,
+  channels: number,
+  signal: AbortSignal,
+  userSignal: AbortSignal | undefined,
+  select: (index: number) => boolean,
+  use: (index: number, chunk: Buffer, runs?: PackedRun[]) => void,
+  checkSha = true,
+  raw = false,
+): Promise<number> {
   const objects = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
   const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed ? m.chunkBytes : 0));
   const chunks = m.chunks.filter((c) => select(c.index));
@@ -617,8 +793,18 @@ export async function fetchChunks(client: S3Client, url: S3Url, m: Manifest, cha
     const out = dense.pop()!;
     try {
       const what = `chunk ${c.index}`;
-      const data = await fetchObject(client, url, chunkKey(url.key, c.sha256), objectBytes(m, c), c.sha256, what, buf, signal, userSignal,
-        checkSha);
+      const data = await fetchObject(
+        client,
+        url,
+        chunkKey(url.key, c.sha256),
+        objectBytes(m, c),
+        c.sha256,
+        what,
+        buf,
+        signal,
+        userSignal,
+        checkSha,
+      );
       bytes += data.length;
       if (!m.packed) {
         use(c.index, data);
@@ -665,7 +851,11 @@ export async function pull(url: S3Url, file: string, opts: PullOptions = {}): Pr
     const m = opts.manifest ?? (await readManifest(client, url, signal, false))!;
     if (!fh) {
       temp = path.join(path.dirname(file), `.${path.basename(file)}.${crypto.randomBytes(6).toString('hex')}.tmp`);
-      fh = await fs.promises.open(temp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+      fh = await fs.promises.open(
+        temp,
+        fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+        0o600,
+      );
       registerTemp(temp);
     }
     await fh.truncate(m.size);
@@ -687,7 +877,11 @@ export async function pull(url: S3Url, file: string, opts: PullOptions = {}): Pr
       }
     }
     return {
-      url: formatS3Url(url), size: m.size, chunksFetched: got.objects, bytesFetched: got.bytes, channels,
+      url: formatS3Url(url),
+      size: m.size,
+      chunksFetched: got.objects,
+      bytesFetched: got.bytes,
+      channels,
       seconds: Number(process.hrtime.bigint() - t0) / 1e9,
     };
   } catch (err) {

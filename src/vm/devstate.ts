@@ -12,11 +12,16 @@ import { snapshotDeviceState } from '../snapshot';
 export { kMaxDeviceStateBytes };
 
 /** The record for a stream QEMU wrote with x-ignore-shared. */
-export function sharedFileDeviceState(stream: Uint8Array, origin: { qemuVersion: string; machineType?: string }): DeviceState {
+export function sharedFileDeviceState(
+  stream: Uint8Array,
+  origin: { qemuVersion: string; machineType?: string },
+): DeviceState {
   return {
     kind: 'qemu-stream',
     origin: {
-      source: 'fixedram vm save (QMP, x-ignore-shared)', capabilities: ['x-ignore-shared'], qemuVersion: origin.qemuVersion,
+      source: 'fixedram vm save (QMP, x-ignore-shared)',
+      capabilities: ['x-ignore-shared'],
+      qemuVersion: origin.qemuVersion,
       ...(origin.machineType ? { machineType: origin.machineType } : {}),
     },
     stream,
@@ -35,10 +40,14 @@ export function isSharedFileState(ds: DeviceState): boolean {
 export function readVmDeviceState(snapshot: string): DecodedDeviceState | undefined {
   const ds = snapshotDeviceState(snapshot);
   if (ds && !ds.checksumOk) {
-    throw integrityError(`the device state of '${snapshot}' fails its checksum: it is not fed to QEMU`, { path: snapshot });
+    throw integrityError(`the device state of '${snapshot}' fails its checksum: it is not fed to QEMU`, {
+      path: snapshot,
+    });
   }
   if (ds?.stream && (ds.stream.length < 8 || Buffer.from(ds.stream.subarray(0, 4)).toString('latin1') !== 'QEVM')) {
-    throw snapshotError('ERR_SNAPSHOT_INVALID', `the device state of '${snapshot}' is not a QEMU migration stream`, { path: snapshot });
+    throw snapshotError('ERR_SNAPSHOT_INVALID', `the device state of '${snapshot}' is not a QEMU migration stream`, {
+      path: snapshot,
+    });
   }
   return ds;
 }

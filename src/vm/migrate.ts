@@ -23,14 +23,20 @@ const kOurs = ['x-ignore-shared', 'mapped-ram', 'multifd'] as const;
  * Sets the given capabilities (the others of {@link kOurs} off) and returns a function that puts
  * back the values QEMU had before (best effort: QEMU may be gone by then).
  */
-export async function setCapabilities(q: QmpClient, on: readonly (typeof kOurs)[number][]): Promise<() => Promise<void>> {
+export async function setCapabilities(
+  q: QmpClient,
+  on: readonly (typeof kOurs)[number][],
+): Promise<() => Promise<void>> {
   const before = await q.execute<Capability[]>('query-migrate-capabilities');
   const was = new Map(before.map((c) => [c.capability, c.state]));
   const want = kOurs.filter((c) => was.has(c) || on.includes(c)).map((c) => ({ capability: c, state: on.includes(c) }));
   await q.execute('migrate-set-capabilities', { capabilities: want });
   return async () => {
-    const back = want.filter((c) => was.get(c.capability) !== c.state).map((c) => ({ capability: c.capability, state: was.get(c.capability) ?? false }));
-    if (back.length && !q.closed) await q.execute('migrate-set-capabilities', { capabilities: back }).catch(() => undefined);
+    const back = want
+      .filter((c) => was.get(c.capability) !== c.state)
+      .map((c) => ({ capability: c.capability, state: was.get(c.capability) ?? false }));
+    if (back.length && !q.closed)
+      await q.execute('migrate-set-capabilities', { capabilities: back }).catch(() => undefined);
   };
 }
 
@@ -38,16 +44,27 @@ export async function setCapabilities(q: QmpClient, on: readonly (typeof kOurs)[
  * Polls query-migrate until the migration completes (every 1, 2, 4, … ms, at most `maxDelayMs`:
  * a short bound while the VM is stopped); throws with QEMU's error-desc when it fails.
  */
-export async function waitMigration(q: QmpClient, what: string, timeoutMs: number, signal?: AbortSignal, maxDelayMs = 20): Promise<void> {
+export async function waitMigration(
+  q: QmpClient,
+  what: string,
+  timeoutMs: number,
+  signal?: AbortSignal,
+  maxDelayMs = 20,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 1;
   for (;;) {
     const st = await q.execute<MigrationInfo>('query-migrate');
     if (st.status === 'completed') return;
     if (st.status === 'failed' || st.status === 'cancelled') {
-      throw new QmpError('ERR_QMP_MIGRATION', `QEMU's ${what} ${st.status}: ${escapeText(st['error-desc'] ?? 'no reason given')}`, {
-        ...(st['error-desc'] !== undefined ? { desc: st['error-desc'] } : {}), path: q.path,
-      });
+      throw new QmpError(
+        'ERR_QMP_MIGRATION',
+        `QEMU's ${what} ${st.status}: ${escapeText(st['error-desc'] ?? 'no reason given')}`,
+        {
+          ...(st['error-desc'] !== undefined ? { desc: st['error-desc'] } : {}),
+          path: q.path,
+        },
+      );
     }
     if (signal?.aborted) {
       await q.execute('migrate_cancel').catch(() => undefined);
@@ -55,7 +72,11 @@ export async function waitMigration(q: QmpClient, what: string, timeoutMs: numbe
     }
     if (Date.now() > deadline) {
       await q.execute('migrate_cancel').catch(() => undefined);
-      throw new QmpError('ERR_QMP_TIMEOUT', `QEMU's ${what} did not finish within ${timeoutMs / 1000} s (status '${escapeText(st.status)}'); cancelled`, { path: q.path });
+      throw new QmpError(
+        'ERR_QMP_TIMEOUT',
+        `QEMU's ${what} did not finish within ${timeoutMs / 1000} s (status '${escapeText(st.status)}'); cancelled`,
+        { path: q.path },
+      );
     }
     await sleep(delay);
     delay = Math.min(delay * 2, maxDelayMs);

@@ -53,12 +53,22 @@ const kUnits: Record<string, number> = { B: 1, KiB: 1024, MiB: 1 << 20, GiB: 1 <
  * taken as everything before the page-size column (QEMU idstrs have no spaces, but a row is parsed
  * from its right end so one with spaces would still parse).
  */
-export function parseRamblockText(text: string): { name: string; pageSize: number; length: number; readonly: boolean }[] {
+export function parseRamblockText(
+  text: string,
+): { name: string; pageSize: number; length: number; readonly: boolean }[] {
   const rows: { name: string; pageSize: number; length: number; readonly: boolean }[] = [];
   for (const line of text.split(/\r?\n/)) {
-    const m = /^\s*(.+?)\s+(\d+) (B|KiB|MiB|GiB)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s+0x[0-9a-f]+(?:\s+(rw|ro))?\s*$/i.exec(line);
+    const m =
+      /^\s*(.+?)\s+(\d+) (B|KiB|MiB|GiB)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s+0x[0-9a-f]+(?:\s+(rw|ro))?\s*$/i.exec(
+        line,
+      );
     if (!m) continue;
-    rows.push({ name: m[1]!, pageSize: Number(m[2]) * kUnits[m[3]!]!, length: parseInt(m[4]!, 16), readonly: m[5] === 'ro' });
+    rows.push({
+      name: m[1]!,
+      pageSize: Number(m[2]) * kUnits[m[3]!]!,
+      length: parseInt(m[4]!, 16),
+      readonly: m[5] === 'ro',
+    });
   }
   return rows;
 }
@@ -84,7 +94,11 @@ async function backends(q: QmpClient): Promise<VmBackend[]> {
     const type = m[1]!;
     const canonical = await get<boolean>('x-use-canonical-path-for-ramblock-id').catch(() => false);
     const b: VmBackend = {
-      id: c.name, idstr: canonical ? p : c.name, type, share: await get<boolean>('share'), size: await get<number>('size'),
+      id: c.name,
+      idstr: canonical ? p : c.name,
+      type,
+      share: await get<boolean>('share'),
+      size: await get<number>('size'),
     };
     if (type === 'memory-backend-file') {
       b.memPath = await get<string>('mem-path');
@@ -98,7 +112,8 @@ async function backends(q: QmpClient): Promise<VmBackend[]> {
 /** Asks QEMU for its RAM blocks and backends. */
 export async function vmRam(q: QmpClient): Promise<VmRam> {
   const rows = parseRamblockText(await ramblockText(q));
-  if (rows.length === 0) throw new QmpError('ERR_QMP_PROTOCOL', 'QEMU listed no RAM blocks (info ramblock)', { path: q.path });
+  if (rows.length === 0)
+    throw new QmpError('ERR_QMP_PROTOCOL', 'QEMU listed no RAM blocks (info ramblock)', { path: q.path });
   const bks = await backends(q);
   const blocks: VmRamBlock[] = rows.map((r) => {
     const backend = bks.find((b) => b.idstr === r.name);
@@ -116,12 +131,16 @@ export async function vmRam(q: QmpClient): Promise<VmRam> {
     } catch (err) {
       return `RAM block '${escapeText(b.name)}': cannot stat its mem-path '${escapeText(be.memPath!)}' (${(err as NodeJS.ErrnoException).code})`;
     }
-    if (!st.isFile()) return `RAM block '${escapeText(b.name)}': its mem-path '${escapeText(be.memPath!)}' is not a regular file (QEMU made an unnamed file in a directory)`;
-    if (st.size !== b.length) return `RAM block '${escapeText(b.name)}': its file is ${st.size} bytes, the block ${b.length}`;
+    if (!st.isFile())
+      return `RAM block '${escapeText(b.name)}': its mem-path '${escapeText(be.memPath!)}' is not a regular file (QEMU made an unnamed file in a directory)`;
+    if (st.size !== b.length)
+      return `RAM block '${escapeText(b.name)}': its file is ${st.size} bytes, the block ${b.length}`;
     return undefined;
   };
-  const reasons = guest.length === 0 ? ['the guest RAM is not given with -object memory-backend-file'] :
-    guest.map(why).filter((r): r is string => r !== undefined);
+  const reasons =
+    guest.length === 0
+      ? ['the guest RAM is not given with -object memory-backend-file']
+      : guest.map(why).filter((r): r is string => r !== undefined);
   if (reasons.length) return { blocks, sharedFiles: undefined, reason: reasons[0]! };
   return { blocks, sharedFiles: guest as VmRam['sharedFiles'] & object };
 }

@@ -56,24 +56,40 @@ const secs = (a: bigint, b: bigint): number => Number(b - a) / 1e9;
 const mib = (n: number): string => (n % (1 << 20) === 0 ? `${n / (1 << 20)} MiB` : `${n} bytes`);
 
 /** Every snapshot block must be one of QEMU's shared-file blocks, and every one of those in the snapshot. */
-function matchBlocks(snapshot: string, blocks: readonly { name: string; length: number; pageSize: number }[],
-  shared: readonly (VmRamBlock & { backend: { memPath: string } })[] | undefined, all: readonly VmRamBlock[], reason: string | undefined): { name: string; path: string }[] {
+function matchBlocks(
+  snapshot: string,
+  blocks: readonly { name: string; length: number; pageSize: number }[],
+  shared: readonly (VmRamBlock & { backend: { memPath: string } })[] | undefined,
+  all: readonly VmRamBlock[],
+  reason: string | undefined,
+): { name: string; path: string }[] {
   const mismatch = (why: string): never => {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `snapshot '${snapshot}' does not match this VM: ${why}; nothing was written`);
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `snapshot '${snapshot}' does not match this VM: ${why}; nothing was written`,
+    );
   };
   if (!shared) return mismatch(`the snapshot holds shared-file RAM, but ${reason ?? 'this VM has none'}`);
   const out: { name: string; path: string }[] = [];
   for (const b of blocks) {
     const vm = all.find((v) => v.name === b.name);
-    if (!vm) return mismatch(`QEMU has no RAM block '${escapeText(b.name)}' (it has ${all.map((v) => `'${escapeText(v.name)}'`).join(', ')})`);
+    if (!vm)
+      return mismatch(
+        `QEMU has no RAM block '${escapeText(b.name)}' (it has ${all.map((v) => `'${escapeText(v.name)}'`).join(', ')})`,
+      );
     const s = shared.find((v) => v.name === b.name);
     if (!s) return mismatch(`QEMU's RAM block '${escapeText(b.name)}' is not a shared memory-backend-file`);
-    if (s.length !== b.length) return mismatch(`block '${escapeText(b.name)}' is ${mib(b.length)} in the snapshot, ${mib(s.length)} in QEMU`);
-    if (s.pageSize !== b.pageSize) return mismatch(`block '${escapeText(b.name)}' has ${b.pageSize}-byte pages in the snapshot, ${s.pageSize} in QEMU`);
+    if (s.length !== b.length)
+      return mismatch(`block '${escapeText(b.name)}' is ${mib(b.length)} in the snapshot, ${mib(s.length)} in QEMU`);
+    if (s.pageSize !== b.pageSize)
+      return mismatch(
+        `block '${escapeText(b.name)}' has ${b.pageSize}-byte pages in the snapshot, ${s.pageSize} in QEMU`,
+      );
     out.push({ name: b.name, path: s.backend.memPath });
   }
   for (const s of shared) {
-    if (!blocks.some((b) => b.name === s.name)) return mismatch(`QEMU's RAM block '${escapeText(s.name)}' is not in the snapshot`);
+    if (!blocks.some((b) => b.name === s.name))
+      return mismatch(`QEMU's RAM block '${escapeText(s.name)}' is not in the snapshot`);
   }
   return out;
 }
@@ -87,17 +103,28 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
   const { inspect } = await import('../inspect');
   const info = inspect(snapshot);
   if (info.format !== 'fixedram') {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' is a ${info.format} file, not a fixedram snapshot (convert it first)`);
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `'${snapshot}' is a ${info.format} file, not a fixedram snapshot (convert it first)`,
+    );
   }
-  if (info.state !== 'complete') throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${snapshot}' is ${info.state}: ${info.stateMessage ?? ''}`);
+  if (info.state !== 'complete')
+    throw snapshotError('ERR_SNAPSHOT_INCOMPLETE', `'${snapshot}' is ${info.state}: ${info.stateMessage ?? ''}`);
   const device = readVmDeviceState(snapshot);
   if (!device) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds no device state (a save of RAM files, not of a VM): ` +
-      'it cannot restore a VM; use fixedram load for its blocks');
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `'${snapshot}' holds no device state (a save of RAM files, not of a VM): ` +
+        'it cannot restore a VM; use fixedram load for its blocks',
+    );
   }
-  if (device.kind === 'qemu-mapped-ram') return restoreMappedRam(opts, snapshot, info.blocks, device.streamBytes, started);
+  if (device.kind === 'qemu-mapped-ram')
+    return restoreMappedRam(opts, snapshot, info.blocks, device.streamBytes, started);
   if (!isSharedFileState(device) || !device.stream) {
-    throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `'${snapshot}' holds a ${device.kind} device state that vm restore cannot feed to QEMU`);
+    throw snapshotError(
+      'ERR_SNAPSHOT_UNSUPPORTED',
+      `'${snapshot}' holds a ${device.kind} device state that vm restore cannot feed to QEMU`,
+    );
   }
   const stream = device.stream;
 
@@ -106,8 +133,12 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
   try {
     const st = await runState(q);
     if (st.status !== 'inmigrate') {
-      throw new QmpError('ERR_VM_STATE', `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
-        'start it with -incoming defer and the same RAM backends', { path: q.path });
+      throw new QmpError(
+        'ERR_VM_STATE',
+        `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
+          'start it with -incoming defer and the same RAM backends',
+        { path: q.path },
+      );
     }
     const ram = await vmRam(q);
     const targets = matchBlocks(snapshot, info.blocks, ram.sharedFiles, ram.blocks, ram.reason);
@@ -117,17 +148,31 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     fs.writeFileSync(stateFile, stream, { mode: 0o600, flag: 'wx' });
 
     const t0 = now();
-    const r = await (await import('../load')).load({
-      snapshot, blocks: targets, channels, verify: opts.verify ?? true,
-      ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    const r = await (
+      await import('../load')
+    ).load({
+      snapshot,
+      blocks: targets,
+      channels,
+      verify: opts.verify ?? true,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
     });
     const restoreCaps = await setCapabilities(q, ['x-ignore-shared']);
     try {
       await q.execute('migrate-incoming', { uri: `file:${stateFile}`, 'exit-on-error': false });
-      await waitMigration(q, 'incoming migration of the device state', opts.migrationTimeoutMs ?? 600_000, opts.signal).catch((err: unknown) => {
+      await waitMigration(
+        q,
+        'incoming migration of the device state',
+        opts.migrationTimeoutMs ?? 600_000,
+        opts.signal,
+      ).catch((err: unknown) => {
         if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
-          throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load the device state of '${snapshot}': ${err.message}`);
+          throw snapshotError(
+            'ERR_SNAPSHOT_UNSUPPORTED',
+            `QEMU could not load the device state of '${snapshot}': ${err.message}`,
+          );
         }
         throw err;
       });
@@ -140,10 +185,23 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
       resumed = now();
     }
     return {
-      command: 'vm restore', snapshot, mode: 'shared-file', qemuVersion: q.version,
-      blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-      presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
-      deviceStateBytes: stream.length, channels: r.channels, then,
+      command: 'vm restore',
+      snapshot,
+      mode: 'shared-file',
+      qemuVersion: q.version,
+      blocks: r.blocks.map((b) => ({
+        name: b.name,
+        path: b.path,
+        length: b.length,
+        pageSize: b.pageSize,
+        presentPages: b.presentPages,
+        zeroPages: b.zeroPages,
+      })),
+      presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0),
+      zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
+      deviceStateBytes: stream.length,
+      channels: r.channels,
+      then,
       ...(resumed !== undefined ? { downtimeSeconds: secs(t0, resumed) } : {}),
       seconds: secs(started, now()),
     };
@@ -159,9 +217,13 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
  * with mapped-ram + multifd (N channels). The RAM blocks must match QEMU's (names, sizes, page
  * sizes) before anything is written.
  */
-async function restoreMappedRam(opts: VmRestoreOptions, snapshot: string,
+async function restoreMappedRam(
+  opts: VmRestoreOptions,
+  snapshot: string,
   blocks: readonly { name: string; length: number; pageSize: number; presentPages: number; zeroPages: number }[],
-  deviceStateBytes: number, started: bigint): Promise<VmRestoreResult> {
+  deviceStateBytes: number,
+  started: bigint,
+): Promise<VmRestoreResult> {
   const channels = checkChannels(opts.channels);
   const then = opts.then ?? 'resume';
   const q = await QmpClient.connect(opts.qmp);
@@ -169,39 +231,59 @@ async function restoreMappedRam(opts: VmRestoreOptions, snapshot: string,
   try {
     const st = await runState(q);
     if (st.status !== 'inmigrate') {
-      throw new QmpError('ERR_VM_STATE', `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
-        'start it with -incoming defer, the same machine type and memory size', { path: q.path });
+      throw new QmpError(
+        'ERR_VM_STATE',
+        `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
+          'start it with -incoming defer, the same machine type and memory size',
+        { path: q.path },
+      );
     }
     const ram = await vmRam(q);
     const mismatch = (why: string): never => {
-      throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `snapshot '${snapshot}' does not match this VM: ${why}; nothing was written`);
+      throw snapshotError(
+        'ERR_SNAPSHOT_UNSUPPORTED',
+        `snapshot '${snapshot}' does not match this VM: ${why}; nothing was written`,
+      );
     };
     for (const b of blocks) {
       const v = ram.blocks.find((x) => x.name === b.name);
       if (!v) mismatch(`QEMU has no RAM block '${escapeText(b.name)}'`);
-      else if (v.length !== b.length) mismatch(`block '${escapeText(b.name)}' is ${mib(b.length)} in the snapshot, ${mib(v.length)} in QEMU`);
-      else if (v.pageSize !== b.pageSize) mismatch(`block '${escapeText(b.name)}' has ${b.pageSize}-byte pages in the snapshot, ${v.pageSize} in QEMU`);
+      else if (v.length !== b.length)
+        mismatch(`block '${escapeText(b.name)}' is ${mib(b.length)} in the snapshot, ${mib(v.length)} in QEMU`);
+      else if (v.pageSize !== b.pageSize)
+        mismatch(`block '${escapeText(b.name)}' has ${b.pageSize}-byte pages in the snapshot, ${v.pageSize} in QEMU`);
     }
-    for (const v of ram.blocks) if (!blocks.some((b) => b.name === v.name)) mismatch(`QEMU's RAM block '${escapeText(v.name)}' is not in the snapshot`);
+    for (const v of ram.blocks)
+      if (!blocks.some((b) => b.name === v.name))
+        mismatch(`QEMU's RAM block '${escapeText(v.name)}' is not in the snapshot`);
 
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-vmrestore-'));
     const file = path.join(dir, 'vm.mig');
     const t0 = now();
-    await (await import('../export')).exportSnapshot({
-      snapshot, output: file, format: 'qemu', channels, fsync: false,
-      ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    await (
+      await import('../export')
+    ).exportSnapshot({
+      snapshot,
+      output: file,
+      format: 'qemu',
+      channels,
+      fsync: false,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
     });
     const restoreCaps = await setCapabilities(q, ['mapped-ram', 'multifd']);
     try {
       await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
       await q.execute('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
-      await waitMigration(q, 'incoming migration', opts.migrationTimeoutMs ?? 600_000, opts.signal).catch((err: unknown) => {
-        if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
-          throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load '${snapshot}': ${err.message}`);
-        }
-        throw err;
-      });
+      await waitMigration(q, 'incoming migration', opts.migrationTimeoutMs ?? 600_000, opts.signal).catch(
+        (err: unknown) => {
+          if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
+            throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load '${snapshot}': ${err.message}`);
+          }
+          throw err;
+        },
+      );
     } finally {
       await restoreCaps();
     }
@@ -211,10 +293,22 @@ async function restoreMappedRam(opts: VmRestoreOptions, snapshot: string,
       resumed = now();
     }
     return {
-      command: 'vm restore', snapshot, mode: 'mapped-ram', qemuVersion: q.version,
-      blocks: blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-      presentPages: blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: blocks.reduce((s, b) => s + b.zeroPages, 0),
-      deviceStateBytes, channels, then,
+      command: 'vm restore',
+      snapshot,
+      mode: 'mapped-ram',
+      qemuVersion: q.version,
+      blocks: blocks.map((b) => ({
+        name: b.name,
+        length: b.length,
+        pageSize: b.pageSize,
+        presentPages: b.presentPages,
+        zeroPages: b.zeroPages,
+      })),
+      presentPages: blocks.reduce((s, b) => s + b.presentPages, 0),
+      zeroPages: blocks.reduce((s, b) => s + b.zeroPages, 0),
+      deviceStateBytes,
+      channels,
+      then,
       ...(resumed !== undefined ? { downtimeSeconds: secs(t0, resumed) } : {}),
       seconds: secs(started, now()),
     };

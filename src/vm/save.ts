@@ -85,9 +85,18 @@ const secs = (a: bigint, b: bigint): number => Number(b - a) / 1e9;
 
 /** A private temp file beside `output` (0600, created here so QEMU's O_TRUNC keeps our mode). */
 function tempBeside(output: string, what: string): string {
-  const tmp = path.join(path.dirname(output), `.${path.basename(output)}.${what}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`);
+  const tmp = path.join(
+    path.dirname(output),
+    `.${path.basename(output)}.${what}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`,
+  );
   registerTemp(tmp);
-  fs.closeSync(fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600));
+  fs.closeSync(
+    fs.openSync(
+      tmp,
+      fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+      0o600,
+    ),
+  );
   return tmp;
 }
 
@@ -102,7 +111,12 @@ function readBounded(file: string, max: number): Buffer {
   const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   try {
     const size = fs.fstatSync(fd).size;
-    if (size > max) throw new FixedramError('ERR_DEVICE_STATE_TOO_LARGE', 4, `QEMU's device state is ${size} bytes, more than ${max}`);
+    if (size > max)
+      throw new FixedramError(
+        'ERR_DEVICE_STATE_TOO_LARGE',
+        4,
+        `QEMU's device state is ${size} bytes, more than ${max}`,
+      );
     const buf = Buffer.alloc(size);
     let off = 0;
     while (off < size) {
@@ -144,7 +158,11 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     const ram = await vmRam(q);
     const state = await runState(q);
     if (state.status === 'inmigrate') {
-      throw new QmpError('ERR_VM_STATE', 'QEMU is waiting for an incoming migration (-incoming): there is no VM to save yet', { path: q.path });
+      throw new QmpError(
+        'ERR_VM_STATE',
+        'QEMU is waiting for an incoming migration (-incoming): there is no VM to save yet',
+        { path: q.path },
+      );
     }
     if (!ram.sharedFiles && opts.update) {
       throw usageError(`--update needs guest RAM in shared files (memory-backend-file,share=on): ${ram.reason}`);
@@ -166,11 +184,29 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     /** QEMU's migration into tmp (the VM is stopped); short polls: this is downtime. */
     const migrate = async (): Promise<void> => {
       await q.execute('migrate', { uri: `file:${tmp}` });
-      await waitMigration(q, 'migration to a file', opts.migrationTimeoutMs ?? 600_000, opts.signal, ram.sharedFiles ? 2 : 20);
+      await waitMigration(
+        q,
+        'migration to a file',
+        opts.migrationTimeoutMs ?? 600_000,
+        opts.signal,
+        ram.sharedFiles ? 2 : 20,
+      );
       migrated = now();
     };
 
-    let result: Omit<VmSaveResult, 'command' | 'output' | 'mode' | 'qemuVersion' | 'channels' | 'then' | 'seconds' | 'stoppedSeconds' | 'downtimeSeconds' | 'machineType'>;
+    let result: Omit<
+      VmSaveResult,
+      | 'command'
+      | 'output'
+      | 'mode'
+      | 'qemuVersion'
+      | 'channels'
+      | 'then'
+      | 'seconds'
+      | 'stoppedSeconds'
+      | 'downtimeSeconds'
+      | 'machineType'
+    >;
     // the VM resumes as soon as its RAM is copied (the metadata and the fsync happen while it runs)
     // (awaited by save: its fdatasync blocks this thread, and QEMU's answer is read before it)
     const onPagesCopied = async (): Promise<void> => {
@@ -182,8 +218,13 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       await resuming.catch(() => undefined);
     };
     const common = {
-      output, channels, fsync, onPagesCopied, ...(opts.signal ? { signal: opts.signal } : {}),
-      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), ...(log ? { logger: log } : {}),
+      output,
+      channels,
+      fsync,
+      onPagesCopied,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(log ? { logger: log } : {}),
     };
     if (ram.sharedFiles) {
       const blocks = ram.sharedFiles.map((b) => ({ name: b.name, path: b.backend.memPath }));
@@ -202,19 +243,40 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         const deviceState = await capture();
         const r = await (await import('../update')).update({ ...common, blocks, deviceState });
         result = {
-          blocks: r.blocks.map((b, i) => ({ name: b.name, path: blocks[i]!.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-          presentPages: r.presentPages, zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
-          pagesWritten: r.pagesWritten, pagesPunched: r.pagesPunched, pagesUnchanged: r.pagesUnchanged,
+          blocks: r.blocks.map((b, i) => ({
+            name: b.name,
+            path: blocks[i]!.path,
+            length: b.length,
+            pageSize: b.pageSize,
+            presentPages: b.presentPages,
+            zeroPages: b.zeroPages,
+          })),
+          presentPages: r.presentPages,
+          zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
+          pagesWritten: r.pagesWritten,
+          pagesPunched: r.pagesPunched,
+          pagesUnchanged: r.pagesUnchanged,
           deviceStateBytes: streamBytes,
         };
       } else {
         // everything that can be done with the VM running is done first (sources checked, temp
         // file made, channels started): the VM stops just before the first page is read. The
         // channels only fill the page cache while it is stopped; the device works after it resumed.
-        const r = await (await import('../save')).save({ ...common, blocks, beforePages: capture, writeback: 'commit' });
+        const r = await (
+          await import('../save')
+        ).save({ ...common, blocks, beforePages: capture, writeback: 'commit' });
         result = {
-          blocks: r.blocks.map((b) => ({ name: b.name, path: b.path, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-          presentPages: r.presentPages, zeroPages: r.zeroPages, deviceStateBytes: streamBytes,
+          blocks: r.blocks.map((b) => ({
+            name: b.name,
+            path: b.path,
+            length: b.length,
+            pageSize: b.pageSize,
+            presentPages: b.presentPages,
+            zeroPages: b.zeroPages,
+          })),
+          presentPages: r.presentPages,
+          zeroPages: r.zeroPages,
+          deviceStateBytes: streamBytes,
         };
       }
     } else {
@@ -225,8 +287,15 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       dropTemp(tmp);
       tmp = undefined;
       result = {
-        blocks: r.blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize, presentPages: b.presentPages, zeroPages: b.zeroPages })),
-        presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0), zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
+        blocks: r.blocks.map((b) => ({
+          name: b.name,
+          length: b.length,
+          pageSize: b.pageSize,
+          presentPages: b.presentPages,
+          zeroPages: b.zeroPages,
+        })),
+        presentPages: r.blocks.reduce((s, b) => s + b.presentPages, 0),
+        zeroPages: r.blocks.reduce((s, b) => s + b.zeroPages, 0),
         deviceStateBytes: r.deviceStateBytes,
       };
     }
@@ -247,14 +316,28 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     await restoreCaps();
     restoreCaps = undefined;
     const ms = (a: bigint | undefined, b: bigint | undefined): number | undefined =>
-      (a !== undefined && b !== undefined ? Math.round(Number(b - a) / 1e5) / 10 : undefined);
-    log?.debug({
-      prepare: ms(started, prepared), beforeStop: ms(prepared, stoppedAt), deviceState: ms(stoppedAt, migrated),
-      pages: ms(migrated, copied), cont: ms(copied, resumed), commit: ms(copied, saved), total: ms(started, now()),
-    }, 'vm save: phases (ms)');
+      a !== undefined && b !== undefined ? Math.round(Number(b - a) / 1e5) / 10 : undefined;
+    log?.debug(
+      {
+        prepare: ms(started, prepared),
+        beforeStop: ms(prepared, stoppedAt),
+        deviceState: ms(stoppedAt, migrated),
+        pages: ms(migrated, copied),
+        cont: ms(copied, resumed),
+        commit: ms(copied, saved),
+        total: ms(started, now()),
+      },
+      'vm save: phases (ms)',
+    );
     return {
-      command: 'vm save', output, mode: ram.sharedFiles ? 'shared-file' : 'mapped-ram', qemuVersion: q.version,
-      ...(mType ? { machineType: mType } : {}), ...result, channels, then,
+      command: 'vm save',
+      output,
+      mode: ram.sharedFiles ? 'shared-file' : 'mapped-ram',
+      qemuVersion: q.version,
+      ...(mType ? { machineType: mType } : {}),
+      ...result,
+      channels,
+      then,
       ...(resumed !== undefined && stoppedAt !== undefined ? { downtimeSeconds: secs(stoppedAt, resumed) } : {}),
       stoppedSeconds: stoppedAt !== undefined ? secs(stoppedAt, saved) : 0,
       seconds: secs(started, now()),
@@ -262,7 +345,10 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   } catch (err) {
     // a failed save resumes the VM it stopped (unless asked to leave it paused)
     if (resuming && err instanceof Error) {
-      err.message += await resuming.then(() => '; the VM was resumed', (e: Error) => `; the VM could not be resumed: ${e.message}`);
+      err.message += await resuming.then(
+        () => '; the VM was resumed',
+        (e: Error) => `; the VM could not be resumed: ${e.message}`,
+      );
     } else if (stoppedAt !== undefined && then !== 'pause' && err instanceof Error) {
       if (q.closed) {
         err.message += '; QEMU is gone, the VM could not be resumed';

@@ -18,14 +18,23 @@ export interface CliResult {
  */
 export const kChildTimeoutMs = Number(process.env.FIXEDRAM_TEST_CHILD_TIMEOUT_MS ?? 180_000);
 
-export function fixedram(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): CliResult {
+export function fixedram(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
+): CliResult {
   const timeout = opts.timeoutMs ?? kChildTimeoutMs;
   const r = spawnSync(process.execPath, [kBin, ...args], {
-    encoding: 'utf8', env: { ...process.env, ...opts.env }, input: opts.input ?? '', maxBuffer: 64 << 20,
-    timeout, killSignal: 'SIGKILL',
+    encoding: 'utf8',
+    env: { ...process.env, ...opts.env },
+    input: opts.input ?? '',
+    maxBuffer: 64 << 20,
+    timeout,
+    killSignal: 'SIGKILL',
   });
   if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT') {
-    throw new Error(`hung: \`fixedram ${args.join(' ')}\` did not end within ${timeout / 1000} s (killed); stderr:\n${r.stderr}`);
+    throw new Error(
+      `hung: \`fixedram ${args.join(' ')}\` did not end within ${timeout / 1000} s (killed); stderr:\n${r.stderr}`,
+    );
   }
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }

@@ -57,7 +57,9 @@ export function craftSnapshot(file: string, blocks: CraftBlock[], flags = kFlagC
       }
       counts.push(present.size);
     });
-    const sums = layout.blocks.map((b) => native().hashRanges(fd, [b.bitmapOffset, b.bitmapBytes, b.checksumsOffset, b.checksumsBytes])[0]);
+    const sums = layout.blocks.map(
+      (b) => native().hashRanges(fd, [b.bitmapOffset, b.bitmapBytes, b.checksumsOffset, b.checksumsBytes])[0],
+    );
     const header = encodeHeader(layout, flags, counts, sums, native().hash64);
     fs.writeSync(fd, header, 0, header.length, 0);
   } finally {

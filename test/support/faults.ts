@@ -30,7 +30,10 @@ export function shimPath(): string {
   process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   const so = path.join(dir, 'short_io.so');
   const r = spawnSync('cc', ['-shared', '-fPIC', '-O2', '-Wall', '-o', so, src, '-ldl'], { encoding: 'utf8' });
-  shim = r.status === 0 ? { so } : { reason: `skip: cannot build the LD_PRELOAD shim with cc (${r.error?.message ?? r.stderr.trim()})` };
+  shim =
+    r.status === 0
+      ? { so }
+      : { reason: `skip: cannot build the LD_PRELOAD shim with cc (${r.error?.message ?? r.stderr.trim()})` };
   return shim.so ?? shim.reason!;
 }
 
@@ -133,7 +136,8 @@ export function hugetlbfsDir(t: After): string {
   const r = spawnSync('stat', ['-f', '-c', '%t %S', mnt], { encoding: 'utf8' });
   if (r.status !== 0) return `skip: ${mnt} does not exist (run .ci/hugetlbfs-setup as root)`;
   const [type, bsize] = r.stdout.trim().split(' ');
-  if (parseInt(type!, 16) !== kHugetlbfsMagic) return `skip: ${mnt} is not a hugetlbfs mount (run .ci/hugetlbfs-setup as root)`;
+  if (parseInt(type!, 16) !== kHugetlbfsMagic)
+    return `skip: ${mnt} is not a hugetlbfs mount (run .ci/hugetlbfs-setup as root)`;
   if (Number(bsize) !== 2 << 20) return `skip: ${mnt} has huge pages of ${bsize} bytes; the tests expect 2 MiB`;
   let dir: string;
   try {
@@ -155,7 +159,10 @@ export function freeHugePages(): number {
 
 /** Temp and lock files a run may have left beside an output. */
 export function leftovers(dir: string): string[] {
-  return fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.endsWith('.lock')).sort();
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.tmp') || f.endsWith('.lock'))
+    .sort();
 }
 
 export function sha1(file: string): string {
@@ -166,7 +173,12 @@ export function sha1(file: string): string {
  * A block of `pages` stamped pages with no holes (every page data), written in one go: fast for big
  * blocks, and every batch costs exactly one read and one write (good for the delay shim).
  */
-export function denseBlock(file: string, blockId: number, pages: number, opts: { generation?: number; pageSize?: number } = {}): void {
+export function denseBlock(
+  file: string,
+  blockId: number,
+  pages: number,
+  opts: { generation?: number; pageSize?: number } = {},
+): void {
   const ps = opts.pageSize ?? 4096;
   const chunkPages = 256;
   const buf = Buffer.alloc(chunkPages * ps);
@@ -212,18 +224,21 @@ export interface Exit {
 /** What each thread of a process is doing (for a hung child): name, state, kernel wait, syscall. */
 export function threadStates(pid: number): string {
   try {
-    return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
-      const read = (f: string): string => {
-        try {
-          return fs.readFileSync(`/proc/${pid}/task/${tid}/${f}`, 'utf8').trim();
-        } catch {
-          return '?';
-        }
-      };
-      const stat = read('stat');
-      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-      return `${tid} ${state} wchan=${read('wchan')} syscall=${read('syscall').split(' ')[0]}`;
-    }).join('; ');
+    return fs
+      .readdirSync(`/proc/${pid}/task`)
+      .map((tid) => {
+        const read = (f: string): string => {
+          try {
+            return fs.readFileSync(`/proc/${pid}/task/${tid}/${f}`, 'utf8').trim();
+          } catch {
+            return '?';
+          }
+        };
+        const stat = read('stat');
+        const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+        return `${tid} ${state} wchan=${read('wchan')} syscall=${read('syscall').split(' ')[0]}`;
+      })
+      .join('; ');
   } catch {
     return 'gone';
   }
@@ -249,7 +264,10 @@ export class Watched {
     const limit = opts.timeoutMs ?? kChildTimeoutMs;
     const cmd = opts.argv0 ? opts.argv0[0]! : process.execPath;
     const pre = opts.argv0 ? [...opts.argv0.slice(1), process.execPath] : [];
-    this.child = spawn(cmd, [...pre, kBin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    this.child = spawn(cmd, [...pre, kBin, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
     this.child.stdout!.setEncoding('utf8').on('data', (s: string) => {
       this.stdout += s;
     });
@@ -272,7 +290,8 @@ export class Watched {
     });
     let hung = '';
     const watchdog = setTimeout(() => {
-      hung = `\n[test watchdog] \`fixedram ${args.join(' ')}\` still running after ${limit / 1000} s, killed; threads: ` +
+      hung =
+        `\n[test watchdog] \`fixedram ${args.join(' ')}\` still running after ${limit / 1000} s, killed; threads: ` +
         threadStates(this.child.pid ?? -1);
       this.child.kill('SIGKILL');
     }, limit);

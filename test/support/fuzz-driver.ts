@@ -168,8 +168,10 @@ export function mutate(base: Base, m: Mutation): Buffer {
       bytes.copy(buf, m.offset, 0, Math.min(bytes.length, buf.length - m.offset));
       if (m.reseal === 'metadata' && m.block !== undefined) {
         const b = base.header.blocks[m.block]!;
-        const meta = Buffer.concat([buf.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes),
-          buf.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes)]);
+        const meta = Buffer.concat([
+          buf.subarray(b.bitmapOffset, b.bitmapOffset + b.bitmapBytes),
+          buf.subarray(b.checksumsOffset, b.checksumsOffset + b.checksumsBytes),
+        ]);
         buf.writeBigUInt64LE(hash64(meta), kHeaderBytes + m.block * kEntryBytes + 48);
       }
       if (m.reseal) resealHeader(buf);
@@ -215,8 +217,11 @@ function classify(err: unknown): { exit: 3 | 'crash'; code?: string; message: st
     return { exit: 3, code: err.code, message: err.message };
   }
   const e = err as Error & { code?: unknown };
-  return { exit: 'crash', ...(typeof e?.code === 'string' ? { code: e.code } : {}),
-    message: `${e?.name}: ${e?.message}\n${e?.stack ?? ''}` };
+  return {
+    exit: 'crash',
+    ...(typeof e?.code === 'string' ? { code: e.code } : {}),
+    message: `${e?.name}: ${e?.message}\n${e?.stack ?? ''}`,
+  };
 }
 
 /** Runs verify and inspect on a snapshot file in process. */
@@ -233,9 +238,14 @@ export async function runFile(file: string, opts: { channels?: number } = {}): P
   try {
     const r = await verify({ snapshot: file, channels: opts.channels ?? 1, maxReported: 10 });
     return {
-      exit: r.ok ? 0 : 1, message: r.ok ? 'ok' : r.failures[0]!.message, inspect: ins, ms: Date.now() - t0,
+      exit: r.ok ? 0 : 1,
+      message: r.ok ? 'ok' : r.failures[0]!.message,
+      inspect: ins,
+      ms: Date.now() - t0,
       failures: r.failures.map((f) => ({
-        block: f.block, kind: f.kind, ...(f.page !== undefined ? { page: f.page } : {}),
+        block: f.block,
+        kind: f.kind,
+        ...(f.page !== undefined ? { page: f.page } : {}),
         ...(f.offset !== undefined ? { offset: f.offset } : {}),
       })),
     };
@@ -339,21 +349,68 @@ export function le(v: bigint, width: number): string {
 
 /** Header and block table fields: [offset, width] relative to the header or an entry. */
 export const kHeaderFields: Record<string, [number, number]> = {
-  version: [8, 4], flags: [12, 4], blockCount: [16, 4], entrySize: [20, 4], tableOffset: [24, 8],
-  metadataEnd: [32, 8], fileSize: [40, 8], reserved: [48, 8],
+  version: [8, 4],
+  flags: [12, 4],
+  blockCount: [16, 4],
+  entrySize: [20, 4],
+  tableOffset: [24, 8],
+  metadataEnd: [32, 8],
+  fileSize: [40, 8],
+  reserved: [48, 8],
 };
 export const kEntryFields: Record<string, [number, number]> = {
-  nameLength: [0, 2], reserved16: [2, 2], pageSize: [4, 4], length: [8, 8], bitmapOffset: [16, 8],
-  checksumsOffset: [24, 8], pagesOffset: [32, 8], presentPages: [40, 8], metadataChecksum: [48, 8], reserved64: [56, 8],
+  nameLength: [0, 2],
+  reserved16: [2, 2],
+  pageSize: [4, 4],
+  length: [8, 8],
+  bitmapOffset: [16, 8],
+  checksumsOffset: [24, 8],
+  pagesOffset: [32, 8],
+  presentPages: [40, 8],
+  metadataChecksum: [48, 8],
+  reserved64: [56, 8],
 };
 
 /** Values that break parsers: limits of each width, around 2^53, powers of two, off-by-ones. */
 function extremes(width: number, original: bigint, fileSize: number): bigint[] {
   const max = (1n << BigInt(8 * width)) - 1n;
-  const vs = [0n, 1n, 2n, 7n, 8n, 255n, 4095n, 4096n, 4097n, 65535n, 65536n, 65537n, 1n << 20n, (1n << 20n) + 8n,
-    1n << 30n, 1n << 31n, (1n << 32n) - 1n, 1n << 32n, 1n << 50n, (1n << 50n) + 4096n, (1n << 53n) - 1n, 1n << 53n,
-    (1n << 53n) + 1n, 1n << 63n, max, max - 1n, original + 1n, original - 1n, original * 2n, original + 8n,
-    original + 4096n, original + (1n << 20n), BigInt(fileSize), BigInt(fileSize) + 1n, BigInt(fileSize) - 8n];
+  const vs = [
+    0n,
+    1n,
+    2n,
+    7n,
+    8n,
+    255n,
+    4095n,
+    4096n,
+    4097n,
+    65535n,
+    65536n,
+    65537n,
+    1n << 20n,
+    (1n << 20n) + 8n,
+    1n << 30n,
+    1n << 31n,
+    (1n << 32n) - 1n,
+    1n << 32n,
+    1n << 50n,
+    (1n << 50n) + 4096n,
+    (1n << 53n) - 1n,
+    1n << 53n,
+    (1n << 53n) + 1n,
+    1n << 63n,
+    max,
+    max - 1n,
+    original + 1n,
+    original - 1n,
+    original * 2n,
+    original + 8n,
+    original + 4096n,
+    original + (1n << 20n),
+    BigInt(fileSize),
+    BigInt(fileSize) + 1n,
+    BigInt(fileSize) - 8n,
+  ];
   return [...new Set(vs.filter((v) => v >= 0n && v <= max).map(String))].map(BigInt);
 }
 
@@ -365,27 +422,52 @@ function extremes(width: number, original: bigint, fileSize: number): bigint[] {
  */
 export function hostileArb(base: Base): fc.Arbitrary<Mutation> {
   const blocks = base.header.blocks.length;
-  const pow = (lo: number, hi: number): fc.Arbitrary<bigint> => fc.integer({ min: lo, max: hi }).map((k) => 1n << BigInt(k));
-  const entryField = fc.tuple(fc.integer({ min: 0, max: Math.max(0, blocks - 1) }), fc.constantFrom(
-    'length', 'length', 'pageSize', 'bitmapOffset', 'checksumsOffset', 'pagesOffset', 'pagesOffset', 'presentPages',
-  )).chain(([i, field]) => {
-    const [o, w] = kEntryFields[field]!;
-    const at = kHeaderBytes + i * kEntryBytes + o;
-    const b = base.header.blocks[i]!;
-    const values: fc.Arbitrary<bigint> = field === 'length'
-      ? fc.tuple(pow(0, 38), fc.constantFrom(0n, 1n)).map(([k, d]) => (k + d) * BigInt(b.pageSize))
-      : field === 'pageSize' ? pow(12, 30)
-        : field === 'pagesOffset' ? fc.tuple(pow(20, 49), fc.integer({ min: 0, max: 3 })).map(([g, k]) => BigInt(b.pagesOffset) + g * BigInt(k + 1))
-          : field === 'presentPages' ? fc.constantFrom(0n, 1n, BigInt(b.pages), BigInt(b.pages) + 1n)
-            : fc.tuple(pow(3, 49), fc.constantFrom(0n, 8n)).map(([g, d]) => BigInt(field === 'bitmapOffset' ? b.bitmapOffset : b.checksumsOffset) + g + d);
-    return values.map((v) => ({ offset: at, hex: le(v & ((1n << BigInt(8 * w)) - 1n), w) }));
-  });
+  const pow = (lo: number, hi: number): fc.Arbitrary<bigint> =>
+    fc.integer({ min: lo, max: hi }).map((k) => 1n << BigInt(k));
+  const entryField = fc
+    .tuple(
+      fc.integer({ min: 0, max: Math.max(0, blocks - 1) }),
+      fc.constantFrom(
+        'length',
+        'length',
+        'pageSize',
+        'bitmapOffset',
+        'checksumsOffset',
+        'pagesOffset',
+        'pagesOffset',
+        'presentPages',
+      ),
+    )
+    .chain(([i, field]) => {
+      const [o, w] = kEntryFields[field]!;
+      const at = kHeaderBytes + i * kEntryBytes + o;
+      const b = base.header.blocks[i]!;
+      const values: fc.Arbitrary<bigint> =
+        field === 'length'
+          ? fc.tuple(pow(0, 38), fc.constantFrom(0n, 1n)).map(([k, d]) => (k + d) * BigInt(b.pageSize))
+          : field === 'pageSize'
+            ? pow(12, 30)
+            : field === 'pagesOffset'
+              ? fc
+                  .tuple(pow(20, 49), fc.integer({ min: 0, max: 3 }))
+                  .map(([g, k]) => BigInt(b.pagesOffset) + g * BigInt(k + 1))
+              : field === 'presentPages'
+                ? fc.constantFrom(0n, 1n, BigInt(b.pages), BigInt(b.pages) + 1n)
+                : fc
+                    .tuple(pow(3, 49), fc.constantFrom(0n, 8n))
+                    .map(([g, d]) => BigInt(field === 'bitmapOffset' ? b.bitmapOffset : b.checksumsOffset) + g + d);
+      return values.map((v) => ({ offset: at, hex: le(v & ((1n << BigInt(8 * w)) - 1n), w) }));
+    });
   const headerField = fc.constantFrom('metadataEnd', 'blockCount').chain((field) => {
     const [o, w] = kHeaderFields[field]!;
     const values = field === 'blockCount' ? fc.integer({ min: 0, max: blocks + 1 }).map(BigInt) : pow(6, 49);
     return values.map((v) => ({ offset: o, hex: le(v, w) }));
   });
-  return fc.array(fc.oneof({ weight: 4, arbitrary: entryField }, { weight: 1, arbitrary: headerField }), { minLength: 1, maxLength: 3 })
+  return fc
+    .array(fc.oneof({ weight: 4, arbitrary: entryField }, { weight: 1, arbitrary: headerField }), {
+      minLength: 1,
+      maxLength: 3,
+    })
     .map((writes) => ({ kind: 'hostile' as const, writes }));
 }
 
@@ -406,39 +488,61 @@ export function mutationArb(base: Base): fc.Arbitrary<Mutation> {
   );
   const boundaries = [...new Set(regions.flatMap((r) => [r.start, r.end]))].filter((v) => v < size);
   const cut = fc.oneof(
-    fc.constantFrom(...boundaries).chain((b) => fc.integer({ min: -9, max: 9 }).map((d) => Math.min(size - 1, Math.max(0, b + d)))),
+    fc
+      .constantFrom(...boundaries)
+      .chain((b) => fc.integer({ min: -9, max: 9 }).map((d) => Math.min(size - 1, Math.max(0, b + d)))),
     fc.integer({ min: 0, max: size - 1 }),
   );
-  const flip = fc.record({ kind: fc.constant('flip' as const), offset: anyOffset, bit: fc.integer({ min: 0, max: 7 }) });
+  const flip = fc.record({
+    kind: fc.constant('flip' as const),
+    offset: anyOffset,
+    bit: fc.integer({ min: 0, max: 7 }),
+  });
   const truncate = fc.record({ kind: fc.constant('truncate' as const), length: cut });
-  const append = fc.record({ kind: fc.constant('append' as const), length: fc.integer({ min: 1, max: 8192 }), byte: fc.constantFrom(0, 1, 0xff) });
+  const append = fc.record({
+    kind: fc.constant('append' as const),
+    length: fc.integer({ min: 1, max: 8192 }),
+    byte: fc.constantFrom(0, 1, 0xff),
+  });
   const rawWrite = fc.record({
-    kind: fc.constant('write' as const), offset: anyOffset,
+    kind: fc.constant('write' as const),
+    offset: anyOffset,
     hex: fc.uint8Array({ minLength: 1, maxLength: 16 }).map(hexOf),
   });
   const blocks = base.header.blocks.length;
-  const fieldWrite = fc.oneof(
-    fc.constantFrom(...Object.values(kHeaderFields)).map(([o, w]) => [o, w] as const),
-    fc.tuple(fc.integer({ min: 0, max: blocks - 1 }), fc.constantFrom(...Object.values(kEntryFields)))
-      .map(([i, [o, w]]) => [kHeaderBytes + i * kEntryBytes + o, w] as const),
-  ).chain(([offset, width]) => {
-    let original = 0n;
-    for (let i = width - 1; i >= 0; i--) original = (original << 8n) | BigInt(base.bytes[offset + i]!);
-    return fc.record({
-      kind: fc.constant('write' as const), offset: fc.constant(offset),
-      hex: fc.constantFrom(...extremes(width, original, size)).map((v) => le(v, width)),
-      reseal: fc.constantFrom('header' as const, 'header' as const, 'header' as const, undefined),
-    }).map((r) => {
-      const { reseal, ...rest } = r;
-      return reseal ? { ...rest, reseal } : rest;
+  const fieldWrite = fc
+    .oneof(
+      fc.constantFrom(...Object.values(kHeaderFields)).map(([o, w]) => [o, w] as const),
+      fc
+        .tuple(fc.integer({ min: 0, max: blocks - 1 }), fc.constantFrom(...Object.values(kEntryFields)))
+        .map(([i, [o, w]]) => [kHeaderBytes + i * kEntryBytes + o, w] as const),
+    )
+    .chain(([offset, width]) => {
+      let original = 0n;
+      for (let i = width - 1; i >= 0; i--) original = (original << 8n) | BigInt(base.bytes[offset + i]!);
+      return fc
+        .record({
+          kind: fc.constant('write' as const),
+          offset: fc.constant(offset),
+          hex: fc.constantFrom(...extremes(width, original, size)).map((v) => le(v, width)),
+          reseal: fc.constantFrom('header' as const, 'header' as const, 'header' as const, undefined),
+        })
+        .map((r) => {
+          const { reseal, ...rest } = r;
+          return reseal ? { ...rest, reseal } : rest;
+        });
     });
-  });
   // a bit flipped in a bitmap or checksum table, with the metadata checksum recomputed
   const metaRegions = regions.filter((r) => (r.what === 'bitmap' || r.what === 'checksum table') && r.end > r.start);
   const metaWrite = fc.constantFrom(...metaRegions).chain((r) =>
     fc.tuple(fc.integer({ min: r.start, max: r.end - 1 }), fc.integer({ min: 0, max: 7 })).map(([offset, bit]) => ({
-      kind: 'write' as const, offset, hex: le(BigInt(base.bytes[offset]! ^ (1 << bit)), 1), reseal: 'metadata' as const, block: r.block!,
-    })));
+      kind: 'write' as const,
+      offset,
+      hex: le(BigInt(base.bytes[offset]! ^ (1 << bit)), 1),
+      reseal: 'metadata' as const,
+      block: r.block!,
+    })),
+  );
   return fc.oneof(
     { weight: 4, arbitrary: hostileArb(base) },
     { weight: 4, arbitrary: flip },
@@ -474,12 +578,20 @@ export interface CorpusCase {
 export function expectOf(o: Outcome, file: string): Expect {
   if (o.exit === 'crash') throw new Error(`cannot record a crash: ${o.message}`);
   const message = o.message.split(file).join('{file}');
-  return { exit: o.exit, ...(o.code ? { code: o.code } : {}), message, ...(o.failures?.length ? { failures: o.failures } : {}) };
+  return {
+    exit: o.exit,
+    ...(o.code ? { code: o.code } : {}),
+    message,
+    ...(o.failures?.length ? { failures: o.failures } : {}),
+  };
 }
 
 /** Loads every case of a corpus directory, sorted by id. */
 export function loadCorpus(dir: string): CorpusCase[] {
-  return fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
     .map((f) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as CorpusCase);
 }
 
@@ -498,12 +610,20 @@ async function record(dir: string, out: string, bases: string[], seed: number, r
     for (const [k, m] of fc.sample(mutationArb(base), { seed, numRuns: runs }).entries()) {
       const { outcome, mutated } = await runCase(base, m, work);
       if (oracleProblems(base, m, mutated, outcome).length) continue; // the fuzz run reports those
-      const key = `${outcome.exit} ${outcome.code ?? ''} ${outcome.message.split(work).join('').replace(/'[^']*'|[0-9a-f]{16}|0x[0-9a-f]+|\d+/g, 'N')}`;
+      const key = `${outcome.exit} ${outcome.code ?? ''} ${outcome.message
+        .split(work)
+        .join('')
+        .replace(/'[^']*'|[0-9a-f]{16}|0x[0-9a-f]+|\d+/g, 'N')}`;
       if (seen.has(key)) continue;
       seen.add(key);
       const id = `${name}-${String(seed)}-${String(k).padStart(4, '0')}`;
-      const c: CorpusCase = { id, base: name, mutation: m, origin: `fuzz-driver --record, seed ${seed}, sample ${k}`,
-        expect: expectOf(outcome, work) };
+      const c: CorpusCase = {
+        id,
+        base: name,
+        mutation: m,
+        origin: `fuzz-driver --record, seed ${seed}, sample ${k}`,
+        expect: expectOf(outcome, work),
+      };
       fs.writeFileSync(path.join(out, `${id}.json`), `${JSON.stringify(c, null, 2)}\n`);
       written++;
     }
@@ -513,20 +633,46 @@ async function record(dir: string, out: string, bases: string[], seed: number, r
 
 // ---- the long fuzz run ----
 
-interface Args { runs: number; seed: number; out?: string; bases: string[]; seconds?: number; record?: string }
+interface Args {
+  runs: number;
+  seed: number;
+  out?: string;
+  bases: string[];
+  seconds?: number;
+  record?: string;
+}
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { runs: 2000, seed: Date.now() % 2 ** 31, bases: Object.keys(kBases) };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     switch (argv[i]) {
-      case '--runs': a.runs = Number(v); i++; break;
-      case '--seed': a.seed = Number(v); i++; break;
-      case '--out': a.out = v; i++; break;
-      case '--base': a.bases = [v!]; i++; break;
-      case '--seconds': a.seconds = Number(v); i++; break;
-      case '--record': a.record = v; i++; break;
-      default: throw new Error(`fuzz-driver: unknown argument '${argv[i]}'`);
+      case '--runs':
+        a.runs = Number(v);
+        i++;
+        break;
+      case '--seed':
+        a.seed = Number(v);
+        i++;
+        break;
+      case '--out':
+        a.out = v;
+        i++;
+        break;
+      case '--base':
+        a.bases = [v!];
+        i++;
+        break;
+      case '--seconds':
+        a.seconds = Number(v);
+        i++;
+        break;
+      case '--record':
+        a.record = v;
+        i++;
+        break;
+      default:
+        throw new Error(`fuzz-driver: unknown argument '${argv[i]}'`);
     }
   }
   return a;
@@ -540,7 +686,9 @@ export async function main(argv: string[]): Promise<number> {
   let failed = 0;
   try {
     if (args.record) {
-      process.stderr.write(`fuzz: recorded ${await record(dir, args.record, args.bases, args.seed, args.runs)} cases in ${args.record}\n`);
+      process.stderr.write(
+        `fuzz: recorded ${await record(dir, args.record, args.bases, args.seed, args.runs)} cases in ${args.record}\n`,
+      );
       return 0;
     }
     const deadline = args.seconds !== undefined ? Date.now() + args.seconds * 1000 : Infinity;
@@ -550,25 +698,45 @@ export async function main(argv: string[]): Promise<number> {
         const work = path.join(dir, 'work.fxr');
         const seed = args.seed + round;
         let count = 0;
-        const details = await fc.check(fc.asyncProperty(mutationArb(base), async (m) => {
-          count++;
-          const { outcome, mutated } = await runCase(base, m, work);
-          return oracleProblems(base, m, mutated, outcome).length === 0;
-        }), { seed, numRuns: args.runs, interruptAfterTimeLimit: Math.max(1000, deadline - Date.now()) });
+        const details = await fc.check(
+          fc.asyncProperty(mutationArb(base), async (m) => {
+            count++;
+            const { outcome, mutated } = await runCase(base, m, work);
+            return oracleProblems(base, m, mutated, outcome).length === 0;
+          }),
+          { seed, numRuns: args.runs, interruptAfterTimeLimit: Math.max(1000, deadline - Date.now()) },
+        );
         process.stderr.write(`fuzz: base ${name} seed ${seed}: ${count} cases, ${details.failed ? 'FAILED' : 'ok'}\n`);
         if (details.failed && details.counterexample) {
           failed++;
           const [m] = details.counterexample;
           const { outcome, mutated } = await runCase(base, m, work);
-          const found = { base: name, mutation: m, seed, path: details.counterexamplePath,
-            problems: oracleProblems(base, m, mutated, outcome), observed: outcome };
+          const found = {
+            base: name,
+            mutation: m,
+            seed,
+            path: details.counterexamplePath,
+            problems: oracleProblems(base, m, mutated, outcome),
+            observed: outcome,
+          };
           process.stderr.write(`${JSON.stringify(found, null, 2)}\n`);
           if (args.out) {
             fs.mkdirSync(args.out, { recursive: true });
             const file = path.join(args.out, `found-${name}-${seed}.json`);
-            fs.writeFileSync(file, `${JSON.stringify({ id: path.basename(file, '.json'), base: name, mutation: m,
-              origin: `scripts/fuzz.sh seed ${seed} (shrunk by fast-check); expect to be filled in once fixed`,
-              problems: found.problems }, null, 2)}\n`);
+            fs.writeFileSync(
+              file,
+              `${JSON.stringify(
+                {
+                  id: path.basename(file, '.json'),
+                  base: name,
+                  mutation: m,
+                  origin: `scripts/fuzz.sh seed ${seed} (shrunk by fast-check); expect to be filled in once fixed`,
+                  problems: found.problems,
+                },
+                null,
+                2,
+              )}\n`,
+            );
             process.stderr.write(`fuzz: wrote ${file}\n`);
           }
         }
@@ -582,10 +750,13 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
-  main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
-  }, (err: unknown) => {
-    process.stderr.write(`fuzz-driver: ${(err as Error).stack ?? String(err)}\n`);
-    process.exitCode = 2;
-  });
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`fuzz-driver: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 2;
+    },
+  );
 }

@@ -36,16 +36,24 @@ export function buildGuest(dir: string): GuestKernel {
   const elf = path.join(dir, 'guest.elf');
   const run = (cmd: string, args: string[]): string => {
     const r = spawnSync(cmd, args, { encoding: 'utf8' });
-    if (r.error || r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
+    if (r.error || r.status !== 0)
+      throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
     return r.stdout;
   };
   run('as', ['--32', '-o', obj, kSource]);
   // -N: one RWX segment at 1 MiB and no separate header segment (which would land in the BIOS area)
   run('ld', ['-m', 'elf_i386', '-N', '-Ttext', '0x100000', '-e', '_start', '--no-warn-rwx-segments', '-o', elf, obj]);
-  const syms = new Map(run('nm', [elf]).split('\n').map((l) => l.trim().split(/\s+/)).filter((p) => p.length === 3).map((p) => [p[2]!, parseInt(p[0]!, 16)]));
+  const syms = new Map(
+    run('nm', [elf])
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .filter((p) => p.length === 3)
+      .map((p) => [p[2]!, parseInt(p[0]!, 16)]),
+  );
   const countAddress = syms.get('count');
   const scratchAddress = syms.get('scratch');
-  if (countAddress === undefined || scratchAddress === undefined) throw new Error('guest.elf has no count/scratch symbols');
+  if (countAddress === undefined || scratchAddress === undefined)
+    throw new Error('guest.elf has no count/scratch symbols');
   return { elf, countAddress, scratchAddress };
 }
 
@@ -109,12 +117,31 @@ function killOurs(pid: number, dir: string): void {
 export function guestArgs(dir: string, tag: string, o: GuestOptions): string[] {
   const mib = o.mib ?? 64;
   const mem = o.memPath
-    ? ['-object', `memory-backend-file,id=mem0,size=${mib}M,mem-path=${o.memPath},share=on`, '-machine', 'memory-backend=mem0']
+    ? [
+        '-object',
+        `memory-backend-file,id=mem0,size=${mib}M,mem-path=${o.memPath},share=on`,
+        '-machine',
+        'memory-backend=mem0',
+      ]
     : [];
   return [
-    '-machine', 'q35', '-accel', 'tcg', '-nodefaults', '-display', 'none', '-m', `${mib}M`, ...mem,
-    '-kernel', o.kernel.elf, '-serial', `file:${path.join(dir, `${tag}.serial`)}`,
-    ...(o.incoming ? ['-incoming', 'defer'] : []), ...(o.paused ? ['-S'] : []), ...(o.extra ?? []),
+    '-machine',
+    'q35',
+    '-accel',
+    'tcg',
+    '-nodefaults',
+    '-display',
+    'none',
+    '-m',
+    `${mib}M`,
+    ...mem,
+    '-kernel',
+    o.kernel.elf,
+    '-serial',
+    `file:${path.join(dir, `${tag}.serial`)}`,
+    ...(o.incoming ? ['-incoming', 'defer'] : []),
+    ...(o.paused ? ['-S'] : []),
+    ...(o.extra ?? []),
   ];
 }
 
@@ -124,13 +151,23 @@ export async function startGuest(dir: string, tag: string, o: GuestOptions): Pro
   const fxSock = path.join(dir, `${tag}.fx.qmp`);
   const pidfile = path.join(dir, `${tag}.pid`);
   const serial = path.join(dir, `${tag}.serial`);
-  const r = spawnSync(kQemu, [
-    ...guestArgs(dir, tag, o),
-    '-qmp', `unix:${sock},server=on,wait=off`, '-qmp', `unix:${fxSock},server=on,wait=off`,
-    '-daemonize', '-pidfile', pidfile,
-  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+  const r = spawnSync(
+    kQemu,
+    [
+      ...guestArgs(dir, tag, o),
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-qmp',
+      `unix:${fxSock},server=on,wait=off`,
+      '-daemonize',
+      '-pidfile',
+      pidfile,
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 },
+  );
   fs.appendFileSync(path.join(dir, `${tag}.log`), `${r.stdout ?? ''}${r.stderr ?? ''}`);
-  if (r.error || r.status !== 0) throw new Error(`QEMU ${tag} did not start (status ${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
+  if (r.error || r.status !== 0)
+    throw new Error(`QEMU ${tag} did not start (status ${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
   const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
   let qmp: Qmp;
   try {
@@ -141,7 +178,12 @@ export async function startGuest(dir: string, tag: string, o: GuestOptions): Pro
   }
   let stopped = false;
   return {
-    pid, tag, qmp, fixedramQmp: fxSock, serial, ...(o.memPath ? { memPath: o.memPath } : {}),
+    pid,
+    tag,
+    qmp,
+    fixedramQmp: fxSock,
+    serial,
+    ...(o.memPath ? { memPath: o.memPath } : {}),
     alive: () => isAlive(pid),
     kill: () => killOurs(pid, dir),
     stop: async () => {
@@ -178,7 +220,8 @@ export async function waitForCounts(serial: string, n: number, timeoutMs = 60_00
   for (;;) {
     const c = serialCounts(serial);
     if (c.length >= n) return c;
-    if (Date.now() > deadline) throw new Error(`the guest printed ${c.length} of ${n} counts within ${timeoutMs / 1000} s (${serial})`);
+    if (Date.now() > deadline)
+      throw new Error(`the guest printed ${c.length} of ${n} counts within ${timeoutMs / 1000} s (${serial})`);
     await sleep(50);
   }
 }
@@ -189,7 +232,8 @@ export async function waitForStatus(qmp: Qmp, status: string, timeoutMs = 30_000
   for (;;) {
     const s = await qmp.execute<{ status: string }>('query-status');
     if (s.status === status) return;
-    if (Date.now() > deadline) throw new Error(`QEMU status is '${s.status}', not '${status}', after ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline)
+      throw new Error(`QEMU status is '${s.status}', not '${status}', after ${timeoutMs / 1000} s`);
     await sleep(20);
   }
 }

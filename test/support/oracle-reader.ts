@@ -11,7 +11,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 export class OracleError extends Error {
-  constructor(readonly rule: number, message: string) {
+  constructor(
+    readonly rule: number,
+    message: string,
+  ) {
     super(`rule ${rule}: ${message}`);
   }
 }
@@ -114,20 +117,29 @@ export function oracleRead(file: string, opts: { pages?: boolean } = {}): Oracle
       throw new OracleError(3, `entry ${i}: name is not UTF-8`);
     }
     if (nameBytes.includes(0)) throw new OracleError(3, `entry ${i}: NUL in the name`);
-    if (f.subarray(e + 64 + nameLength, e + 320).some((b) => b !== 0)) throw new OracleError(3, `entry ${i}: name padding`);
+    if (f.subarray(e + 64 + nameLength, e + 320).some((b) => b !== 0))
+      throw new OracleError(3, `entry ${i}: name padding`);
     if (names.has(name)) throw new OracleError(3, `duplicate name ${name}`);
     names.add(name);
     const pageSize = f.readUInt32LE(e + 4);
-    if (pageSize < 4096 || pageSize > 2 ** 30 || (pageSize & (pageSize - 1)) !== 0) throw new OracleError(3, `page size ${pageSize}`);
+    if (pageSize < 4096 || pageSize > 2 ** 30 || (pageSize & (pageSize - 1)) !== 0)
+      throw new OracleError(3, `page size ${pageSize}`);
     const length = u64(f, e + 8, 'length');
     if (length % pageSize !== 0 || length > 2 ** 50) throw new OracleError(3, `length ${length}`);
     const b: OracleBlock = {
-      name, pageSize, length, pages: length / pageSize,
-      bitmapOffset: u64(f, e + 16, 'bitmapOffset'), checksumsOffset: u64(f, e + 24, 'checksumsOffset'),
-      pagesOffset: u64(f, e + 32, 'pagesOffset'), presentPages: u64(f, e + 40, 'presentPages'), present: [],
+      name,
+      pageSize,
+      length,
+      pages: length / pageSize,
+      bitmapOffset: u64(f, e + 16, 'bitmapOffset'),
+      checksumsOffset: u64(f, e + 24, 'checksumsOffset'),
+      pagesOffset: u64(f, e + 32, 'pagesOffset'),
+      presentPages: u64(f, e + 40, 'presentPages'),
+      present: [],
     };
     u64(f, e + 56, 'reserved');
-    if (b.bitmapOffset % 8 || b.checksumsOffset % 8 || b.pagesOffset % 2 ** 20) throw new OracleError(3, `${name}: alignment`);
+    if (b.bitmapOffset % 8 || b.checksumsOffset % 8 || b.pagesOffset % 2 ** 20)
+      throw new OracleError(3, `${name}: alignment`);
     if (b.presentPages > b.pages) throw new OracleError(3, `${name}: presentPages > pages`);
     blocks.push(b);
     sums.push(f.readBigUInt64LE(e + 48));
@@ -136,25 +148,32 @@ export function oracleRead(file: string, opts: { pages?: boolean } = {}): Oracle
   const bitmapBytes = (b: OracleBlock): number => Math.ceil(b.pages / 64) * 8;
   const regions: [number, number][] = [[0, tableEnd]];
   for (const b of blocks) {
-    regions.push([b.bitmapOffset, b.bitmapOffset + bitmapBytes(b)], [b.checksumsOffset, b.checksumsOffset + 8 * b.pages],
-      [b.pagesOffset, b.pagesOffset + b.length]);
+    regions.push(
+      [b.bitmapOffset, b.bitmapOffset + bitmapBytes(b)],
+      [b.checksumsOffset, b.checksumsOffset + 8 * b.pages],
+      [b.pagesOffset, b.pagesOffset + b.length],
+    );
     if (b.bitmapOffset + bitmapBytes(b) > metadataEnd || b.checksumsOffset + 8 * b.pages > metadataEnd) {
       throw new OracleError(4, `${b.name}: metadata past metadataEnd`);
     }
     if (b.length > 0 && b.pagesOffset < metadataEnd) throw new OracleError(4, `${b.name}: pages before metadataEnd`);
   }
   const used = regions.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
-  for (let i = 1; i < used.length; i++) if (used[i]![0] < used[i - 1]![1]) throw new OracleError(4, 'overlapping regions');
-  if (metadataEnd > fileSize || used.some(([, e]) => e > fileSize)) throw new OracleError(4, 'a region ends past fileSize');
+  for (let i = 1; i < used.length; i++)
+    if (used[i]![0] < used[i - 1]![1]) throw new OracleError(4, 'overlapping regions');
+  if (metadataEnd > fileSize || used.some(([, e]) => e > fileSize))
+    throw new OracleError(4, 'a region ends past fileSize');
   if (f.length !== fileSize) throw new OracleError(4, `file is ${f.length} bytes, header says ${fileSize}`);
   // rule 7: the device-state record (flag DEVICE_STATE) runs from deviceStateOffset to fileSize
   let deviceState: number | undefined;
   if (flags & 4) {
     const ds = u64(f, 48, 'deviceStateOffset');
     const end = Math.max(metadataEnd, ...used.map(([, e]) => e));
-    if (ds % 4096 !== 0 || ds < end || ds + 64 > fileSize || fileSize - ds > 256 * 2 ** 20) throw new OracleError(7, 'device-state placement');
+    if (ds % 4096 !== 0 || ds < end || ds + 64 > fileSize || fileSize - ds > 256 * 2 ** 20)
+      throw new OracleError(7, 'device-state placement');
     const rec = Buffer.from(f.subarray(ds, fileSize));
-    if (rec.subarray(0, 8).toString('latin1') !== 'FXRDEVST' || rec.readUInt32LE(8) !== 1) throw new OracleError(7, 'device-state magic or version');
+    if (rec.subarray(0, 8).toString('latin1') !== 'FXRDEVST' || rec.readUInt32LE(8) !== 1)
+      throw new OracleError(7, 'device-state magic or version');
     if (rec.readBigUInt64LE(16) !== BigInt(rec.length)) throw new OracleError(7, 'device-state recordBytes');
     const parts = rec.readUInt32LE(24);
     if (parts < 1 || parts > 8) throw new OracleError(7, 'device-state part count');
@@ -177,18 +196,23 @@ export function oracleRead(file: string, opts: { pages?: boolean } = {}): Oracle
       if (bit >= b.pages) throw new OracleError(5, `${b.name}: bit ${bit} past the last page`);
       b.present.push(bit);
     }
-    if (b.present.length !== b.presentPages) throw new OracleError(5, `${b.name}: popcount ${b.present.length} != ${b.presentPages}`);
+    if (b.present.length !== b.presentPages)
+      throw new OracleError(5, `${b.name}: popcount ${b.present.length} != ${b.presentPages}`);
     const set = new Set(b.present);
     for (let p = 0; p < b.pages; p++) {
-      if (!set.has(p) && csums.readBigUInt64LE(8 * p) !== 0n) throw new OracleError(5, `${b.name}: absent page ${p} has a checksum`);
+      if (!set.has(p) && csums.readBigUInt64LE(8 * p) !== 0n)
+        throw new OracleError(5, `${b.name}: absent page ${p} has a checksum`);
     }
   });
   // rule 6
   if (opts.pages !== false) {
     for (const b of blocks) {
-      const got = xxh3Many(b.present.map((p) => f.subarray(b.pagesOffset + p * b.pageSize, b.pagesOffset + (p + 1) * b.pageSize)));
+      const got = xxh3Many(
+        b.present.map((p) => f.subarray(b.pagesOffset + p * b.pageSize, b.pagesOffset + (p + 1) * b.pageSize)),
+      );
       b.present.forEach((p, k) => {
-        if (got[k] !== f.readBigUInt64LE(b.checksumsOffset + 8 * p)) throw new OracleError(6, `${b.name}: page ${p} checksum`);
+        if (got[k] !== f.readBigUInt64LE(b.checksumsOffset + 8 * p))
+          throw new OracleError(6, `${b.name}: page ${p} checksum`);
       });
       const set = new Set(b.present);
       for (let p = 0; p < b.pages; p++) {
@@ -205,8 +229,15 @@ export function oracleRead(file: string, opts: { pages?: boolean } = {}): Oracle
       pos = Math.max(pos, e);
     }
   }
-  return { flags, complete: (flags & 1) !== 0, updating: (flags & 2) !== 0, metadataEnd, fileSize, blocks,
-    ...(deviceState !== undefined ? { deviceState } : {}) };
+  return {
+    flags,
+    complete: (flags & 1) !== 0,
+    updating: (flags & 2) !== 0,
+    metadataEnd,
+    fileSize,
+    blocks,
+    ...(deviceState !== undefined ? { deviceState } : {}),
+  };
 }
 
 /** The content of a block as the snapshot describes it (absent pages are zero). */
@@ -215,6 +246,7 @@ export function oracleBlockData(file: string, snap: OracleSnapshot, name: string
   if (!b) throw new Error(`no block ${name}`);
   const f = fs.readFileSync(file);
   const out = Buffer.alloc(b.length);
-  for (const p of b.present) f.copy(out, p * b.pageSize, b.pagesOffset + p * b.pageSize, b.pagesOffset + (p + 1) * b.pageSize);
+  for (const p of b.present)
+    f.copy(out, p * b.pageSize, b.pagesOffset + p * b.pageSize, b.pagesOffset + (p + 1) * b.pageSize);
   return out;
 }

@@ -17,8 +17,12 @@ export function fixedramPeak(args: string[], opts: { timeoutMs?: number } = {}):
   const report = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'fixedram-rss-')), 'peak');
   const started = process.hrtime.bigint();
   const r = spawnSync(process.execPath, ['--require', kPreload, kBin, ...args], {
-    encoding: 'utf8', env: { ...process.env, FIXEDRAM_PEAK_RSS_FILE: report }, input: '', maxBuffer: 64 << 20,
-    timeout: opts.timeoutMs ?? 300_000, killSignal: 'SIGKILL',
+    encoding: 'utf8',
+    env: { ...process.env, FIXEDRAM_PEAK_RSS_FILE: report },
+    input: '',
+    maxBuffer: 64 << 20,
+    timeout: opts.timeoutMs ?? 300_000,
+    killSignal: 'SIGKILL',
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   let peakMiB = NaN;

@@ -11,8 +11,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 
 /** The shared fixtures: FIXEDRAM_QEMU_FIXTURES, else ../shared/qemu-fixtures beside the repository. */
-export const kFixtures = process.env.FIXEDRAM_QEMU_FIXTURES ??
-  path.resolve(__dirname, '..', '..', '..', '..', 'shared', 'qemu-fixtures');
+export const kFixtures =
+  process.env.FIXEDRAM_QEMU_FIXTURES ?? path.resolve(__dirname, '..', '..', '..', '..', 'shared', 'qemu-fixtures');
 
 export const fixturesAvailable = (): boolean => fs.existsSync(path.join(kFixtures, 'membackend-32m.json'));
 
@@ -250,7 +250,9 @@ export class Qmp {
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     if (this.closed) return Promise.reject(new Error(`QMP ${command}: connection closed`));
     return new Promise<T>((resolve, reject) => {
-      this.waiting.push((r) => (r.error ? reject(new Error(`QMP ${command}: ${r.error.desc}`)) : resolve(r.return as T)));
+      this.waiting.push((r) =>
+        r.error ? reject(new Error(`QMP ${command}: ${r.error.desc}`)) : resolve(r.return as T),
+      );
       this.sock.write(`${JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}) })}\n`);
     });
   }
@@ -286,10 +288,23 @@ export async function startQemu(dir: string, tag: string, args: string[]): Promi
   const sock = path.join(dir, `${tag}.qmp`);
   const pidfile = path.join(dir, `${tag}.pid`);
   const log = path.join(dir, `${tag}.log`);
-  const r = spawnSync(kQemu, [
-    '-machine', 'q35,accel=kvm:tcg', '-display', 'none', '-S', ...args,
-    '-qmp', `unix:${sock},server=on,wait=off`, '-daemonize', '-pidfile', pidfile,
-  ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+  const r = spawnSync(
+    kQemu,
+    [
+      '-machine',
+      'q35,accel=kvm:tcg',
+      '-display',
+      'none',
+      '-S',
+      ...args,
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-daemonize',
+      '-pidfile',
+      pidfile,
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 },
+  );
   fs.appendFileSync(log, `${r.stdout ?? ''}${r.stderr ?? ''}`);
   if (r.error || r.status !== 0) {
     throw new Error(`QEMU ${tag} did not start (status ${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
@@ -344,9 +359,15 @@ export interface MigrationStatus {
 
 /** Saves the (paused) VM to a mapped-ram file with `channels` multifd channels (0: no multifd). */
 export async function saveMappedRam(qmp: Qmp, uri: string, channels: number): Promise<MigrationStatus> {
-  const caps = [{ capability: 'mapped-ram', state: true }, { capability: 'multifd', state: channels > 0 }];
+  const caps = [
+    { capability: 'mapped-ram', state: true },
+    { capability: 'multifd', state: channels > 0 },
+  ];
   await qmp.execute('migrate-set-capabilities', { capabilities: caps });
-  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 0, ...(channels > 0 ? { 'multifd-channels': channels } : {}) });
+  await qmp.execute('migrate-set-parameters', {
+    'max-bandwidth': 0,
+    ...(channels > 0 ? { 'multifd-channels': channels } : {}),
+  });
   await qmp.execute('migrate', { uri });
   const deadline = Date.now() + 120_000;
   while (Date.now() < deadline) {

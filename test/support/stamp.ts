@@ -33,7 +33,10 @@ export function stampPage(buf: Buffer, blockId: number, page: number, generation
  * explicit zero pages are written as zeros. Returns the kinds used.
  */
 export function makeBlock(
-  file: string, blockId: number, pages: number, opts: { pageSize?: number; generation?: number; kind?: (i: number, n: number) => PageKind; seed?: number } = {},
+  file: string,
+  blockId: number,
+  pages: number,
+  opts: { pageSize?: number; generation?: number; kind?: (i: number, n: number) => PageKind; seed?: number } = {},
 ): PageKind[] {
   const ps = opts.pageSize ?? 4096;
   const kind = opts.kind ?? defaultKind;

@@ -8,15 +8,24 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import {
-  CreateBucketCommand, DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client,
+  CreateBucketCommand,
+  DeleteBucketCommand,
+  DeleteObjectsCommand,
+  ListObjectsV2Command,
+  S3Client,
 } from '@aws-sdk/client-s3';
 
 export const kS3Endpoint = process.env.FIXEDRAM_S3_ENDPOINT ?? 'http://127.0.0.1:7480';
 /** The credentials .ci/ceph-up gives its S3 user. */
 export const kS3Env: NodeJS.ProcessEnv = {
-  AWS_ACCESS_KEY_ID: 'FXACCESSKEY', AWS_SECRET_ACCESS_KEY: 'FXSECRETKEY', AWS_REGION: 'us-east-1',
-  AWS_ENDPOINT_URL: kS3Endpoint, AWS_EC2_METADATA_DISABLED: 'true', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-  AWS_CONFIG_FILE: '/nonexistent/fixedram-test', AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/fixedram-test',
+  AWS_ACCESS_KEY_ID: 'FXACCESSKEY',
+  AWS_SECRET_ACCESS_KEY: 'FXSECRETKEY',
+  AWS_REGION: 'us-east-1',
+  AWS_ENDPOINT_URL: kS3Endpoint,
+  AWS_EC2_METADATA_DISABLED: 'true',
+  AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+  AWS_CONFIG_FILE: '/nonexistent/fixedram-test',
+  AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/fixedram-test',
 };
 
 /** '' when the RGW answers an authenticated S3 request, else why not (a sync probe in a child). */
@@ -26,17 +35,26 @@ function probeS3(): string {
     new S3Client({ forcePathStyle: true, maxAttempts: 1 }).send(new ListBucketsCommand({}))
       .then(() => process.exit(0), (e) => { console.error(e.name + ': ' + e.message); process.exit(1); });`;
   const r = spawnSync(process.execPath, ['-e', script], {
-    env: { ...process.env, ...kS3Env }, encoding: 'utf8', timeout: 20_000, cwd: path.resolve(__dirname, '..', '..', '..'),
+    env: { ...process.env, ...kS3Env },
+    encoding: 'utf8',
+    timeout: 20_000,
+    cwd: path.resolve(__dirname, '..', '..', '..'),
   });
-  return r.status === 0 ? '' : `no S3 endpoint at ${kS3Endpoint} (start it with .ci/ceph-up): ${(r.stderr || r.error?.message || '').trim().split('\n')[0]}`;
+  return r.status === 0
+    ? ''
+    : `no S3 endpoint at ${kS3Endpoint} (start it with .ci/ceph-up): ${(r.stderr || r.error?.message || '').trim().split('\n')[0]}`;
 }
 export const s3Missing = probeS3();
 
 export function s3Client(): S3Client {
   return new S3Client({
-    forcePathStyle: true, endpoint: kS3Endpoint, region: 'us-east-1', maxAttempts: 3,
+    forcePathStyle: true,
+    endpoint: kS3Endpoint,
+    region: 'us-east-1',
+    maxAttempts: 3,
     credentials: { accessKeyId: 'FXACCESSKEY', secretAccessKey: 'FXSECRETKEY' },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
 }
 
@@ -47,7 +65,8 @@ export async function tempBucket(t: { after: (fn: () => Promise<void>) => void }
   await client.send(new CreateBucketCommand({ Bucket: name }));
   t.after(async () => {
     const keys = await listKeys(client, name);
-    if (keys.length) await client.send(new DeleteObjectsCommand({ Bucket: name, Delete: { Objects: keys.map((Key) => ({ Key })) } }));
+    if (keys.length)
+      await client.send(new DeleteObjectsCommand({ Bucket: name, Delete: { Objects: keys.map((Key) => ({ Key })) } }));
     await client.send(new DeleteBucketCommand({ Bucket: name }));
   });
   return name;
@@ -89,8 +108,15 @@ export async function startRelay(): Promise<Relay> {
   const sockets = new Set<net.Socket>();
   const stalled = new Set<net.Socket>();
   const relay: Relay = {
-    endpoint: '', cutAfterBytes: Infinity, maxDrops: Infinity, down: false, drops: 0, bytesUp: 0, bytesDown: 0,
-    holdAfterBytes: Infinity, held: 0,
+    endpoint: '',
+    cutAfterBytes: Infinity,
+    maxDrops: Infinity,
+    down: false,
+    drops: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+    holdAfterBytes: Infinity,
+    held: 0,
     release: () => {
       relay.holdAfterBytes = Infinity;
       for (const s of stalled) s.resume();
@@ -114,11 +140,18 @@ export async function startRelay(): Promise<Relay> {
     }
     const upstream = net.connect(Number(target.port), target.hostname);
     sockets.add(upstream);
-    client.on('close', () => { sockets.delete(client); upstream.destroy(); });
-    upstream.on('close', () => { sockets.delete(upstream); client.destroy(); });
+    client.on('close', () => {
+      sockets.delete(client);
+      upstream.destroy();
+    });
+    upstream.on('close', () => {
+      sockets.delete(upstream);
+      client.destroy();
+    });
     client.on('error', () => upstream.destroy());
     upstream.on('error', () => client.destroy());
-    const cutting = (): boolean => relay.down || (relay.drops < relay.maxDrops && relay.bytesUp + relay.bytesDown >= relay.cutAfterBytes);
+    const cutting = (): boolean =>
+      relay.down || (relay.drops < relay.maxDrops && relay.bytesUp + relay.bytesDown >= relay.cutAfterBytes);
     client.on('data', (d: Buffer) => {
       relay.bytesUp += d.length;
       if (cutting()) cut(client, upstream);
@@ -153,7 +186,8 @@ function probeGluster(): string {
   }
   for (const m of Object.values(glusterMounts)) {
     const line = mounts.split('\n').find((l) => l.split(' ')[1] === m);
-    if (!line || !line.split(' ')[2]!.startsWith('fuse.glusterfs')) return `no GlusterFS mount at ${m} (start it with .ci/gluster-up)`;
+    if (!line || !line.split(' ')[2]!.startsWith('fuse.glusterfs'))
+      return `no GlusterFS mount at ${m} (start it with .ci/gluster-up)`;
   }
   return '';
 }

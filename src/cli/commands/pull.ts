@@ -4,8 +4,17 @@ import type { PullResult } from '../../s3/transfer';
 import { defineCommand } from '../command';
 import { mib, plural, rate } from '../human';
 
-interface Flags { s3Endpoint?: string; fsync: boolean }
-type Options = S3CommandOptions & { url: string; file: string; channels?: number; signal?: AbortSignal; fsync: boolean };
+interface Flags {
+  s3Endpoint?: string;
+  fsync: boolean;
+}
+type Options = S3CommandOptions & {
+  url: string;
+  file: string;
+  channels?: number;
+  signal?: AbortSignal;
+  fsync: boolean;
+};
 type Result = PullResult & { command: 'pull'; file: string };
 
 export default defineCommand<Flags, Options, Result>({
@@ -13,14 +22,19 @@ export default defineCommand<Flags, Options, Result>({
   description: 'download s3://BUCKET/KEY into a snapshot file (byte-exact, written atomically; zero pages stay holes)',
   globals: { channels: true },
   define: (cmd) => {
-    cmd.argument('<url>', 's3://BUCKET/KEY')
+    cmd
+      .argument('<url>', 's3://BUCKET/KEY')
       .argument('<file>', 'snapshot file to write')
       .option('--no-fsync', 'do not fsync the file and its directory')
       .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
   },
   options: ([url, file], o, ctx) => ({
-    url: url!, file: file!, fsync: o.fsync, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}), ...(ctx.signal ? { signal: ctx.signal } : {}),
+    url: url!,
+    file: file!,
+    fsync: o.fsync,
+    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
   }),
   run: async (o) => (await import('../../s3/commands')).pullCommand(o.url, o.file, o),
   json: (r) => {
@@ -28,7 +42,9 @@ export default defineCommand<Flags, Options, Result>({
     return { snapshot: file, source: url, format: 'fixedram', ...rest };
   },
   print: (r, out) => {
-    out.write(`pulled ${r.url} to ${r.file}: ${mib(r.size)}, ${plural(r.chunksFetched, 'object')} (${mib(r.bytesFetched)}) ` +
-      `in ${r.seconds.toFixed(2)} s (${rate(r.bytesFetched, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+    out.write(
+      `pulled ${r.url} to ${r.file}: ${mib(r.size)}, ${plural(r.chunksFetched, 'object')} (${mib(r.bytesFetched)}) ` +
+        `in ${r.seconds.toFixed(2)} s (${rate(r.bytesFetched, r.seconds)}), ${plural(r.channels, 'channel')}\n`,
+    );
   },
 });

@@ -4,19 +4,25 @@ import type { PushResult } from '../../s3/transfer';
 import { defineCommand } from '../command';
 import { mib, plural, rate } from '../human';
 
-interface Flags { s3Endpoint?: string }
+interface Flags {
+  s3Endpoint?: string;
+}
 type Options = S3CommandOptions & { file: string; url: string; channels?: number; signal?: AbortSignal };
 type Result = PushResult & { command: 'push'; file: string };
 
 /** The one-line summary of an upload (also printed by `save -o s3://`). */
 export function s3PushLine(r: PushResult): string {
   if (r.mode === 'patch') {
-    return `  ${r.url}: page-level update: ${plural(r.pagesChanged, 'page')} changed; ${mib(r.bytesUploaded)} uploaded ` +
-      `(changed pages and metadata) as patch layer ${r.patchLayers}; ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}`;
+    return (
+      `  ${r.url}: page-level update: ${plural(r.pagesChanged, 'page')} changed; ${mib(r.bytesUploaded)} uploaded ` +
+      `(changed pages and metadata) as patch layer ${r.patchLayers}; ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}`
+    );
   }
-  return `  ${r.url}: ${r.chunksPresent} of ${r.chunks} chunks of ${mib(r.chunkBytes)} hold data; ${r.chunksUploaded} uploaded ` +
+  return (
+    `  ${r.url}: ${r.chunksPresent} of ${r.chunks} chunks of ${mib(r.chunkBytes)} hold data; ${r.chunksUploaded} uploaded ` +
     `(${mib(r.bytesUploaded)}), ${r.chunksReused} already there; ${r.seconds.toFixed(2)} s (${rate(r.bytesUploaded, r.seconds)}), ` +
-    `${plural(r.channels, 'channel')}`;
+    `${plural(r.channels, 'channel')}`
+  );
 }
 
 export default defineCommand<Flags, Options, Result>({
@@ -24,13 +30,17 @@ export default defineCommand<Flags, Options, Result>({
   description: 'upload a snapshot file to s3://BUCKET/KEY: only chunks with data, only those the bucket lacks',
   globals: { channels: true },
   define: (cmd) => {
-    cmd.argument('<file>', 'snapshot file')
+    cmd
+      .argument('<file>', 'snapshot file')
       .argument('<url>', 's3://BUCKET/KEY')
       .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
   },
   options: ([file, url], o, ctx) => ({
-    file: file!, url: url!, ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}), ...(ctx.signal ? { signal: ctx.signal } : {}),
+    file: file!,
+    url: url!,
+    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
   }),
   run: async (o) => (await import('../../s3/commands')).pushCommand(o.file, o.url, o),
   json: (r) => {

@@ -11,19 +11,32 @@ import { s3PushLine } from './push';
 import { blockTotals } from './totals';
 
 interface Flags {
-  output: string; block?: BlockArg[]; pageSize?: number; fsync: boolean; update?: boolean; directIo?: boolean;
-  allowDevice?: boolean; s3Endpoint?: string;
+  output: string;
+  block?: BlockArg[];
+  pageSize?: number;
+  fsync: boolean;
+  update?: boolean;
+  directIo?: boolean;
+  allowDevice?: boolean;
+  s3Endpoint?: string;
 }
-type Options = { update: false; save: SaveOptions } | { update: true; save: UpdateOptions }
+type Options =
+  | { update: false; save: SaveOptions }
+  | { update: true; save: UpdateOptions }
   | { s3: true; update: boolean; save: SaveOptions & S3CommandOptions };
-type Result = { update: false; r: SaveResult } | { update: true; r: UpdateResult } | { s3: true; update: boolean; r: S3SaveResult };
+type Result =
+  { update: false; r: SaveResult } | { update: true; r: UpdateResult } | { s3: true; update: boolean; r: S3SaveResult };
 
 export default defineCommand<Flags, Options, Result>({
   name: 'save',
   description: 'snapshot RAM block files into one file (written atomically)',
   globals: { channels: true, followSymlinks: true },
   define: (cmd) => {
-    cmd.requiredOption('-o, --output <file>', 'snapshot file to write (a regular file or nothing; created 0600, a re-save keeps its mode and owner)')
+    cmd
+      .requiredOption(
+        '-o, --output <file>',
+        'snapshot file to write (a regular file or nothing; created 0600, a re-save keeps its mode and owner)',
+      )
       .option('-b, --block <name=path>', 'a block: its name and file (repeat for more)', collectBlock)
       .option('--page-size <bytes>', 'page size (default 4096, the huge page size on hugetlbfs)', parseSize)
       .option('--no-fsync', 'do not fsync the snapshot and its directory')
@@ -34,27 +47,51 @@ export default defineCommand<Flags, Options, Result>({
   },
   options: (_args, o, ctx) => {
     const common = {
-      output: o.output, blocks: o.block ?? [], fsync: o.fsync, followSymlinks: o.followSymlinks ?? false,
+      output: o.output,
+      blocks: o.block ?? [],
+      fsync: o.fsync,
+      followSymlinks: o.followSymlinks ?? false,
       allowDevice: o.allowDevice ?? false,
       ...(o.channels !== undefined ? { channels: o.channels } : {}),
       ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
       ...withContext(ctx),
     };
     if (o.output.startsWith('s3://')) {
-      return { s3: true, update: o.update ?? false, save: { ...common, ...(o.directIo ? { directIo: true } : {}),
-        ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}) } };
+      return {
+        s3: true,
+        update: o.update ?? false,
+        save: {
+          ...common,
+          ...(o.directIo ? { directIo: true } : {}),
+          ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+        },
+      };
     }
-    return o.update ? { update: true, save: common } : { update: false, save: { ...common, ...(o.directIo ? { directIo: true } : {}) } };
+    return o.update
+      ? { update: true, save: common }
+      : { update: false, save: { ...common, ...(o.directIo ? { directIo: true } : {}) } };
   },
-  run: async (o) => ('s3' in o
-    ? { s3: true, update: o.update, r: await (await import('../../s3/commands')).saveS3({ ...o.save, update: o.update }) }
-    : o.update
-    ? { update: true, r: await (await import('../../update')).update(o.save) }
-    : { update: false, r: await (await import('../../save')).save(o.save) }),
+  run: async (o) =>
+    's3' in o
+      ? {
+          s3: true,
+          update: o.update,
+          r: await (await import('../../s3/commands')).saveS3({ ...o.save, update: o.update }),
+        }
+      : o.update
+        ? { update: true, r: await (await import('../../update')).update(o.save) }
+        : { update: false, r: await (await import('../../save')).save(o.save) },
   json: (res) => {
     const update = res.update;
     const { command: _c, output, blocks, ...rest } = res.r;
-    return { snapshot: output, format: 'fixedram', update, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };
+    return {
+      snapshot: output,
+      format: 'fixedram',
+      update,
+      ...blockTotals(blocks),
+      blocks: blocks.map(jsonBlock),
+      ...rest,
+    };
   },
   print: (res, out) => {
     if ('s3' in res) {
@@ -64,9 +101,13 @@ export default defineCommand<Flags, Options, Result>({
     }
     if (res.update) {
       const r = res.r;
-      out.write(`updated ${r.output} in place${r.repaired ? ' (repaired an interrupted update: every page rewritten)' : ''}\n`);
-      out.write(`  ${r.pagesChecked} pages checked: ${r.pagesWritten} written, ${r.pagesPunched} punched (now zero), ` +
-        `${r.pagesUnchanged} unchanged; ${r.presentPages} present\n`);
+      out.write(
+        `updated ${r.output} in place${r.repaired ? ' (repaired an interrupted update: every page rewritten)' : ''}\n`,
+      );
+      out.write(
+        `  ${r.pagesChecked} pages checked: ${r.pagesWritten} written, ${r.pagesPunched} punched (now zero), ` +
+          `${r.pagesUnchanged} unchanged; ${r.presentPages} present\n`,
+      );
       out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}\n`);
       return;
     }
@@ -81,5 +122,7 @@ function printSaved(r: SaveResult, out: NodeJS.WritableStream): void {
   for (const b of r.blocks) {
     out.write(`  ${b.name}: ${b.pages} pages of ${b.pageSize} B, ${b.presentPages} present, ${b.zeroPages} zero\n`);
   }
-  out.write(`  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`);
+  out.write(
+    `  ${mib(r.bytesWritten)} written in ${r.seconds.toFixed(2)} s (${rate(bytes, r.seconds)}), ${plural(r.channels, 'channel')}\n`,
+  );
 }

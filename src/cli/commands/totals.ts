@@ -1,5 +1,7 @@
 /** Totals over a result's blocks, under the names docs/json.md gives them. */
-export function blockTotals(blocks: readonly { length: number; pages?: number; presentPages: number; zeroPages: number }[]) {
+export function blockTotals(
+  blocks: readonly { length: number; pages?: number; presentPages: number; zeroPages: number }[],
+) {
   let bytes = 0;
   let pages = 0;
   let presentPages = 0;

@@ -8,25 +8,41 @@ import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { collectBlock, parseCount } from '../options';
 import { blockTotals } from './totals';
 
-interface Flags { against?: BlockArg[]; maxFailures: number; s3Endpoint?: string }
+interface Flags {
+  against?: BlockArg[];
+  maxFailures: number;
+  s3Endpoint?: string;
+}
 
 export default defineCommand<Flags, VerifyOptions & S3CommandOptions, VerifyResult>({
   name: 'verify',
   description: 'check a snapshot: structure, every page checksum, optionally against live files',
   globals: { channels: true, followSymlinks: true },
   define: (cmd) => {
-    cmd.argument('<file>', 'snapshot to verify')
+    cmd
+      .argument('<file>', 'snapshot to verify')
       .option('--against <name=path>', 'compare block NAME with a live file byte for byte (repeat)', collectBlock)
-      .option('--max-failures <n>', 'failures listed in detail (all are counted)', parseCount('--max-failures', 0, 1_000_000), 100)
+      .option(
+        '--max-failures <n>',
+        'failures listed in detail (all are counted)',
+        parseCount('--max-failures', 0, 1_000_000),
+        100,
+      )
       .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
   },
   options: ([file], o, ctx) => ({
-    snapshot: file!, against: o.against ?? [], maxReported: o.maxFailures, followSymlinks: o.followSymlinks ?? false,
+    snapshot: file!,
+    against: o.against ?? [],
+    maxReported: o.maxFailures,
+    followSymlinks: o.followSymlinks ?? false,
     ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
     ...(o.channels !== undefined ? { channels: o.channels } : {}),
     ...withContext(ctx),
   }),
-  run: async (o) => (o.snapshot.startsWith('s3://') ? (await import('../../s3/commands')).verifyS3(o) : (await import('../../verify')).verify(o)),
+  run: async (o) =>
+    o.snapshot.startsWith('s3://')
+      ? (await import('../../s3/commands')).verifyS3(o)
+      : (await import('../../verify')).verify(o),
   json: (r) => {
     const { command: _c, ok: _ok, snapshot, format, blocks, ...rest } = r;
     return { snapshot, format, ...blockTotals(blocks), blocks: blocks.map(jsonBlock), ...rest };
@@ -37,10 +53,12 @@ export default defineCommand<Flags, VerifyOptions & S3CommandOptions, VerifyResu
     const present = sum(r.blocks, (b) => b.presentPages);
     const zero = sum(r.blocks, (b) => b.zeroPages);
     const head = r.ok ? 'OK' : `FAILED: ${plural(r.failureCount, 'failure')}`;
-    out.write(`${head}: ${r.snapshot} (${r.format}), ${plural(r.blocks.length, 'block')}, ` +
-      `${present} pages present, ${zero} zero, ${mib(r.bytesChecked)} checked in ${r.seconds.toFixed(2)} s ` +
-      `(${rate(r.bytesChecked, r.seconds)})${r.checksums ? '' : ', no page checksums in this format'}` +
-      `${r.compared.length ? `, compared with live: ${r.compared.join(', ')}` : ''}\n`);
+    out.write(
+      `${head}: ${r.snapshot} (${r.format}), ${plural(r.blocks.length, 'block')}, ` +
+        `${present} pages present, ${zero} zero, ${mib(r.bytesChecked)} checked in ${r.seconds.toFixed(2)} s ` +
+        `(${rate(r.bytesChecked, r.seconds)})${r.checksums ? '' : ', no page checksums in this format'}` +
+        `${r.compared.length ? `, compared with live: ${r.compared.join(', ')}` : ''}\n`,
+    );
   },
   status: (r) => (r.ok ? ExitCode.ok : ExitCode.integrity),
 });

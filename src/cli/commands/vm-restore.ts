@@ -6,20 +6,30 @@ import { jsonBlock } from '../human';
 import { blockTotals } from './totals';
 import { kQmpHelp, printVm } from './vm-save';
 
-interface Flags { qmp: string; then: 'resume' | 'pause'; verify: boolean }
+interface Flags {
+  qmp: string;
+  then: 'resume' | 'pause';
+  verify: boolean;
+}
 
 export default defineCommand<Flags, VmRestoreOptions, VmRestoreResult>({
   name: 'vm restore',
   description: 'restore a VM snapshot into a QEMU started with -incoming defer and the same RAM backends',
   globals: { channels: true },
   define: (cmd) => {
-    cmd.argument('<snapshot>', 'snapshot written by fixedram vm save')
+    cmd
+      .argument('<snapshot>', 'snapshot written by fixedram vm save')
       .requiredOption('--qmp <socket>', kQmpHelp)
-      .addOption(new Option('--then <what>', 'what the VM does afterwards').choices(['resume', 'pause']).default('resume'))
+      .addOption(
+        new Option('--then <what>', 'what the VM does afterwards').choices(['resume', 'pause']).default('resume'),
+      )
       .option('--no-verify', 'do not check page checksums while loading');
   },
   options: ([file], o, ctx) => ({
-    qmp: o.qmp, snapshot: file!, then: o.then, verify: o.verify,
+    qmp: o.qmp,
+    snapshot: file!,
+    then: o.then,
+    verify: o.verify,
     ...(o.channels !== undefined ? { channels: o.channels } : {}),
     ...withContext(ctx),
   }),
