@@ -38,7 +38,9 @@ const missing = qemuMissing() ?? guestMissing() ?? libvirtMissing();
 const { it, before, after } = prereqSuite(!missing, `libvirt: ${missing}`);
 
 const virsh = (...args: string[]): { status: number | null; stdout: string; stderr: string } => {
-  const r = spawnSync('virsh', ['-c', kUri, ...args], { encoding: 'utf8', timeout: 120_000 });
+  // -k 0: no client keepalive. On a loaded 2-core machine libvirtd can miss the 5 s x 6 pings and
+  // virsh then gives up ("Disconnected from qemu:///system"); the spawn timeout still bounds a hang.
+  const r = spawnSync('virsh', ['-k', '0', '-c', kUri, ...args], { encoding: 'utf8', timeout: 120_000 });
   return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 };
 
