@@ -9,6 +9,7 @@ import { constants as osConstants } from 'node:os';
 import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
 import type { BlockArg } from './block-args';
 import { native } from './native';
+import { kPrivateDirMode, kPrivateFileMode } from './outputs';
 import { checkPageSize } from './options';
 
 export const kHugetlbfsMagic = 0x958458f6;
@@ -359,4 +360,84 @@ export function refuseAliasing(output: string, files: readonly { name: string; f
       });
     }
   }
+}
+
+/** Refuses a hugetlbfs target whose length is not a whole number of huge pages. */
+function checkHugeMultiple(f: OpenFile, block: string, length: number): void {
+  if (f.hugePageSize !== undefined && length % f.hugePageSize !== 0) {
+    throw ioError(
+      'ERR_PAGE_SIZE',
+      `block '${block}' (${length} bytes) cannot be loaded into hugetlbfs file '${f.path}': ` +
+        `its length is not a multiple of the huge page size ${f.hugePageSize}`,
+      { path: f.path, block },
+    );
+  }
+}
+
+/** Removes a target this run created (beneath the --dir descriptor when it has one). */
+export function removeCreated(f: OpenFile): void {
+  try {
+    if (f.at) unlinkBeneath(f.at);
+    else fs.unlinkSync(f.path);
+  } catch {
+    /* gone already */
+  }
+}
+
+/**
+ * Opens (or creates) a target of exactly `length` bytes. With `at` (load --dir) the target is
+ * opened beneath the directory descriptor, never through a symlink, and its missing intermediate
+ * directories are made 0700; a created target is 0600.
+ */
+export function openTarget(
+  file: string,
+  block: string,
+  length: number,
+  opts: { followSymlinks: boolean; allowDevice: boolean },
+  at?: BeneathPath,
+): { file: OpenFile; created: boolean } {
+  let existing: OpenFile | undefined;
+  try {
+    existing = openBlockFile(file, fs.constants.O_RDWR, { block, ...opts, ...(at ? { at } : {}) });
+  } catch (err) {
+    if (!isSystemError(err) || err.code !== 'ENOENT')
+      throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+  }
+  if (existing) {
+    const f = existing;
+    if (f.size === length) {
+      try {
+        checkHugeMultiple(f, block, length);
+      } catch (err) {
+        closeQuietly(f.fd);
+        throw err;
+      }
+    }
+    if (f.size !== length) {
+      closeQuietly(f.fd);
+      throw usageError(
+        `target '${file}' of block '${block}' is ${f.size} bytes, the block is ${length} bytes; ` +
+          'remove it or give a target of the right size',
+        { path: file, block },
+      );
+    }
+    return { file: f, created: false };
+  }
+  const f = openBlockFile(file, fs.constants.O_RDWR, {
+    block,
+    ...opts,
+    create: true,
+    mode: kPrivateFileMode,
+    ...(at ? { at, mkdirMode: kPrivateDirMode } : {}),
+  });
+  try {
+    fs.fchmodSync(f.fd, kPrivateFileMode); // private whatever the umask
+    checkHugeMultiple(f, block, length);
+    fs.ftruncateSync(f.fd, length);
+  } catch (err) {
+    closeQuietly(f.fd);
+    removeCreated(f);
+    throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
+  }
+  return { file: { ...f, size: length }, created: true };
 }

@@ -18,7 +18,7 @@ import { openImage } from './image';
 import { checkBatchBytes, checkChannels, checkFsync, requireOption } from './options';
 import { checkOutputPath } from './outputs';
 import type { ProgressSink } from './progress';
-import { writeSnapshot, type SavedBlock, type SnapshotSource } from './save';
+import { writeSnapshot, type SavedBlock, type SnapshotSource } from './writer';
 
 export interface ConvertOptions {
   /** The QEMU mapped-ram file (or libvirt "sparse" save image) to read. */

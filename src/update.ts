@@ -44,7 +44,7 @@ import { lockOutput } from './lock';
 import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
 import { kWindowPages, planBatches, windowPagesFor } from './plan';
 import type { ProgressSink } from './progress';
-import { writeHeader, writeTables, type MetadataSummary } from './save';
+import { writeHeader, writeTables, type MetadataSummary } from './writer';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { walk, type WalkResult } from './walk';
@@ -368,7 +368,7 @@ function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
 }
 
 /**
- * Walks the sources' data extents (SEEK_DATA/SEEK_HOLE, as save's dataMask does) on the libuv pool,
+ * Walks the sources' data extents (SEEK_DATA/SEEK_HOLE, as save's page walk does) on the libuv pool,
  * each block split into up to `parts` ranges walked at once. masks: one byte per page, 1 where the
  * source may hold data. done: settles when every walk has finished and its descriptor is closed
  * (the caller awaits it before returning, also after an error).

@@ -12,10 +12,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { closeQuietly, type OpenFile } from '../blocks';
+import { closeQuietly, openTarget, removeCreated, type OpenFile } from '../blocks';
 import { explainInterrupt, integrityError, snapshotError, usageError } from '../errors';
 import { decodeFixedHeader, decodeHeader, kHeaderBytes, type BlockLayout } from '../format';
-import { openTarget, removeCreated, type LoadedBlock, type LoadOptions, type LoadResult } from '../load';
+import type { LoadedBlock, LoadOptions, LoadResult } from '../load';
 import { native } from '../native';
 import { checkChannels, checkUniqueNames } from '../options';
 import { incompleteReason } from '../snapshot';
