@@ -173,22 +173,26 @@ export async function startRelay(): Promise<Relay> {
   return relay;
 }
 
-// ---- GlusterFS ----
+// ---- shared file systems: GlusterFS (.ci/gluster-up) and CephFS (.ci/ceph-up), each mounted twice ----
 export const kGlusterDir = process.env.FIXEDRAM_GLUSTER_DIR ?? '/var/tmp/fixedram-gluster';
 export const glusterMounts = { a: path.join(kGlusterDir, 'mntA'), b: path.join(kGlusterDir, 'mntB') };
+export const kCephDir = process.env.FIXEDRAM_CEPH_DIR ?? '/var/tmp/fixedram-ceph';
+/** The CephFS file system of .ci/ceph-up, mounted by two ceph-fuse clients (two "hosts"). */
+export const cephfsMounts = { a: path.join(kCephDir, 'mntA'), b: path.join(kCephDir, 'mntB') };
 
-function probeGluster(): string {
-  let mounts: string;
+/** '' when both mounts are there with a file system type starting with `fsType`, else why not. */
+function probeMounts(mounts: { a: string; b: string }, fsType: string, what: string, script: string): string {
+  let table: string;
   try {
-    mounts = fs.readFileSync('/proc/mounts', 'utf8');
+    table = fs.readFileSync('/proc/mounts', 'utf8');
   } catch {
     return 'skip: /proc/mounts unreadable';
   }
-  for (const m of Object.values(glusterMounts)) {
-    const line = mounts.split('\n').find((l) => l.split(' ')[1] === m);
-    if (!line || !line.split(' ')[2]!.startsWith('fuse.glusterfs'))
-      return `no GlusterFS mount at ${m} (start it with .ci/gluster-up)`;
+  for (const m of Object.values(mounts)) {
+    const line = table.split('\n').find((l) => l.split(' ')[1] === m);
+    if (!line || !line.split(' ')[2]!.startsWith(fsType)) return `no ${what} mount at ${m} (start it with ${script})`;
   }
   return '';
 }
-export const glusterMissing = probeGluster();
+export const glusterMissing = probeMounts(glusterMounts, 'fuse.glusterfs', 'GlusterFS', '.ci/gluster-up');
+export const cephfsMissing = probeMounts(cephfsMounts, 'fuse.ceph-fuse', 'CephFS (ceph-fuse)', '.ci/ceph-up');
