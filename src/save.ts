@@ -49,6 +49,13 @@ export interface SaveOptions {
    * fsync, and awaited (vm save resumes the VM here: its RAM is no longer needed).
    */
   onPagesCopied?: () => void | Promise<void>;
+  /**
+   * With beforePages (vm save): copy every page while the source still changes (read, hash and
+   * write as save does), then call beforePages (the VM stops) and write only the pages that changed
+   * since (hashed in place in a mapping of the source, compared with the first pass's table): the
+   * instant saved is the second pass, and it costs a read and hash of the RAM, not a copy.
+   */
+  preCopy?: boolean;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -101,6 +108,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.deviceState ? { deviceState: opts.deviceState } : {}),
       ...(opts.beforePages ? { beforePages: opts.beforePages } : {}),
       ...(opts.writeback !== undefined ? { writeback: opts.writeback } : {}),
+      ...(opts.preCopy ? { preCopy: true } : {}),
       beforeCommit: async () => {
         files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name));
         await opts.onPagesCopied?.();

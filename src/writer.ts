@@ -23,10 +23,10 @@ import { encodeDeviceState, type DeviceState } from './devstate';
 import { encodeHeader, kFlagComplete, packBitmapCount, planLayout, type SnapshotLayout } from './format';
 import { writeAt, writeAtomically } from './commit';
 import { checkBatchBytes } from './options';
-import { fromNativeError, kSaveMask, kSaveWriteback, native } from './native';
+import { fromNativeError, kSaveMask, kSaveUpdate, kSaveWriteback, native } from './native';
 import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
-import { ExtentCursor, tableSummary, writeTableWindow } from './tables';
+import { ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { walk } from './walk';
 import { writebackPump } from './writeback';
 
@@ -112,6 +112,8 @@ export interface WriteOptions {
   beforePages?: () => Promise<DeviceState | undefined>;
   /** See SaveOptions.writeback (default 'channels'). */
   writeback?: Writeback;
+  /** See SaveOptions.preCopy. */
+  preCopy?: boolean;
 }
 
 export interface WriteResult {
@@ -132,8 +134,16 @@ async function writePages(
   file: string,
   layout: SnapshotLayout,
   sources: readonly SnapshotSource[],
-  opts: WriteOptions & { beforeFirstWindow?: () => Promise<void> },
+  opts: WriteOptions & {
+    beforeFirstWindow?: () => Promise<void>;
+    /**
+     * 'refresh': the temp file holds an earlier pass's pages and tables: only what changed since is
+     * written (the update mover), the tables rewritten.
+     */
+    pass?: 'refresh';
+  },
 ): Promise<{ summary: MetadataSummary; bytesRead: number; bytesWritten: number; channels: number }> {
+  const refresh = opts.pass === 'refresh';
   const cursors = layout.blocks.map((b, i) => {
     const src = sources[i]!;
     return new ExtentCursor(
@@ -161,6 +171,7 @@ async function writePages(
         const b = layout.blocks[seg.block]!;
         const src = sources[seg.block]!;
         const t = seg.tables;
+        if (refresh) readTableWindow(fd, file, b, seg.first, seg.count, t);
         try {
           cursors[seg.block]!.mark(src.base + seg.first * b.pageSize, b.pageSize, seg.count, t.mask);
         } catch (err) {
@@ -173,7 +184,7 @@ async function writePages(
         }
         let any = false;
         for (let i = 0; i < seg.count; i++) {
-          if (t.mask[i]) {
+          if (t.mask[i] || t.present[i]) {
             t.active[i] = 1;
             any = true;
           }
@@ -197,7 +208,10 @@ async function writePages(
           present: seg.tables.present,
           csums: seg.tables.csums,
           mask: seg.tables.mask,
-          flags: kSaveMask | (opts.fsync && (opts.writeback ?? 'channels') === 'channels' ? kSaveWriteback : 0),
+          flags:
+            kSaveMask |
+            (refresh ? kSaveUpdate : 0) |
+            (opts.fsync && (opts.writeback ?? 'channels') === 'channels' ? kSaveWriteback : 0),
         };
       },
       finish: (seg, worked) => {
@@ -208,7 +222,7 @@ async function writePages(
             seg.first,
             seg.count,
             seg.tables,
-            false,
+            refresh,
           );
       },
       onProgress: (done) => opts.onProgress?.({ command: opts.command, bytesDone: done, bytesTotal: total }),
@@ -273,10 +287,16 @@ export async function writeSnapshot(
       };
       let written: Awaited<ReturnType<typeof writePages>>;
       try {
+        const preCopy =
+          opts.preCopy && beforePages ? await writePages(fd, tmp, layout, sources, { ...opts, directIo }) : undefined;
+        if (preCopy) opts.logger?.debug({ bytesWritten: preCopy.bytesWritten }, 'pages pre-copied');
         if (!beforePages) startPump();
         written = await writePages(fd, tmp, layout, sources, {
           ...opts,
           directIo,
+          ...(preCopy ? { pass: 'refresh' as const } : {}),
+          // a second pass over the same bytes: progress was reported by the first
+          ...(preCopy ? { onProgress: undefined } : {}),
           ...(beforePages
             ? {
                 beforeFirstWindow: async (): Promise<void> => {
@@ -292,6 +312,13 @@ export async function writeSnapshot(
               }
             : {}),
         });
+        if (preCopy) {
+          written = {
+            ...written,
+            bytesRead: preCopy.bytesRead + written.bytesRead,
+            bytesWritten: preCopy.bytesWritten + written.bytesWritten,
+          };
+        }
       } finally {
         await pump?.stop();
       }

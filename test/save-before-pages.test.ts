@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import type { DeviceState } from '../src/devstate';
 import { load, save, snapshotDeviceState, verify } from '../src/index';
+import { native } from '../src/native';
 import { makeBlock, stampPage } from './support/stamp';
 import { tempDir } from './support/tmp';
 
@@ -94,6 +95,73 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     assert.ok(ds, 'the device state returned by the hook is stored');
     assert.equal(ds.checksumOk, true);
     assert.ok(Buffer.from(ds.stream!).equals(Buffer.from(deviceState().stream!)));
+    const v = await verify({ snapshot: out, channels: 2 });
+    assert.equal(v.ok, true);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['back.ram', 'mem0.ram', 'vm.fxr']);
+  });
+
+  it('preCopy: every page is copied before the hook, and after it only the pages that changed are written (new data, data that became zero or a hole, zeros and holes that became data)', async (t) => {
+    const dir = tempDir(t);
+    const src = path.join(dir, 'mem0.ram');
+    const kinds = makeBlock(src, 1, kPages, { generation: 1 });
+    const data = kinds.flatMap((k, i) => (k === 'stamp' || k === 'random' ? [i] : []));
+    const zeros = kinds.flatMap((k, i) => (k === 'zero' ? [i] : []));
+    const holes = kinds.flatMap((k, i) => (k === 'hole' ? [i] : []));
+    // what the "guest" does between the copy and the stop
+    const restamped = data.filter((_, n) => n % 10 === 0);
+    const zeroed = data.filter((_, n) => n % 10 === 3);
+    const punched = data.filter((_, n) => n % 10 === 6);
+    const filled = [zeros[0]!, zeros[zeros.length - 1]!, holes[0]!, holes[holes.length - 1]!];
+    const out = path.join(dir, 'vm.fxr');
+    let tempAtHook: Buffer | undefined;
+    const r = await save({
+      output: out,
+      blocks: [{ name: 'mem0', path: src }],
+      channels: 2,
+      fsync: true,
+      batchBytes: 64 << 10,
+      preCopy: true,
+      beforePages: () => {
+        const temp = fs.readdirSync(dir).find((f) => f.endsWith('.tmp'))!;
+        tempAtHook = fs.readFileSync(path.join(dir, temp));
+        const fd = fs.openSync(src, 'r+');
+        const page = Buffer.alloc(4096);
+        try {
+          for (const i of [...restamped, ...filled]) {
+            stampPage(page, 1, i, 2);
+            fs.writeSync(fd, page, 0, page.length, i * 4096);
+          }
+          for (const i of zeroed) fs.writeSync(fd, Buffer.alloc(4096), 0, 4096, i * 4096);
+          for (const i of punched) assert.ok(native().punchHole(fd, i * 4096, 4096), 'tmpfs/ext4 punch holes');
+        } finally {
+          fs.closeSync(fd);
+        }
+        return Promise.resolve(deviceState());
+      },
+    });
+    // the premise: the temp file held every generation-1 data page before the hook ran
+    const pagesOffset = r.blocks[0]!.pagesOffset;
+    for (const i of data) {
+      const at = pagesOffset + i * 4096;
+      const page = tempAtHook!.subarray(at, at + 4096);
+      assert.ok(!page.equals(Buffer.alloc(4096)), `page ${i} was copied before the hook`);
+      if (kinds[i] === 'stamp') assert.equal(page.readUInt32LE(4), 1, `page ${i} holds generation 1 before the hook`);
+    }
+    // after: the snapshot is the source as it was after the hook, page for page
+    const back = path.join(dir, 'back.ram');
+    await load({ snapshot: out, blocks: [{ name: 'mem0', path: back }], channels: 2 });
+    assert.ok(
+      fs.readFileSync(back).equals(fs.readFileSync(src)),
+      'the snapshot holds the pages as they were after the hook',
+    );
+    for (const i of restamped)
+      assert.equal(fs.readFileSync(back).readUInt32LE(i * 4096 + 4), 2, `page ${i} generation 2`);
+    const present = new Set([...data.filter((i) => !zeroed.includes(i) && !punched.includes(i)), ...filled]);
+    assert.equal(r.presentPages, present.size);
+    assert.equal(r.zeroPages, kPages - present.size);
+    // only the changed pages were written after the copy: the copy's data pages, then the
+    // restamped and filled ones (zeroed and punched pages are punched, not written)
+    assert.equal(r.bytesWritten, (data.length + new Set([...restamped, ...filled]).size) * 4096);
     const v = await verify({ snapshot: out, channels: 2 });
     assert.equal(v.ok, true);
     assert.deepEqual(fs.readdirSync(dir).sort(), ['back.ram', 'mem0.ram', 'vm.fxr']);

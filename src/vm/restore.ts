@@ -127,6 +127,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     );
   }
   const stream = device.stream;
+  const checked = now();
 
   const q = await QmpClient.connect(opts.qmp);
   let dir: string | undefined;
@@ -148,6 +149,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     fs.writeFileSync(stateFile, stream, { mode: 0o600, flag: 'wx' });
 
     const t0 = now();
+    const ms = (a: bigint, b: bigint): number => Math.round(Number(b - a) / 1e5) / 10;
     const r = await (
       await import('../load')
     ).load({
@@ -159,6 +161,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
     });
+    const loaded = now();
     const restoreCaps = await setCapabilities(q, ['x-ignore-shared']);
     try {
       await q.execute('migrate-incoming', { uri: `file:${stateFile}`, 'exit-on-error': false });
@@ -179,11 +182,23 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
     } finally {
       await restoreCaps();
     }
+    const incoming = now();
     let resumed: bigint | undefined;
     if (then === 'resume') {
       await q.execute('cont');
       resumed = now();
     }
+    opts.logger?.debug(
+      {
+        check: ms(started, checked),
+        qmp: ms(checked, t0),
+        ram: ms(t0, loaded),
+        deviceState: ms(loaded, incoming),
+        cont: resumed !== undefined ? ms(incoming, resumed) : undefined,
+        total: ms(started, now()),
+      },
+      'vm restore: phases (ms)',
+    );
     return {
       command: 'vm restore',
       snapshot,

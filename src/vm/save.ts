@@ -3,13 +3,17 @@
  *
  * Shared-file RAM (every memory-backend block a memory-backend-file with share=on): with the VM
  * still running, ask QEMU for its RAM, set the capabilities, check the RAM files, lock the output,
- * create the temp file and start the channels (save's beforePages); then stop the VM, migrate
- * with `x-ignore-shared` to a temp file (the device state: everything but the shared RAM, a few
- * hundred KB), copy the RAM files with N channels into the page cache (block names = QEMU's RAM
- * block idstrs), resume / stay paused / quit, and only then write the metadata, fdatasync and
- * rename (save's commit). Downtime = device state + page copy. The snapshot is of one instant
- * (stopped from before the device state until the RAM files were checked unchanged after the
- * copy) and replaces the output atomically once on disk; success is reported after the commit.
+ * create the temp file and copy every page of the RAM files into it with N channels (read, hash,
+ * write, as save does; block names = QEMU's RAM block idstrs: save's preCopy); start the channels
+ * again, then stop the VM (save's beforePages), migrate with `x-ignore-shared` to a temp file (the
+ * device state: everything but the shared RAM, a few hundred KB), and refresh the copy: every
+ * page is hashed in place in a mapping of the RAM file and only the pages that differ from the
+ * copy's checksum are written (those the guest changed meanwhile; the update mover). Then resume
+ * / stay paused / quit, and only then write the metadata, fdatasync and rename (save's commit).
+ * Downtime = device state + one read and hash of the RAM + the changed pages. The snapshot is of
+ * one instant (stopped from before the device state until the RAM files were checked unchanged
+ * after the refresh) and replaces the output atomically once on disk; success is reported after
+ * the commit.
  * Other RAM: QEMU's own mapped-ram (+ multifd) migration into a temp file beside the output, then
  * `convert` (which keeps the device state).
  * A failed save resumes a VM that it stopped, unless `then` is 'pause'.
@@ -260,11 +264,9 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         };
       } else {
         // everything that can be done with the VM running is done first (sources checked, temp
-        // file made, channels started): the VM stops just before the first page is read. The
-        // channels only fill the page cache while it is stopped; the device works after it resumed.
-        const r = await (
-          await import('../save')
-        ).save({ ...common, blocks, beforePages: capture, writeback: 'commit' });
+        // file made, every page copied, channels started again): the VM stops just before the
+        // refresh, which reads and hashes the RAM and writes only the pages changed since the copy.
+        const r = await (await import('../save')).save({ ...common, blocks, beforePages: capture, preCopy: true });
         result = {
           blocks: r.blocks.map((b) => ({
             name: b.name,
