@@ -4,9 +4,13 @@
  * bench image, snapshotted to disk and restored
  *   - by `fixedram vm save -j 2` (fsync included) and `fixedram vm restore -j 2`, and
  *   - by QEMU's own mapped-ram + multifd (2 channels) migration to a file (+ fsync) and back,
- * side by side in the same run, on the same VM. Downtime is VM stopped → running again; for QEMU's
- * save it is `stop` → `cont` after the migration completed (its fsync comes after `cont`); fixedram
- * resumes the VM once the RAM is copied (its metadata and fsync follow while the VM runs). Every
+ * side by side in the same run, on the same VM. Both saves are timed to a durable file: fixedram's
+ * whole process (node start-up, QMP, copy, stop, refresh, cont, metadata, fdatasync, rename,
+ * directory fsync); QEMU's from `stop` through the completed migration and `cont` to the end of an
+ * fsync of its file (`sync FILE`), timed as one; its capabilities and parameters are set before
+ * the clock starts. Downtime is VM stopped → running again: for QEMU `stop` → `cont` after the
+ * migration completed (its fsync comes after `cont`); fixedram copies the RAM while the VM runs and
+ * resumes it once the copy is refreshed (its metadata and fsync follow while the VM runs). Every
  * QEMU runs daemonized with a pidfile in the bench's work directory and is only ever killed by that
  * pid while its command line names the directory. The accelerator is named in the table as QEMU
  * reports it over QMP (query-kvm; TCG here: no /dev/kvm).
@@ -209,12 +213,9 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       rows.fxSave.push({ wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys });
       count = await waitCounting(path.join(work, 'a.serial'), count);
 
-      // QEMU mapped-ram + multifd 2 channels to a file, then fsync
+      // QEMU mapped-ram + multifd 2 channels to a file, then fsync (capabilities set before the clock)
       fs.rmSync(mig, { force: true });
       quiesce(o.disk);
-      const t0 = now();
-      await a.qmp.execute('stop');
-      const stopped = now();
       await a.qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'mapped-ram', state: true },
@@ -223,6 +224,9 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
         ],
       });
       await a.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2, 'max-bandwidth': 0 });
+      const t0 = now();
+      await a.qmp.execute('stop');
+      const stopped = now();
       await a.qmp.execute('migrate', { uri: `file:${mig}` });
       await waitMigration(a.qmp);
       await a.qmp.execute('cont');
@@ -327,7 +331,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
         ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
       ],
     ) +
-    `\nfixedram times include node start-up; QEMU's are from its stop / migrate-incoming command. QEMU's save downtime ends at cont, before its fsync; fixedram's at cont once the RAM is copied, before its metadata and fsync. Accelerator: ${ac}.\n`;
+    `\nBoth saves end with the snapshot durable. fixedram: the whole process (node start-up, QMP, the copy while the VM runs, stop, device state, refresh of the copy, cont, metadata, fdatasync, rename, directory fsync). QEMU: from its stop through the completed migration and cont to the end of an fsync of its file (sync FILE); capabilities set before. Save downtime: stop → cont (QEMU's fsync and fixedram's metadata and fdatasync come after cont). Restore: fixedram's whole process (node start-up, checks, RAM load with checksums, migrate-incoming of the device state, cont); QEMU from migrate-incoming to cont; both read a snapshot dropped from the page cache. Accelerator: ${ac}.\n`;
   const t = (what: string, target: string, v: number, ok: boolean): Target => ({
     issue: '12',
     what: `${what} (${ac})`,
