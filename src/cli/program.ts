@@ -12,7 +12,7 @@ import { ExitCode, FixedramError, isSystemError } from '../errors';
 import { makeCliLogger } from '../log';
 import { progressReporter } from '../progress';
 import type { CliCommand, CoreContext } from './command';
-import { kCommands } from './commands';
+import { commandFor } from './commands/table';
 import { addGlobalOptions, type GlobalFlags } from './options';
 import { cliExitCodeOf, errorEnvelope, errorLine, guardStdout, resultEnvelope, StderrLines } from './output';
 
@@ -63,8 +63,11 @@ export function commandsOf(program: Command): { name: string; cmd: Command }[] {
 }
 
 /** Builds the program. Tests build as many as they like, with their own streams. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table of commands of different option types
-export function makeProgram(io: ProgramIo, commands: readonly CliCommand<any, any, any>[] = kCommands): Command {
+export function makeProgram(
+  io: ProgramIo,
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table of commands of different option types
+  commands: readonly CliCommand<any, any, any>[] = (require('./commands') as typeof import('./commands')).kCommands,
+): Command {
   const lines = (io.lines ??= new StderrLines(io.stderr));
   const program = new Command();
   program
@@ -174,7 +177,10 @@ export async function runCli(argv: readonly string[], io: ProgramIo): Promise<vo
   const lines = (io.lines ??= new StderrLines(io.stderr));
   const stdoutState = guardStdout(io.stdout, lines, io.setExitCode);
   const setExitCode = (c: number): void => io.setExitCode(stdoutState.failed ? ExitCode.system : c);
-  const program = makeProgram({ ...io, setExitCode });
+  // a run that names a command builds the program of that command alone (only its module is
+  // loaded); anything else (no command, a typo, help, completion) gets every command
+  const only = commandFor(argv);
+  const program = only ? makeProgram({ ...io, setExitCode }, [only]) : makeProgram({ ...io, setExitCode });
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
