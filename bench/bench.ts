@@ -1050,9 +1050,11 @@ function phasesOf(r: RunResult): Record<string, number> {
 
 const kPhases = [
   'startup',
+  'logger',
   'open',
   'tablesRead',
   'mark',
+  'markSync',
   'scan',
   'pages',
   'tablesWrite',

@@ -345,13 +345,19 @@ Napi::Value MarkDataJs(const Napi::CallbackInfo& info) {
 // MarkDataPages on a libuv pool thread; holds a reference to mask until it settles.
 class MarkDataWorker : public Napi::AsyncWorker {
  public:
-  MarkDataWorker(Napi::Env env, BlockFile f, int64_t first, int64_t count, Napi::Uint8Array mask)
+  MarkDataWorker(Napi::Env env, BlockFile f, int64_t first, int64_t count, Napi::Uint8Array mask,
+                 Napi::Value ready)
       : Napi::AsyncWorker(env), f_(f), first_(first), count_(count), data_(mask.Data()),
-        mask_(Napi::Persistent(mask)), deferred_(Napi::Promise::Deferred::New(env)) {}
+        mask_(Napi::Persistent(mask)), deferred_(Napi::Promise::Deferred::New(env)) {
+    if (!ready.IsUndefined()) {  // checked by MarkDataAsyncJs: an Int32Array of at least one element
+      ready_data_ = ready.As<Napi::Int32Array>().Data();
+      ready_ = Napi::Persistent(ready.As<Napi::Int32Array>());
+    }
+  }
   Napi::Promise Promise() const { return deferred_.Promise(); }
   void Execute() override {
     try {
-      known_ = MarkDataPages(f_, first_, count_, data_);
+      known_ = MarkDataPages(f_, first_, count_, data_, ready_data_);
     } catch (const SysError& e) {
       error_ = e;
       failed_ = true;
@@ -369,14 +375,18 @@ class MarkDataWorker : public Napi::AsyncWorker {
   int64_t count_;
   unsigned char* data_;
   Napi::Reference<Napi::Uint8Array> mask_;
+  int32_t* ready_data_ = nullptr;
+  Napi::Reference<Napi::Int32Array> ready_;
   Napi::Promise::Deferred deferred_;
   bool known_ = false;
   bool failed_ = false;
   SysError error_{0, "", 0};
 };
 
-// markDataAsync(fd, base, pageSize, firstPage, pageCount, mask) -> Promise<boolean>: markData on a
-// pool thread, so several ranges of a file (or several files) are walked at once.
+// markDataAsync(fd, base, pageSize, firstPage, pageCount, mask, ready?) -> Promise<boolean>: markData
+// on a pool thread, so several ranges of a file (or several files) are walked at once. ready: an
+// Int32Array whose first element the walk keeps at the number of pages from firstPage on whose
+// mask bytes are final (Atomics.load it; pageCount once the walk is done).
 Napi::Value MarkDataAsyncJs(const Napi::CallbackInfo& info) {
   const int64_t ps = PageSize(info, 2);
   BlockFile f{Fd(info, 0, "fd"), Int(info, 1, "base"), ps, 0};
@@ -384,7 +394,15 @@ Napi::Value MarkDataAsyncJs(const Napi::CallbackInfo& info) {
   int64_t count = Int(info, 4, "pageCount");
   if (first < 0 || count < 0) Fail(info.Env(), "bad page range");
   Bytes(info, 5, "mask", first + count);
-  auto* w = new MarkDataWorker(info.Env(), f, first, count, info[5].As<Napi::Uint8Array>());
+  Napi::Value ready = info.Length() > 6 ? info[6] : info.Env().Undefined();
+  if (!ready.IsUndefined()) {
+    if (!ready.IsTypedArray() || ready.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+        ready.As<Napi::Int32Array>().ElementLength() < 1) {
+      Fail(info.Env(), "ready must be an Int32Array of at least one element");
+    }
+    if (count > INT32_MAX) Fail(info.Env(), "pageCount too large for ready");
+  }
+  auto* w = new MarkDataWorker(info.Env(), f, first, count, info[5].As<Napi::Uint8Array>(), ready);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

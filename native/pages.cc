@@ -136,16 +136,29 @@ void MapWritable(const BlockFile& f, int64_t off, int64_t len, Mapping* m) {
 
 uint64_t Hash64(const void* data, size_t len) { return XXH3_64bits(data, len); }
 
-bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask) {
-  PageBatch whole{};
-  whole.first = first;
-  whole.count = count;
-  std::vector<uint8_t> marks;
-  if (!MarkData(f, whole, &marks)) {
-    memset(mask + first, 1, static_cast<size_t>(count));
-    return false;
+bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask, int32_t* ready) {
+  // mask[first, first + done) is final: a later extent can only mark pages from `done` on
+  auto publish = [&](int64_t done) {
+    if (ready != nullptr) __atomic_store_n(ready, static_cast<int32_t>(done), __ATOMIC_RELEASE);
+  };
+  const int64_t lo = PageOffset(f, first);
+  const int64_t hi = PageOffset(f, first + count);
+  std::vector<std::pair<int64_t, int64_t>> ext;
+  for (int64_t pos = lo; pos < hi;) {
+    ext.clear();
+    if (!On(f, [&] { return DataExtentsUpTo(f.fd, pos, hi, 1, &ext); })) {
+      memset(mask + first, 1, static_cast<size_t>(count));
+      publish(count);
+      return false;
+    }
+    if (ext.empty()) break;
+    const int64_t p0 = (ext[0].first - lo) / f.page_size;
+    const int64_t p1 = std::min(count, (ext[0].second - lo + f.page_size - 1) / f.page_size);
+    if (p1 > p0) memset(mask + first + p0, 1, static_cast<size_t>(p1 - p0));
+    publish(p1);
+    pos = ext[0].second;
   }
-  memcpy(mask + first, marks.data(), static_cast<size_t>(count));
+  publish(count);
   return true;
 }
 

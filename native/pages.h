@@ -115,8 +115,10 @@ VerifyResult VerifyHugePage(const BlockFile& snap, const BlockFile& against, con
 
 // Sets mask[p] = 1 for every page p in [first, first + count) of the block that overlaps a data
 // extent of the file (SEEK_DATA/SEEK_HOLE, one walk), 0 for pages inside holes. Returns false, with
-// every page set, when the file system gives no hole information.
-bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask);
+// every page set, when the file system gives no hole information. With `ready`, the walk publishes
+// as it goes how many pages from `first` on are final (atomic store, release; count at the end), so
+// another thread can use the first pages while the rest is still walked.
+bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask, int32_t* ready = nullptr);
 
 // Time spent in each phase of UpdatePages, in nanoseconds (CLOCK_MONOTONIC), summed by the caller.
 struct UpdateTimes {

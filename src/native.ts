@@ -113,7 +113,11 @@ export interface Native {
    * (every page marked).
    */
   markData(fd: number, base: number, pageSize: number, firstPage: number, pageCount: number, mask: Uint8Array): boolean;
-  /** markData on a libuv pool thread (mask must not be used until the promise settles). */
+  /**
+   * markData on a libuv pool thread. The mask must not be used until the promise settles, except,
+   * with `ready` (an Int32Array over shared memory), its first `Atomics.load(ready, 0)` pages from
+   * firstPage on: the walk keeps that count current as it goes (pageCount once done).
+   */
   markDataAsync(
     fd: number,
     base: number,
@@ -121,6 +125,7 @@ export interface Native {
     firstPage: number,
     pageCount: number,
     mask: Uint8Array,
+    ready?: Int32Array,
   ): Promise<boolean>;
   /**
    * XXH3-64 streamed over byte ranges of a file ([offset, length, offset, length, ...]) as if they

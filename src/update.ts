@@ -14,10 +14,12 @@
  * A repair run therefore writes every present page and punches every absent one.
  *
  * Where the time goes (--log-level debug logs 'update: phases (ms)'): the channels' threads and the
- * sources' data-extent walks start before the tables are read, so their start-up overlaps it; each
- * channel reads a cache-sized run and hashes it at once (native UpdatePages); write-back of the
- * written pages is started from a pool thread while the channels work, so no channel waits for
- * the device and the final fdatasync finds little left to do.
+ * sources' data-extent walks start before the tables are read, so their start-up overlaps it; the
+ * UPDATING header's fdatasync runs on the libuv pool beside the walks (markSync), and the channels
+ * start once it has settled, not once the walks have: each waits only until the walk has passed
+ * its batch (ChannelBlock.maskReady); each channel hashes its batch straight from a mapping of the
+ * source (native UpdatePages); write-back of the written pages is started from a pool thread while
+ * the channels work, so no channel waits for the device and the final fdatasync finds little left.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -96,6 +98,9 @@ export interface UpdateResult {
 export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const started = process.hrtime.bigint();
   const phases = phaseClock();
+  // the first debug line loads the logger (pino, tens of milliseconds): a phase of its own
+  opts.logger?.debug({ output: opts.output }, 'update: start');
+  phases.lap('logger');
   const { channels, output } = checkWriteOptions(opts);
   const doSync = checkFsync(opts.fsync);
   const batchBytes = checkBatchBytes(opts.batchBytes);
@@ -106,6 +111,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   let snapFd: number | undefined;
   let team: ChannelTeam | undefined;
   let scan: ReturnType<typeof scanSources> | undefined;
+  let durable: Promise<number> | undefined;
   try {
     refuseAliasing(
       output,
@@ -185,15 +191,19 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // mark: UPDATING, durably, before the first page is overwritten
     const marked = encodeHeader(h, kFlagUpdating, h.presentPages, h.metadataChecksums, hash64);
     fs.writeSync(snap.fd, marked, 0, marked.length, 0);
-    if (doSync) fs.fdatasyncSync(snap.fd);
+    // made durable on the libuv pool while the extent walks and the channels' start-up finish; no
+    // page changes before it is (the channels start only once it has settled, see below)
+    durable = doSync ? syncAsync(snap.fd) : Promise.resolve(0);
     phases.lap('mark');
-    opts.logger?.debug({ output, repair }, 'update: marked in progress');
 
     // pages
     let stats: WalkResult | Awaited<ReturnType<typeof runChannels>>;
     let windowedSummary: MetadataSummary | undefined;
     let pump: ReturnType<typeof writebackPump> | undefined;
     if (windowed) {
+      phases.ms.markSync = await durable;
+      phases.lap('scan');
+      opts.logger?.debug({ output, repair }, 'update: marked in progress');
       const total = h.blocks.reduce((s, b) => s + b.length, 0);
       opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
       ({ stats, summary: windowedSummary } = await updatePages(
@@ -216,7 +226,21 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
         );
       }));
     } else {
-      const masks = await scan!.masks;
+      // Channels in worker threads start before the extent walks end: each waits until the mask of
+      // its batch is final (ChannelBlock.maskReady). A failed walk stops them (scanStop) and is the
+      // update's error. A single batch runs here, on the main thread, after the walks.
+      const streamed = plan!.count > 1;
+      const scanStop = new AbortController();
+      let scanError: unknown;
+      if (streamed) {
+        scan!.masks.catch((err: unknown) => {
+          scanError = err;
+          scanStop.abort();
+        });
+      }
+      const [masks, markSync] = await Promise.all([streamed ? scan!.arrays : scan!.masks, durable]);
+      phases.ms.markSync = markSync;
+      opts.logger?.debug({ output, repair }, 'update: marked in progress');
       const blocks: ChannelBlock[] = h.blocks.map((b, i) => {
         const f = files[order[i]!]!;
         return {
@@ -232,6 +256,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
           present: tables[i]!.present,
           csums: tables[i]!.csums,
           mask: masks[i]!,
+          ...(streamed ? { maskReady: scan!.ready[i]!.ready, maskPartPages: scan!.ready[i]!.per } : {}),
           // no kSaveWriteback: the channels never wait for the device; the pump below starts write-back
           flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0),
         };
@@ -249,9 +274,14 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
           blocks,
           plan: plan!,
           ...(team ? { team } : {}),
-          ...(opts.signal ? { signal: opts.signal } : {}),
+          ...(streamed
+            ? { signal: opts.signal ? AbortSignal.any([opts.signal, scanStop.signal]) : scanStop.signal }
+            : opts.signal
+              ? { signal: opts.signal }
+              : {}),
           onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
         }).catch((err: unknown) => {
+          if (scanError !== undefined) throw scanError as Error; // what stopped the channels
           throw explainInterrupt(
             err,
             `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
@@ -343,10 +373,22 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   } finally {
     team?.dispose();
     await scan?.done;
+    await durable?.catch(() => undefined); // the descriptor stays open until its fdatasync has run
     closeQuietly(snapFd);
     lock?.release();
     for (const f of files) closeQuietly(f.fd);
   }
+}
+
+/** fdatasync on the libuv pool; resolves with the milliseconds it took. */
+function syncAsync(fd: number): Promise<number> {
+  const at = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    fs.fdatasync(fd, (err) => {
+      if (err) reject(err);
+      else resolve(Math.round(Number(process.hrtime.bigint() - at) / 1e5) / 10);
+    });
+  });
 }
 
 /**
@@ -376,7 +418,14 @@ function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
 function scanSources(
   list: readonly { name: string; pages: number; pageSize: number; file: OpenFile }[],
   parts: number,
-): { masks: Promise<Uint8Array[]>; done: Promise<void> } {
+): {
+  masks: Promise<Uint8Array[]>;
+  /** The masks, filled as the walks go (see ready). */
+  arrays: Uint8Array[];
+  /** Per block: how far each part's walk has come (markDataAsync's ready), parts of `per` pages. */
+  ready: { ready: Int32Array; per: number }[];
+  done: Promise<void>;
+} {
   const fds: number[] = [];
   try {
     for (const b of list) {
@@ -394,15 +443,18 @@ function scanSources(
     throw err;
   }
   const masks = list.map((b) => sharedPageBytes(b.pages));
+  const ready: { ready: Int32Array; per: number }[] = [];
   const walks: Promise<unknown>[] = [];
   list.forEach((b, i) => {
     // ranges of at least 64 Ki pages: a walk's fixed cost is a few system calls
     const n = Math.max(1, Math.min(parts, 4, Math.floor(b.pages / 65536)));
-    const per = Math.ceil(b.pages / n);
-    for (let first = 0; first < b.pages; first += per) {
+    const per = Math.max(1, Math.ceil(b.pages / n));
+    const r = new Int32Array(new SharedArrayBuffer(4 * n));
+    ready.push({ ready: r, per });
+    for (let first = 0, k = 0; first < b.pages; first += per, k++) {
       walks.push(
         native()
-          .markDataAsync(fds[i]!, 0, b.pageSize, first, Math.min(per, b.pages - first), masks[i]!)
+          .markDataAsync(fds[i]!, 0, b.pageSize, first, Math.min(per, b.pages - first), masks[i]!, r.subarray(k, k + 1))
           .catch((err: unknown) => {
             throw fromNativeError(err, { path: b.file.path, block: b.name });
           }),
@@ -414,7 +466,7 @@ function scanSources(
   const done = Promise.allSettled(walks).then(() => {
     for (const fd of fds) closeQuietly(fd);
   });
-  return { masks: all, done };
+  return { masks: all, arrays: masks, ready, done };
 }
 
 /** Whether every block's tables fit in one window of the windowed walk (plan.ts), all at once. */

@@ -461,3 +461,53 @@ describe('save --update', () => {
     assert.ok(interrupted >= 1, 'at least one update was killed mid-way');
   });
 });
+
+describe('save --update: the extent walk is used while it runs', () => {
+  it('markDataAsync with ready: every page below the published count is already final, and the count ends at pageCount', async (t) => {
+    // a tmpfs file of 96 Ki pages, data and holes alternating in runs of 1-3 pages: ~48 Ki extents,
+    // a walk long enough to be seen half-way
+    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
+    const file = path.join(dir, 'holes.ram');
+    const pages = 96 * 1024;
+    const fd = fs.openSync(file, 'w+');
+    const page = Buffer.alloc(kPage, 0x5a);
+    fs.ftruncateSync(fd, pages * kPage);
+    for (let p = 0, k = 0; p < pages; k++) {
+      const run = 1 + (k % 3);
+      if (k % 2 === 0) for (let q = p; q < Math.min(pages, p + run); q++) fs.writeSync(fd, page, 0, kPage, q * kPage);
+      p += run;
+    }
+    const { native } = await import('../src/native');
+    const expected = new Uint8Array(pages);
+    native().markData(fd, 0, kPage, 0, pages, expected);
+    const first = 4096; // a part that does not start at page 0, as the walks of a block's later parts
+    const mask = new Uint8Array(new SharedArrayBuffer(pages));
+    const ready = new Int32Array(new SharedArrayBuffer(8));
+    const seen: { at: number; prefix: Uint8Array }[] = [];
+    const walk = native().markDataAsync(fd, 0, kPage, first, pages - first, mask, ready.subarray(1, 2));
+    let settled = false;
+    void walk.finally(() => (settled = true));
+    // watch from this thread while the walk runs on the pool: copy what the count says is final
+    const until = Date.now() + 10_000;
+    for (let last = 0; !settled && Date.now() < until;) {
+      const r = Atomics.load(ready, 1);
+      if (r !== last && r < pages - first) seen.push({ at: r, prefix: mask.slice(first, first + r) });
+      last = r;
+      if (r === pages - first) break;
+      if (seen.length > 200) break;
+    }
+    assert.equal(await walk, true);
+    fs.closeSync(fd);
+    assert.equal(Atomics.load(ready, 1), pages - first, 'the count ends at pageCount');
+    assert.equal(Atomics.load(ready, 0), 0, 'only the element handed over is written');
+    assert.ok(seen.length >= 1, 'the walk was seen half-way (the premise of this test)');
+    for (const s of seen) {
+      assert.deepEqual(s.prefix, expected.subarray(first, first + s.at), `pages below ${s.at} were final`);
+    }
+    assert.deepEqual(mask.subarray(first), expected.subarray(first));
+    assert.ok(
+      mask.subarray(0, first).every((v) => v === 0),
+      'nothing before firstPage is touched',
+    );
+  });
+});

@@ -24,6 +24,23 @@ const kNoMask = new Uint8Array(0);
 
 const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
 
+/**
+ * Waits until the mask of the pages [first, first + count) is final (the main thread's extent walk
+ * publishes it part by part, see ChannelBlock.maskReady); false when the run is cancelled meanwhile.
+ */
+function awaitMask(b: ChannelBlock, first: number, count: number, control: Int32Array): boolean {
+  const ready = b.maskReady!;
+  const per = b.maskPartPages!;
+  for (let k = Math.floor(first / per); k * per < first + count; k++) {
+    const need = Math.min(first + count, (k + 1) * per) - k * per;
+    for (let v = Atomics.load(ready, k); v < need; v = Atomics.load(ready, k)) {
+      if (Atomics.load(control, kCtlCancel) !== 0) return false;
+      Atomics.wait(ready, k, v, 1); // the walk (native, on the libuv pool) never notifies: look again after 1 ms
+    }
+  }
+  return true;
+}
+
 /** Runs a channel to the end; every outcome is reported through `post`, nothing is thrown. */
 export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): void {
   const control = new Int32Array(job.control);
@@ -87,6 +104,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const first = batches[3 * i + 1]!;
       const count = batches[3 * i + 2]!;
       const b = job.blocks[blockIndex]!;
+      if (b.maskReady && !awaitMask(b, first, count, control)) break; // cancelled while waiting
       const where = { block: b.name };
       const once = (): void => {
         if (job.kind === 'save') {

@@ -50,6 +50,13 @@ export interface ChannelBlock {
    * holds data, computed once per block by the main thread (kSaveMask / kVerifyDataMask).
    */
   mask?: Uint8Array;
+  /**
+   * With mask, while the walk that fills it still runs (save --update): element k is how many pages
+   * of part k (pages [k * maskPartPages, (k + 1) * maskPartPages)) are final, kept current by the
+   * walk (markDataAsync's ready); a channel waits until its batch's pages are.
+   */
+  maskReady?: Int32Array;
+  maskPartPages?: number;
   /** Flags for the native page mover of this block. */
   flags: number;
 }
