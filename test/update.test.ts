@@ -171,12 +171,13 @@ describe('save --update', () => {
         { encoding: 'utf8' },
       );
       assert.equal(r.status, 0, r.stderr);
-      // a call another thread interrupted is split over an "<unfinished ...>" and a "resumed>" line
+      // a call another thread interrupted is split over an "<unfinished ...>" and a "resumed>" line;
+      // strace pads the pid to five columns (two spaces after a pid below 10000)
       const open = new Map<string, string>();
       const calls: string[] = [];
       for (const l of fs.readFileSync(log, 'utf8').split('\n')) {
-        const u = /^(\d+) (.*) <unfinished \.\.\.>$/.exec(l);
-        const r = /^(\d+) <\.\.\. \w+ resumed>(.*)$/.exec(l);
+        const u = /^(\d+)\s+(.*) <unfinished \.\.\.>$/.exec(l);
+        const r = /^(\d+)\s+<\.\.\. \w+ resumed>(.*)$/.exec(l);
         if (u) open.set(u[1]!, `${u[1]} ${u[2]}`);
         else if (r && open.has(r[1]!)) {
           calls.push(open.get(r[1]!)! + r[2]!);
@@ -190,7 +191,7 @@ describe('save --update', () => {
     const same = traced('same');
     assert.equal(same.writes.length, 2, same.writes.join('\n'));
     for (const w of same.writes)
-      assert.match(w, /pwrite64\(\d+<[^>]+>, .*, \d+, 0\) = \d+$/, 'a header write at offset 0');
+      assert.match(w, /pwrite64\(\d+<[^>]+>, .*, \d+, 0\)\s+= \d+$/, 'a header write at offset 0');
     assert.ok(fs.readFileSync(out).equals(before), 'nothing changed');
     // the phase breakdown is in the debug log
     const line = same.stderr.split('\n').find((l) => l.includes('update: phases'));
