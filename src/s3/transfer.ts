@@ -42,6 +42,7 @@ import {
 } from './manifest';
 import { formatS3Url, type S3Url } from './url';
 import { packChunk, packedRuns, type PackedRun } from './chunk';
+import { chunkGetter, type ChunkGetter } from './get';
 import { acquireS3Lock, type S3Lock } from './lock';
 
 const kZeroPage = 4096;
@@ -562,7 +563,7 @@ export async function push(file: string, url: S3Url, opts: PushOptions = {}): Pr
  * with a ranged GET for the rest. `what` names it in messages ("chunk 3").
  */
 async function fetchObject(
-  client: S3Client,
+  get: ChunkGetter,
   url: S3Url,
   key: string,
   len: number,
@@ -577,15 +578,8 @@ async function fetchObject(
   let got = 0;
   for (let attempt = 1; ; attempt++) {
     try {
-      const r = await client.send(
-        new GetObjectCommand({
-          Bucket: url.bucket,
-          Key: key,
-          ...(got > 0 ? { Range: `bytes=${got}-${len - 1}` } : {}),
-        }),
-        { abortSignal: signal },
-      );
-      for await (const part of r.Body as AsyncIterable<Uint8Array>) {
+      const body = await get.open(key, got, len - 1, signal);
+      for await (const part of body as AsyncIterable<Buffer>) {
         if (got + part.length > len) {
           throw snapshotError('ERR_SNAPSHOT_INVALID', `${where}: ${what} is longer than ${len} bytes`);
         }
@@ -607,12 +601,15 @@ async function fetchObject(
       if (name === 'InvalidRange') {
         throw snapshotError('ERR_SNAPSHOT_TRUNCATED', `${where}: ${what} is truncated (${got} of ${len} bytes)`);
       }
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
       const transient =
-        !(err as { $metadata?: unknown }).$metadata &&
         !signal.aborted &&
-        (err as { code?: string }).code !== undefined &&
-        /^E[A-Z]+$|^ERR_STREAM/.test((err as { code: string }).code);
-      // a body cut off mid-way: ask for the rest (the SDK itself retries failed requests)
+        (status !== undefined
+          ? status >= 500 || status === 429 || name === 'SlowDown'
+          : (err as { code?: string }).code !== undefined &&
+            /^E[A-Z]+$|^ERR_STREAM/.test((err as { code: string }).code));
+      // a server error or throttling: again, with backoff; a body cut off mid-way or a dropped
+      // connection: ask for the rest
       if (transient && attempt < kMaxAttempts) {
         await new Promise((res) => setTimeout(res, 100 * 2 ** attempt));
         continue;
@@ -672,66 +669,79 @@ async function materialize(
   let bytes = 0;
   let objects = 0;
   const chunks = m.chunks.filter((c) => below === undefined || c.index * m.chunkBytes < below);
-  await lanes(chunks.length, channels, signal, async (i) => {
-    const c = chunks[i]!;
-    const buf = free.pop()!;
-    try {
-      const what = `chunk ${c.index}`;
-      const data = await fetchObject(
-        client,
-        url,
-        chunkKey(url.key, c.sha256),
-        objectBytes(m, c),
-        c.sha256,
-        what,
-        buf,
-        signal,
-        userSignal,
-      );
-      bytes += data.length;
-      objects++;
-      if (!m.packed) {
-        writeSparse(fh, data, c.index * m.chunkBytes, zero);
-        return;
-      }
-      // only the present pages are in the object: the rest stay holes
-      for (const r of packedRuns(data, chunkLength(m, c.index), `${formatS3Url(url)}: ${what}`)) {
-        let o = 0;
-        while (o < r.length)
-          o += fs.writeSync(fh.fd, data, r.objectOffset + o, r.length - o, c.index * m.chunkBytes + r.chunkOffset + o);
-      }
-    } finally {
-      free.push(buf);
-    }
+  const get = await chunkGetter(client, url, channels).catch((err: unknown) => {
+    throw s3Error(err, url, 'download', userSignal);
   });
-  for (const [layer, all] of m.patches.entries()) {
-    const parts = all.filter((p) => below === undefined || p.runs.some(([off]) => off < below));
-    await lanes(parts.length, channels, signal, async (i) => {
-      const p = parts[i]!;
+  try {
+    await lanes(chunks.length, channels, signal, async (i) => {
+      const c = chunks[i]!;
       const buf = free.pop()!;
       try {
+        const what = `chunk ${c.index}`;
         const data = await fetchObject(
-          client,
+          get,
           url,
-          chunkKey(url.key, p.sha256),
-          partBytes(p),
-          p.sha256,
-          `patch ${layer + 1} part ${i}`,
+          chunkKey(url.key, c.sha256),
+          objectBytes(m, c),
+          c.sha256,
+          what,
           buf,
           signal,
           userSignal,
         );
         bytes += data.length;
         objects++;
-        let o = 0;
-        for (const [off, len] of p.runs) {
-          writeRun(fh, data.subarray(o, o + len), off, zero);
-          o += len;
+        if (!m.packed) {
+          writeSparse(fh, data, c.index * m.chunkBytes, zero);
+          return;
+        }
+        // only the present pages are in the object: the rest stay holes
+        for (const r of packedRuns(data, chunkLength(m, c.index), `${formatS3Url(url)}: ${what}`)) {
+          let o = 0;
+          while (o < r.length)
+            o += fs.writeSync(
+              fh.fd,
+              data,
+              r.objectOffset + o,
+              r.length - o,
+              c.index * m.chunkBytes + r.chunkOffset + o,
+            );
         }
       } finally {
         free.push(buf);
       }
     });
+    for (const [layer, all] of m.patches.entries()) {
+      const parts = all.filter((p) => below === undefined || p.runs.some(([off]) => off < below));
+      await lanes(parts.length, channels, signal, async (i) => {
+        const p = parts[i]!;
+        const buf = free.pop()!;
+        try {
+          const data = await fetchObject(
+            get,
+            url,
+            chunkKey(url.key, p.sha256),
+            partBytes(p),
+            p.sha256,
+            `patch ${layer + 1} part ${i}`,
+            buf,
+            signal,
+            userSignal,
+          );
+          bytes += data.length;
+          objects++;
+          let o = 0;
+          for (const [off, len] of p.runs) {
+            writeRun(fh, data.subarray(o, o + len), off, zero);
+            o += len;
+          }
+        } finally {
+          free.push(buf);
+        }
+      });
+    }
+  } finally {
+    get.destroy();
   }
   return { objects, bytes };
 }
@@ -787,44 +797,51 @@ export async function fetchChunks(
   const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed ? m.chunkBytes : 0));
   const chunks = m.chunks.filter((c) => select(c.index));
   let bytes = 0;
-  await lanes(chunks.length, channels, signal, async (i) => {
-    const c = chunks[i]!;
-    const buf = objects.pop()!;
-    const out = dense.pop()!;
-    try {
-      const what = `chunk ${c.index}`;
-      const data = await fetchObject(
-        client,
-        url,
-        chunkKey(url.key, c.sha256),
-        objectBytes(m, c),
-        c.sha256,
-        what,
-        buf,
-        signal,
-        userSignal,
-        checkSha,
-      );
-      bytes += data.length;
-      if (!m.packed) {
-        use(c.index, data);
-        return;
-      }
-      const len = chunkLength(m, c.index);
-      const runs = packedRuns(data, len, `${formatS3Url(url)}: ${what}`);
-      if (raw) {
-        use(c.index, data, runs);
-        return;
-      }
-      const view = out.subarray(0, len);
-      view.fill(0);
-      for (const r of runs) data.copy(view, r.chunkOffset, r.objectOffset, r.objectOffset + r.length);
-      use(c.index, view);
-    } finally {
-      objects.push(buf);
-      dense.push(out);
-    }
+  const get = await chunkGetter(client, url, channels).catch((err: unknown) => {
+    throw s3Error(err, url, 'download', userSignal);
   });
+  try {
+    await lanes(chunks.length, channels, signal, async (i) => {
+      const c = chunks[i]!;
+      const buf = objects.pop()!;
+      const out = dense.pop()!;
+      try {
+        const what = `chunk ${c.index}`;
+        const data = await fetchObject(
+          get,
+          url,
+          chunkKey(url.key, c.sha256),
+          objectBytes(m, c),
+          c.sha256,
+          what,
+          buf,
+          signal,
+          userSignal,
+          checkSha,
+        );
+        bytes += data.length;
+        if (!m.packed) {
+          use(c.index, data);
+          return;
+        }
+        const len = chunkLength(m, c.index);
+        const runs = packedRuns(data, len, `${formatS3Url(url)}: ${what}`);
+        if (raw) {
+          use(c.index, data, runs);
+          return;
+        }
+        const view = out.subarray(0, len);
+        view.fill(0);
+        for (const r of runs) data.copy(view, r.chunkOffset, r.objectOffset, r.objectOffset + r.length);
+        use(c.index, view);
+      } finally {
+        objects.push(buf);
+        dense.push(out);
+      }
+    });
+  } finally {
+    get.destroy();
+  }
   return bytes;
 }
 
