@@ -11,6 +11,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { acquireS3Lock } from '../src/s3/lock';
+import { parseS3Url } from '../src/s3/url';
 import { kBin } from './support/cli';
 import { prereqSuite } from './support/prereq';
 import { defaultKind, makeBlock, stampPage } from './support/stamp';
@@ -360,6 +362,32 @@ describe('s3: a real Ceph RGW', () => {
     assert.equal(other.status, 4, other.stderr);
     assert.match(oneLine(other), /being written by pid 4242 on other-host/);
     assert.equal(await headExists(bucket, 'w.fixedram-lock'), true);
+  });
+
+  it('a stale lock found by several writers at once is taken over by exactly one; the others are refused', async (t) => {
+    const bucket = await tempBucket(t, client);
+    const url = parseS3Url(`s3://${bucket}/race`);
+    const dead = spawnSync('true').pid!;
+    for (let round = 0; round < 6; round++) {
+      // the lock of a writer of this host that no longer runs (a new body, so a new ETag, each round)
+      const body = JSON.stringify({ pid: dead, host: os.hostname(), started: `round ${round}` });
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'race.fixedram-lock', Body: body }));
+      const writers = [s3Client(), s3Client(), s3Client()];
+      try {
+        const results = await Promise.allSettled(
+          writers.map((c) => acquireS3Lock(c, url, new AbortController().signal)),
+        );
+        const won = results.filter((r) => r.status === 'fulfilled');
+        assert.equal(won.length, 1, `round ${round}: ${won.length} writers hold the lock at once`);
+        for (const r of results) {
+          if (r.status === 'rejected') assert.match((r.reason as Error).message, /is being written by/);
+        }
+        await won[0]!.value.release();
+      } finally {
+        for (const c of writers) c.destroy();
+      }
+    }
+    assert.deepEqual(await listKeys(client, bucket), [], 'no lock or takeover object left behind');
   });
 
   it('convert QEMUFILE -o s3://: the bucket holds the snapshot a local convert writes', async (t) => {
