@@ -206,25 +206,31 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       opts.logger?.debug({ output, repair }, 'update: marked in progress');
       const total = h.blocks.reduce((s, b) => s + b.length, 0);
       opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
-      ({ stats, summary: windowedSummary } = await updatePages(
-        snap.fd,
-        output,
-        h,
-        h.blocks.map((_, i) => files[order[i]!]!),
-        {
-          repair,
-          channels,
-          fsync: doSync,
-          batchBytes,
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
-        },
-      ).catch((err: unknown) => {
-        throw explainInterrupt(
-          err,
-          `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
-        );
-      }));
+      // the pages and the windows' tables go to the device while the walk goes on (as below)
+      pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
+      try {
+        ({ stats, summary: windowedSummary } = await updatePages(
+          snap.fd,
+          output,
+          h,
+          h.blocks.map((_, i) => files[order[i]!]!),
+          {
+            repair,
+            channels,
+            fsync: doSync,
+            batchBytes,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+            onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+          },
+        ).catch((err: unknown) => {
+          throw explainInterrupt(
+            err,
+            `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
+          );
+        }));
+      } finally {
+        await pump?.stop();
+      }
     } else {
       // Channels in worker threads start before the extent walks end: each waits until the mask of
       // its batch is final (ChannelBlock.maskReady). A failed walk stops them (scanStop) and is the
