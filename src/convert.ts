@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { identityOf, sameFile } from './blocks';
-import { explainInterrupt, ioError, isSystemError, snapshotError, usageError } from './errors';
+import { ioError, isSystemError, snapshotError, usageError } from './errors';
 import { kMinPageSize } from './format';
 import { openImage } from './image';
 import { checkBatchBytes, checkChannels, checkFsync, requireOption } from './options';
@@ -117,6 +117,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
 
     const w = await writeSnapshot(output, sources, {
       command: 'convert',
+      interrupted: `no snapshot was written; '${output}' is unchanged`,
       channels,
       fsync,
       directIo: opts.directIo ?? false,
@@ -126,8 +127,6 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       ...(opts.logger ? { logger: opts.logger } : {}),
       ...(deviceState ? { deviceState } : {}),
       beforeCommit: () => checkInputUnchanged(image.fd, input, id),
-    }).catch((err: unknown) => {
-      throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });
     const blocks = w.layout.blocks.map((b, i): SavedBlock => ({
       name: b.name,

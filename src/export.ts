@@ -21,16 +21,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { identityOf, sameFile } from './blocks';
-import { runChannels } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { writeAt, writeAtomically } from './commit';
-import { explainInterrupt, integrityError, snapshotError, usageError } from './errors';
+import { integrityError, snapshotError, usageError } from './errors';
 import { packBitmap } from './format';
 import { openImage } from './image';
-import { kLoadVerify } from './native';
+import { transfer } from './transfer';
 import { checkBatchBytes, checkChannels, checkFsync, requireOption } from './options';
 import { checkOutputPath } from './outputs';
-import { planBatches } from './plan';
 import type { ProgressSink } from './progress';
 import { planMappedRamStream } from './qemu-writer';
 
@@ -159,7 +157,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
     opts.logger?.debug({ output, format, fileSize: plan.fileSize, blocks: plan.blocks.length }, 'stream planned');
 
     const metaBytes = plan.pieces.reduce((s, p) => s + p.bytes.length, 0);
-    const { stats, batches } = await writeAtomically(
+    const stats = await writeAtomically(
       output,
       {
         size: plan.fileSize,
@@ -175,30 +173,24 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
           pageSize: b.pageSize,
           pages: b.pages,
           snapBase: b.pagesOffset,
-          liveFd: fd,
-          livePath: tmp,
+          live: { fd, path: tmp },
           liveBase: plan.blocks[i]!.pagesOffset,
           present: tables[i]!.present,
           csums: tables[i]!.csums,
-          flags: kLoadVerify,
+          intent: { verify: true },
         }));
-        const batches = planBatches(blocks, batchBytes);
-        const total = blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
-        opts.onProgress?.({ command: 'export', bytesDone: 0, bytesTotal: total });
-        const stats = await runChannels({
+        return transfer({
           kind: 'load',
+          command: 'export',
           channels,
-          snapshotFd: image.fd,
-          snapshotPath: image.path,
-          blocks,
-          plan: batches,
-          onWarning: (message) => opts.logger?.warn(message),
+          snapshot: image,
+          batchBytes,
           ...(opts.signal ? { signal: opts.signal } : {}),
-          onProgress: (done) => opts.onProgress?.({ command: 'export', bytesDone: done, bytesTotal: total }),
-        }).catch((err: unknown) => {
-          throw explainInterrupt(err, `nothing was exported; '${output}' is unchanged`);
+          ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+          ...(opts.logger ? { logger: opts.logger } : {}),
+          interrupted: `nothing was exported; '${output}' is unchanged`,
+          planned: { blocks },
         });
-        return { stats, batches };
       },
     );
     return {
@@ -221,7 +213,7 @@ export async function exportSnapshot(opts: ExportOptions): Promise<ExportResult>
       deviceStateBytes: metaBytes,
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten + metaBytes,
-      channels: Math.min(channels, Math.max(batches.count, 1)),
+      channels: stats.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {

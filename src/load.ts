@@ -11,7 +11,6 @@ import type { Logger } from 'pino';
 import {
   closeQuietly,
   openTarget,
-  probeDirectIo,
   releaseFd,
   removeCreated,
   reopenChecked,
@@ -22,15 +21,14 @@ import {
 import type { BlockArg } from './block-args';
 import { encodeBlockName } from './block-names';
 import type { ChannelBlock } from './channels/messages';
-import { explainInterrupt, isSystemError, usageError } from './errors';
+import { isSystemError, usageError } from './errors';
 import { openImageShared } from './image';
 import { makePrivateDir } from './outputs';
-import { kLoadMmapTarget, kLoadVerify, kLoadZeroAbsent } from './native';
 import type { ProgressSink } from './progress';
 import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
 import { ExtentCursor } from './tables';
-import { walk } from './walk';
+import { transfer } from './transfer';
 
 export interface LoadOptions {
   snapshot: string;
@@ -174,13 +172,6 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const byBlock = new Map(targets.map((t) => [t.index, t]));
     // hugetlbfs targets are written through mappings, so their batches must be whole huge pages
     const batchBytes = Math.max(requestedBatchBytes, ...targets.map((t) => t.file.hugePageSize ?? 0));
-    const total = targets.reduce((s, t) => s + image.blocks[t.index]!.length, 0);
-    opts.onProgress?.({ command: 'load', bytesDone: 0, bytesTotal: total });
-    let directIo = opts.directIo ?? false;
-    if (directIo && !probeDirectIo(image.path, fs.constants.O_RDONLY)) {
-      opts.logger?.warn({ path: image.path }, 'the file system refuses O_DIRECT; using buffered I/O');
-      directIo = false;
-    }
     // a created target is all holes: only present pages need a channel; an existing target may hold
     // old data, and only where it holds data (SEEK_DATA) must absent pages be made zero
     const cursors = new Map(
@@ -196,16 +187,18 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
           ),
         ]),
     );
-    const stats = await walk({
+    const stats = await transfer({
       kind: 'load',
+      command: 'load',
       channels,
-      snapshotFd: image.fd,
-      snapshotPath: image.path,
-      directIo,
-      onWarning: (message) => opts.logger?.warn(message),
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: image.blocks,
+      snapshot: image,
+      directIo: opts.directIo ?? false,
       batchBytes,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      interrupted: `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`,
+      blocks: image.blocks,
       select: (i) => byBlock.has(i),
       prepare: (seg) => {
         const b = image.blocks[seg.block]!;
@@ -229,30 +222,23 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
           pageSize: b.pageSize,
           pages: seg.count,
           snapBase: b.pagesOffset + seg.first * b.pageSize,
-          livePath: t.file.path,
-          liveDev: t.file.dev,
-          liveIno: t.file.ino,
-          liveFollow: t.file.follow,
-          ...(t.file.at ? { liveDirFd: t.file.at.dirFd, liveRel: t.file.at.rel } : {}),
+          live: {
+            path: t.file.path,
+            dev: t.file.dev,
+            ino: t.file.ino,
+            follow: t.file.follow,
+            ...(t.file.at ? { beneath: { dirFd: t.file.at.dirFd, rel: t.file.at.rel } } : {}),
+          },
           liveBase: seg.first * b.pageSize,
           liveMmap: t.file.hugetlbfs,
           present: seg.tables.present,
           csums: seg.tables.csums,
-          flags:
-            (verify ? kLoadVerify : 0) | (t.created ? 0 : kLoadZeroAbsent) | (t.file.hugetlbfs ? kLoadMmapTarget : 0),
+          intent: { verify, zeroAbsent: !t.created },
         };
       },
-      onProgress: (done) => opts.onProgress?.({ command: 'load', bytesDone: done, bytesTotal: total }),
-    })
-      .finally(() => {
-        for (const c of cursors.values()) c.close();
-      })
-      .catch((err: unknown) => {
-        throw explainInterrupt(
-          err,
-          `the targets are incomplete (${targets.map((t) => `'${t.file.path}'`).join(', ')})`,
-        );
-      });
+    }).finally(() => {
+      for (const c of cursors.values()) c.close();
+    });
     return {
       command: 'load',
       snapshot: image.path,
@@ -272,7 +258,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten,
       verified: verify,
-      channels: Math.max(1, stats.channelsUsed),
+      channels: stats.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {

@@ -5,7 +5,6 @@ import type { Logger } from 'pino';
 import { checkUnchanged, closeQuietly, openSources, pageSizeFor, refuseAliasing } from './blocks';
 import type { BlockArg } from './block-args';
 import type { DeviceState } from './devstate';
-import { explainInterrupt } from './errors';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import type { ProgressSink } from './progress';
 import { writeSnapshot, type SavedBlock, type SnapshotSource, type Writeback } from './writer';
@@ -98,6 +97,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
     }));
     const w = await writeSnapshot(output, sources, {
       command: 'save',
+      interrupted: `no snapshot was written; '${output}' is unchanged`,
       channels,
       fsync: checkFsync(opts.fsync),
       batchBytes: checkBatchBytes(opts.batchBytes),
@@ -113,8 +113,6 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
         files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name));
         await opts.onPagesCopied?.();
       },
-    }).catch((err: unknown) => {
-      throw explainInterrupt(err, `no snapshot was written; '${output}' is unchanged`);
     });
     const saved = w.layout.blocks.map((b, i): SavedBlock => ({
       name: b.name,

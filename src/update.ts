@@ -35,21 +35,21 @@ import {
   type OpenFile,
 } from './blocks';
 import type { BlockArg } from './block-args';
-import { prestartChannels, runChannels, type ChannelTeam } from './channels/pool';
+import { prestartChannels, type ChannelTeam } from './channels/pool';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, placeDeviceState, type DeviceState } from './devstate';
-import { explainInterrupt, ioError, isSystemError, snapshotError } from './errors';
+import { ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { fsyncDir } from './commit';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import { lockOutput } from './lock';
-import { fromNativeError, kSaveMask, kSaveRewrite, kSaveUpdate, native } from './native';
+import { fromNativeError, native } from './native';
 import { kWindowPages, planBatches, windowPagesFor } from './plan';
 import type { ProgressSink } from './progress';
 import { writeHeader, writeTables, type MetadataSummary } from './writer';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
-import { walk, type WalkResult } from './walk';
+import { transfer, type TransferResult } from './transfer';
 import { writebackPump } from './writeback';
 import type { SnapshotHeader } from './format';
 
@@ -197,15 +197,13 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     phases.lap('mark');
 
     // pages
-    let stats: WalkResult | Awaited<ReturnType<typeof runChannels>>;
+    let stats: TransferResult;
     let windowedSummary: MetadataSummary | undefined;
     let pump: ReturnType<typeof writebackPump> | undefined;
     if (windowed) {
       phases.ms.markSync = await durable;
       phases.lap('scan');
       opts.logger?.debug({ output, repair }, 'update: marked in progress');
-      const total = h.blocks.reduce((s, b) => s + b.length, 0);
-      opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
       // the pages and the windows' tables go to the device while the walk goes on (as below)
       pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
       try {
@@ -220,14 +218,10 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
             fsync: doSync,
             batchBytes,
             ...(opts.signal ? { signal: opts.signal } : {}),
-            onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+            ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+            ...(opts.logger ? { logger: opts.logger } : {}),
           },
-        ).catch((err: unknown) => {
-          throw explainInterrupt(
-            err,
-            `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
-          );
-        }));
+        ));
       } finally {
         await pump?.stop();
       }
@@ -254,44 +248,37 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
           pageSize: b.pageSize,
           pages: b.pages,
           snapBase: b.pagesOffset,
-          livePath: f.path,
-          liveDev: f.dev,
-          liveIno: f.ino,
-          liveFollow: f.follow,
+          live: { path: f.path, dev: f.dev, ino: f.ino, follow: f.follow },
           liveBase: 0,
           present: tables[i]!.present,
           csums: tables[i]!.csums,
           mask: masks[i]!,
           ...(streamed ? { maskReady: scan!.ready[i]!.ready, maskPartPages: scan!.ready[i]!.per } : {}),
-          // no kSaveWriteback: the channels never wait for the device; the pump below starts write-back
-          flags: kSaveMask | kSaveUpdate | (repair ? kSaveRewrite : 0),
+          // no writeback: the channels never wait for the device; the pump below starts write-back
+          intent: { update: true, rewrite: repair },
         };
       });
       phases.lap('scan');
-      const total = h.blocks.reduce((s, b) => s + b.length, 0);
-      opts.onProgress?.({ command: 'save', bytesDone: 0, bytesTotal: total });
       pump = doSync ? writebackPump(snap.fd, h.fileSize) : undefined;
       try {
-        stats = await runChannels({
+        stats = await transfer({
           kind: 'save',
+          command: 'save',
           channels,
-          snapshotFd: snap.fd,
-          snapshotPath: output,
-          blocks,
-          plan: plan!,
-          ...(team ? { team } : {}),
+          snapshot: { fd: snap.fd, path: output },
+          batchBytes,
           ...(streamed
             ? { signal: opts.signal ? AbortSignal.any([opts.signal, scanStop.signal]) : scanStop.signal }
             : opts.signal
               ? { signal: opts.signal }
               : {}),
-          onProgress: (done) => opts.onProgress?.({ command: 'save', bytesDone: done, bytesTotal: total }),
+          ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+          ...(opts.logger ? { logger: opts.logger } : {}),
+          interrupted: leftMarked(output),
+          planned: { blocks, plan: plan!, ...(team ? { team } : {}) },
         }).catch((err: unknown) => {
           if (scanError !== undefined) throw scanError as Error; // what stopped the channels
-          throw explainInterrupt(
-            err,
-            `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`,
-          );
+          throw err;
         });
       } finally {
         await pump?.stop();
@@ -370,7 +357,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       presentPages,
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten + metaBytes,
-      channels: plan ? Math.min(channels, Math.max(plan.count, 1)) : Math.max(1, (stats as WalkResult).channelsUsed),
+      channels: stats.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
@@ -505,22 +492,26 @@ async function updatePages(
     fsync: boolean;
     batchBytes: number;
     signal?: AbortSignal;
-    onProgress?: (done: number) => void;
+    onProgress?: ProgressSink;
+    logger?: Logger;
   },
-): Promise<{ stats: WalkResult; summary: MetadataSummary }> {
+): Promise<{ stats: TransferResult; summary: MetadataSummary }> {
   const cursors = h.blocks.map((b, i) => {
     const f = sources[i]!;
     return new ExtentCursor(() => reopenChecked(f.path, fs.constants.O_RDONLY, f, b.name), f.path, 0, b.length);
   });
   try {
-    const stats = await walk({
+    const stats = await transfer({
       kind: 'save',
+      command: 'save',
       channels: opts.channels,
-      snapshotFd: fd,
-      snapshotPath: file,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: h.blocks,
+      snapshot: { fd, path: file },
       batchBytes: opts.batchBytes,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      interrupted: leftMarked(file),
+      blocks: h.blocks,
       prepare: (seg) => {
         const b = h.blocks[seg.block]!;
         const t = seg.tables;
@@ -544,15 +535,12 @@ async function updatePages(
           pageSize: b.pageSize,
           pages: seg.count,
           snapBase: b.pagesOffset + seg.first * b.pageSize,
-          livePath: f.path,
-          liveDev: f.dev,
-          liveIno: f.ino,
-          liveFollow: f.follow,
+          live: { path: f.path, dev: f.dev, ino: f.ino, follow: f.follow },
           liveBase: seg.first * b.pageSize,
           present: seg.tables.present,
           csums: seg.tables.csums,
           mask: seg.tables.mask,
-          flags: kSaveMask | kSaveUpdate | (opts.repair ? kSaveRewrite : 0),
+          intent: { update: true, rewrite: opts.repair },
         };
       },
       finish: (seg, worked) => {
@@ -565,7 +553,6 @@ async function updatePages(
           writeTableWindow(fd, b, seg.first, seg.count, seg.tables, true);
         }
       },
-      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
     });
     const summary: MetadataSummary = { counts: [], sums: [] };
     for (const b of h.blocks) {
@@ -577,6 +564,11 @@ async function updatePages(
   } finally {
     for (const c of cursors) c.close();
   }
+}
+
+/** What an interrupted update leaves behind. */
+function leftMarked(output: string): string {
+  return `'${output}' is left marked as being updated; re-run \`fixedram save --update\` to repair it`;
 }
 
 function zeroFill(fd: number, offset: number, length: number): void {

@@ -10,9 +10,9 @@ import { closeQuietly, openBlockFile, type OpenFile } from './blocks';
 import type { BadPage, ChannelBlock } from './channels/messages';
 import { interruptedError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';
-import { fromNativeError, kVerifyAbsentZero, kVerifyChecksums, kVerifyDataMask, native } from './native';
+import { fromNativeError, native } from './native';
 import { ExtentCursor } from './tables';
-import { walk } from './walk';
+import { transfer } from './transfer';
 import type { ProgressSink } from './progress';
 import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
@@ -148,17 +148,17 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       liveBuf.fill(0, 0, n);
       return liveBuf.subarray(0, n);
     };
-    const total = image.blocks.reduce((s, b) => s + b.pages * b.pageSize, 0);
-    opts.onProgress?.({ command: 'verify', bytesDone: 0, bytesTotal: total });
-    const stats = await walk({
+    const stats = await transfer({
       kind: 'verify',
+      command: 'verify',
       channels,
-      snapshotFd: image.fd,
-      snapshotPath: image.path,
+      snapshot: image,
+      batchBytes,
       badCapacity: maxReported,
       ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
       blocks: image.blocks,
-      batchBytes,
       prepare: (seg) => {
         const b = image.blocks[seg.block]!;
         const t = seg.tables;
@@ -184,15 +184,14 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
           pageSize: b.pageSize,
           pages: seg.count,
           snapBase: b.pagesOffset + seg.first * b.pageSize,
-          ...(f ? { liveFd: f.fd, livePath: f.path } : {}),
+          ...(f ? { live: { fd: f.fd, path: f.path } } : {}),
           liveBase: seg.first * b.pageSize,
           present: seg.tables.present,
           csums: seg.tables.csums,
           ...(fixedram ? { mask: seg.tables.mask } : {}),
-          flags: fixedram ? kVerifyChecksums | kVerifyAbsentZero | kVerifyDataMask : 0,
+          intent: { checksums: fixedram },
         };
       },
-      onProgress: (done) => opts.onProgress?.({ command: 'verify', bytesDone: done, bytesTotal: total }),
     });
     const padding = await checkPadding(image, maxReported, opts.signal);
     failureCount += stats.badCount + padding.count;
@@ -230,10 +229,10 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       compared: image.blocks.filter((_, i) => live[i]).map((b) => b.name),
       failures: failures.slice(0, maxReported),
       failureCount,
-      bytesChecked: total,
+      bytesChecked: stats.bytesTotal,
       bytesRead: stats.bytesRead,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
-      channels: Math.max(1, stats.channelsUsed),
+      channels: stats.channels,
     };
   } finally {
     for (const f of live) closeQuietly(f?.fd);

@@ -17,17 +17,17 @@
  */
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
-import { probeDirectIo, reopenChecked } from './blocks';
+import { reopenChecked } from './blocks';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
 import { encodeHeader, kFlagComplete, packBitmapCount, planLayout, type SnapshotLayout } from './format';
 import { writeAt, writeAtomically } from './commit';
 import { checkBatchBytes } from './options';
-import { fromNativeError, kSaveMask, kSaveUpdate, kSaveWriteback, native } from './native';
+import { fromNativeError, native } from './native';
 import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
 import { ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
-import { walk } from './walk';
+import { transfer } from './transfer';
 import { writebackPump } from './writeback';
 
 export type Writeback = 'channels' | 'pump' | 'commit';
@@ -114,6 +114,8 @@ export interface WriteOptions {
   writeback?: Writeback;
   /** See SaveOptions.preCopy. */
   preCopy?: boolean;
+  /** What an interrupt leaves behind, said in the interrupted error's message. */
+  interrupted?: string;
 }
 
 export interface WriteResult {
@@ -154,18 +156,20 @@ async function writePages(
     );
   });
   const counts = layout.blocks.map(() => 0);
-  const total = layout.blocks.reduce((s, b) => s + b.length, 0);
+  const writeback = opts.fsync && (opts.writeback ?? 'channels') === 'channels';
   try {
-    const stats = await walk({
+    const stats = await transfer({
       kind: 'save',
+      command: opts.command,
       channels: opts.channels,
-      snapshotFd: fd,
-      snapshotPath: file,
+      snapshot: { fd, path: file },
       directIo: opts.directIo ?? false,
-      onWarning: (message) => opts.logger?.warn(message),
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      blocks: layout.blocks,
       batchBytes: checkBatchBytes(opts.batchBytes),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(opts.interrupted !== undefined ? { interrupted: opts.interrupted } : {}),
+      blocks: layout.blocks,
       ...(opts.beforeFirstWindow ? { beforeFirstWindow: opts.beforeFirstWindow } : {}),
       prepare: (seg) => {
         const b = layout.blocks[seg.block]!;
@@ -199,19 +203,12 @@ async function writePages(
           pageSize: b.pageSize,
           pages: seg.count,
           snapBase: b.pagesOffset + seg.first * b.pageSize,
-          ...(src.fd !== undefined ? { liveFd: src.fd } : {}),
-          ...(src.identity
-            ? { liveDev: src.identity.dev, liveIno: src.identity.ino, liveFollow: src.identity.follow }
-            : {}),
-          livePath: src.path,
+          live: src.fd !== undefined ? { fd: src.fd, path: src.path } : { path: src.path, ...src.identity! },
           liveBase: src.base + seg.first * b.pageSize,
           present: seg.tables.present,
           csums: seg.tables.csums,
           mask: seg.tables.mask,
-          flags:
-            kSaveMask |
-            (refresh ? kSaveUpdate : 0) |
-            (opts.fsync && (opts.writeback ?? 'channels') === 'channels' ? kSaveWriteback : 0),
+          intent: { writeback, update: refresh },
         };
       },
       finish: (seg, worked) => {
@@ -225,7 +222,6 @@ async function writePages(
             refresh,
           );
       },
-      onProgress: (done) => opts.onProgress?.({ command: opts.command, bytesDone: done, bytesTotal: total }),
     });
     // the metadata checksums, streamed over the tables as written (their holes are not read)
     const summary: MetadataSummary = { counts, sums: layout.blocks.map((b) => tableSummary(fd, file, b).sum) };
@@ -233,7 +229,7 @@ async function writePages(
       summary,
       bytesRead: stats.bytesRead,
       bytesWritten: stats.bytesWritten,
-      channels: Math.max(1, stats.channelsUsed),
+      channels: stats.channels,
     };
   } finally {
     for (const c of cursors) c.close();
@@ -269,17 +265,8 @@ export async function writeSnapshot(
     },
     async ({ fd, path: tmp }) => {
       opts.logger?.debug({ output, tmp, fileSize: layout.fileSize, channels: opts.channels }, 'layout planned');
-      let directIo = opts.directIo ?? false;
-      if (directIo && !probeDirectIo(tmp, fs.constants.O_WRONLY)) {
-        opts.logger?.warn({ path: tmp }, 'the file system refuses O_DIRECT; using buffered I/O');
-        directIo = false;
-      }
-
       // pages, window by window: where the source holds data (one SEEK_DATA/SEEK_HOLE walk per
       // block), batches only there, and each window's tables written as soon as it is done
-      const total = layout.blocks.reduce((s, b) => s + b.length, 0);
-      const command = opts.command;
-      opts.onProgress?.({ command, bytesDone: 0, bytesTotal: total });
       const beforePages = opts.beforePages;
       let pump: ReturnType<typeof writebackPump> | undefined;
       const startPump = (): void => {
@@ -287,13 +274,11 @@ export async function writeSnapshot(
       };
       let written: Awaited<ReturnType<typeof writePages>>;
       try {
-        const preCopy =
-          opts.preCopy && beforePages ? await writePages(fd, tmp, layout, sources, { ...opts, directIo }) : undefined;
+        const preCopy = opts.preCopy && beforePages ? await writePages(fd, tmp, layout, sources, opts) : undefined;
         if (preCopy) opts.logger?.debug({ bytesWritten: preCopy.bytesWritten }, 'pages pre-copied');
         if (!beforePages) startPump();
         written = await writePages(fd, tmp, layout, sources, {
           ...opts,
-          directIo,
           ...(preCopy ? { pass: 'refresh' as const } : {}),
           // a second pass over the same bytes: progress was reported by the first
           ...(preCopy ? { onProgress: undefined } : {}),

@@ -8,7 +8,23 @@ import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { reopenChecked } from '../blocks';
 import { integrityError, toRecord } from '../errors';
-import { fromNativeError, kBadChecksum, kDiffersFromLive, kSaveUpdate, native, type Native } from '../native';
+import {
+  fromNativeError,
+  kBadChecksum,
+  kDiffersFromLive,
+  kLoadMmapTarget,
+  kLoadVerify,
+  kLoadZeroAbsent,
+  kSaveMask,
+  kSaveRewrite,
+  kSaveUpdate,
+  kSaveWriteback,
+  kVerifyAbsentZero,
+  kVerifyChecksums,
+  kVerifyDataMask,
+  native,
+  type Native,
+} from '../native';
 import {
   emptyStats,
   kCtlCancel,
@@ -16,6 +32,7 @@ import {
   type BadPage,
   type ChannelBlock,
   type ChannelJob,
+  type ChannelKind,
   type ChannelMessage,
 } from './messages';
 
@@ -41,6 +58,23 @@ function awaitMask(b: ChannelBlock, first: number, count: number, control: Int32
   return true;
 }
 
+/** The page mover's flags for a block: the one place where intent becomes native flag bits. */
+export function nativeFlags(kind: ChannelKind, b: Pick<ChannelBlock, 'intent' | 'mask' | 'liveMmap'>): number {
+  const i = b.intent;
+  if (kind === 'save') {
+    return (
+      (b.mask ? kSaveMask : 0) |
+      (i.writeback ? kSaveWriteback : 0) |
+      (i.update ? kSaveUpdate : 0) |
+      (i.rewrite ? kSaveRewrite : 0)
+    );
+  }
+  if (kind === 'load') {
+    return (i.verify ? kLoadVerify : 0) | (i.zeroAbsent ? kLoadZeroAbsent : 0) | (b.liveMmap ? kLoadMmapTarget : 0);
+  }
+  return (i.checksums ? kVerifyChecksums | kVerifyAbsentZero : 0) | (b.mask ? kVerifyDataMask : 0);
+}
+
 /** Runs a channel to the end; every outcome is reported through `post`, nothing is thrown. */
 export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): void {
   const control = new Int32Array(job.control);
@@ -59,7 +93,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
     ? new Uint8Array(addon.alignedBuffer(Math.max(job.scratchBytes, 4096)))
     : Buffer.allocUnsafe(Math.max(job.scratchBytes, 64));
   const scratch2 =
-    job.kind === 'verify' && job.blocks.some((b) => b.liveFd !== undefined || b.livePath !== undefined)
+    job.kind === 'verify' && job.blocks.some((b) => b.live !== undefined)
       ? Buffer.allocUnsafe(Math.max(job.scratchBytes, 64))
       : Buffer.alloc(0);
   const bad = new BigUint64Array(Math.max(job.badCapacity, 1) * 3);
@@ -80,16 +114,11 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
     }
     const flags =
       job.kind === 'load' ? (b.liveMmap ? fs.constants.O_RDWR : fs.constants.O_WRONLY) : fs.constants.O_RDONLY;
+    const to = b.live!;
     const fd =
-      b.liveFd !== undefined
-        ? reopen(b.liveFd, flags)
-        : reopenChecked(
-            b.livePath!,
-            flags,
-            { dev: b.liveDev!, ino: b.liveIno!, follow: b.liveFollow ?? false },
-            b.name,
-            b.liveDirFd !== undefined ? { dirFd: b.liveDirFd, rel: b.liveRel! } : undefined,
-          );
+      'fd' in to
+        ? reopen(to.fd, flags)
+        : reopenChecked(to.path, flags, { dev: to.dev, ino: to.ino, follow: to.follow }, b.name, to.beneath);
     live.set(i, fd);
     return fd;
   };
@@ -106,6 +135,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       const b = job.blocks[blockIndex]!;
       if (b.maskReady && !awaitMask(b, first, count, control)) break; // cancelled while waiting
       const where = { block: b.name };
+      const flags = nativeFlags(job.kind, b);
       const once = (): void => {
         if (job.kind === 'save') {
           // save and update take the same options and report the same counts first
@@ -121,9 +151,9 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             csums: b.csums,
             present: b.present,
             mask: b.mask ?? kNoMask,
-            flags: b.flags,
+            flags,
           };
-          const update = (b.flags & kSaveUpdate) !== 0;
+          const update = b.intent.update === true;
           const r = update ? addon.updatePages(o) : addon.savePages(o);
           stats.presentPages += r[0];
           stats.bytesRead += r[1];
@@ -151,7 +181,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             scratch,
             csums: b.csums,
             present: b.present,
-            flags: b.flags,
+            flags,
           });
           stats.bytesRead += r[0];
           stats.bytesWritten += r[1];
@@ -166,7 +196,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             );
           }
         } else {
-          const fd = b.liveFd !== undefined || b.liveIno !== undefined ? liveFd(blockIndex, b) : -1;
+          const fd = b.live ? liveFd(blockIndex, b) : -1;
           const r = addon.verifyPages({
             snapFd,
             snapBase: b.snapBase,
@@ -180,7 +210,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
             againstBase: b.liveBase,
             scratch2,
             bad,
-            flags: b.flags,
+            flags,
             mask: b.mask ?? kNoMask,
           });
           stats.bytesRead += r[0];
@@ -224,8 +254,8 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
         // The addon says which of the call's two files failed: 0 is the first (the source of a save,
         // the snapshot of a load or verify), 1 the second.
         const file = (err as { file?: number }).file;
-        const first = job.kind === 'save' ? b.livePath : job.snapshotPath;
-        const second = job.kind === 'save' ? job.snapshotPath : b.livePath;
+        const first = job.kind === 'save' ? b.live?.path : job.snapshotPath;
+        const second = job.kind === 'save' ? job.snapshotPath : b.live?.path;
         const path = file === 0 ? first : file === 1 ? second : undefined;
         throw fromNativeError(err, { ...where, ...(path !== undefined ? { path } : {}) });
       }

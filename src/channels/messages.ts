@@ -11,7 +11,39 @@ export const kCtlNextBatch = 0;
 export const kCtlCancel = 1;
 export const kCtlWords = 2;
 
-/** A block as a channel sees it. */
+/**
+ * What the channels are to do with a block's pages, besides what the job's kind says (save: copy
+ * the live file's pages into the snapshot; load: the snapshot's into the live file; verify: check
+ * the snapshot). Only the channel turns it into the page mover's flags.
+ */
+export interface Intent {
+  /** save: start write-back of what a batch wrote (sync_file_range), waiting for a busy device. */
+  writeback?: boolean;
+  /** save: write only the pages whose XXH3 differs from the stored one, punch pages now zero (--update). */
+  update?: boolean;
+  /** update: trust no stored table; write every page with data, punch every other (a repair). */
+  rewrite?: boolean;
+  /** load: check every page against its stored XXH3 before it is written. */
+  verify?: boolean;
+  /** load: make absent pages zero in the live file (an existing target may hold old data there). */
+  zeroAbsent?: boolean;
+  /** verify: hash present pages against their stored XXH3; absent slots must read as zero. */
+  checksums?: boolean;
+}
+
+/**
+ * How a channel reaches the live file: through the main thread's open descriptor (reopened as
+ * /proc/self/fd/<fd>, so each channel holds its own descriptor on exactly the inode the main
+ * thread checked), or by its path, refusing a file whose device and inode differ from these
+ * (following a final symlink only when `follow`). With `beneath` (load --dir) the path is opened
+ * as `rel` below the directory descriptor `dirFd` held by the main thread, with no symlink
+ * followed and no way out of it, never by walking the path again.
+ */
+export type LiveFile =
+  | { fd: number; path: string }
+  | { path: string; dev: bigint; ino: bigint; follow: boolean; beneath?: { dirFd: number; rel: string } };
+
+/** A block (or a window's segment of one) as a channel sees it. */
 export interface ChannelBlock {
   name: string;
   pageSize: number;
@@ -20,25 +52,9 @@ export interface ChannelBlock {
   snapBase: number;
   /**
    * The live file: the source of a save, the target of a load, the file compared against by
-   * verify. With liveFd, channels reopen it through /proc/self/fd/<liveFd> (the main thread's
-   * descriptor), so each channel holds its own descriptor on exactly the inode the main thread
-   * checked.
+   * verify (none: verify checks the snapshot alone).
    */
-  liveFd?: number;
-  livePath?: string;
-  /**
-   * Without liveFd: channels open livePath themselves (following a final symlink only when
-   * liveFollow) and refuse a file whose device and inode differ from these.
-   */
-  liveDev?: bigint;
-  liveIno?: bigint;
-  liveFollow?: boolean;
-  /**
-   * load --dir: livePath is opened as liveRel below the directory descriptor liveDirFd (held by the
-   * main thread) with no symlink followed and no way out of it, never by walking livePath again.
-   */
-  liveDirFd?: number;
-  liveRel?: string;
+  live?: LiveFile;
   /** File offset of page 0 in the live file. */
   liveBase: number;
   /** Write the live file through a shared mapping (hugetlbfs). */
@@ -47,7 +63,7 @@ export interface ChannelBlock {
   csums: Uint8Array;
   /**
    * One byte per page: where the file read from (the source of a save, the snapshot of a verify)
-   * holds data, computed once per block by the main thread (kSaveMask / kVerifyDataMask).
+   * holds data, computed by the main thread; pages outside it are taken as zero without reading.
    */
   mask?: Uint8Array;
   /**
@@ -57,8 +73,7 @@ export interface ChannelBlock {
    */
   maskReady?: Int32Array;
   maskPartPages?: number;
-  /** Flags for the native page mover of this block. */
-  flags: number;
+  intent: Intent;
 }
 
 export interface ChannelJob {

@@ -97,7 +97,7 @@ export function prestartChannels(count: number): ChannelTeam {
 }
 
 /** Runs the job; resolves with the merged statistics or rejects with the first channel's error. */
-export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
+export async function runChannels(opts: RunOptions): Promise<ChannelStats & { channelsUsed: number }> {
   const control = new SharedArrayBuffer(kCtlWords * 4);
   const ctl = new Int32Array(control);
   const n = Math.max(1, Math.min(opts.channels, opts.plan.count));
@@ -190,7 +190,7 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats> {
   if (firstError) throw firstError;
   if (Atomics.load(ctl, kCtlCancel) === 1) throw interruptedError('interrupted');
   total.bad.sort((a, b) => a.block - b.block || a.page - b.page);
-  return total;
+  return { ...total, channelsUsed: n };
 }
 
 /** The part of a job that stays the same for every window of a walk. */
