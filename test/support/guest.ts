@@ -9,7 +9,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { kQemu, Qmp } from './qemu';
+import { alive, daemonizeQemu, killOurs, quitQemu, sleep, type Qmp } from './qemu';
 
 const kSource = path.resolve(__dirname, '..', '..', '..', 'test', 'support', 'guest.S');
 
@@ -87,32 +87,6 @@ export interface GuestOptions {
   extra?: string[];
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-const isAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-function killOurs(pid: number, dir: string): void {
-  let cmdline: string;
-  try {
-    cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-  } catch {
-    return;
-  }
-  if (!cmdline.includes(dir)) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    /* gone */
-  }
-}
-
 /** The QEMU command line for the guest (also used by the libvirt test for its domain XML). */
 export function guestArgs(dir: string, tag: string, o: GuestOptions): string[] {
   const mib = o.mib ?? 64;
@@ -147,35 +121,13 @@ export function guestArgs(dir: string, tag: string, o: GuestOptions): string[] {
 
 /** Starts QEMU on the guest, daemonized, with two QMP sockets; resolves once the test's QMP answers. */
 export async function startGuest(dir: string, tag: string, o: GuestOptions): Promise<GuestVm> {
-  const sock = path.join(dir, `${tag}.qmp`);
   const fxSock = path.join(dir, `${tag}.fx.qmp`);
-  const pidfile = path.join(dir, `${tag}.pid`);
   const serial = path.join(dir, `${tag}.serial`);
-  const r = spawnSync(
-    kQemu,
-    [
-      ...guestArgs(dir, tag, o),
-      '-qmp',
-      `unix:${sock},server=on,wait=off`,
-      '-qmp',
-      `unix:${fxSock},server=on,wait=off`,
-      '-daemonize',
-      '-pidfile',
-      pidfile,
-    ],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 },
-  );
-  fs.appendFileSync(path.join(dir, `${tag}.log`), `${r.stdout ?? ''}${r.stderr ?? ''}`);
-  if (r.error || r.status !== 0)
-    throw new Error(`QEMU ${tag} did not start (status ${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
-  const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-  let qmp: Qmp;
-  try {
-    qmp = await Qmp.connect(sock);
-  } catch (err) {
-    killOurs(pid, dir);
-    throw err;
-  }
+  const { pid, qmp } = await daemonizeQemu(dir, tag, [
+    ...guestArgs(dir, tag, o),
+    '-qmp',
+    `unix:${fxSock},server=on,wait=off`,
+  ]);
   let stopped = false;
   return {
     pid,
@@ -184,21 +136,12 @@ export async function startGuest(dir: string, tag: string, o: GuestOptions): Pro
     fixedramQmp: fxSock,
     serial,
     ...(o.memPath ? { memPath: o.memPath } : {}),
-    alive: () => isAlive(pid),
+    alive: () => alive(pid),
     kill: () => killOurs(pid, dir),
     stop: async () => {
       if (stopped) return;
       stopped = true;
-      if (isAlive(pid)) {
-        try {
-          await Promise.race([qmp.execute('quit'), sleep(3000)]);
-        } catch {
-          /* already gone */
-        }
-      }
-      qmp.close();
-      for (let i = 0; i < 60 && isAlive(pid); i++) await sleep(50);
-      if (isAlive(pid)) killOurs(pid, dir);
+      await quitQemu(pid, dir, qmp, 3000, 3000);
     },
   };
 }

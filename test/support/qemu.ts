@@ -262,9 +262,9 @@ export class Qmp {
   }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-const alive = (pid: number): boolean => {
+export const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0);
     return true;
@@ -281,42 +281,61 @@ export interface QemuVm {
 }
 
 /**
- * Starts `qemu-system-x86_64 -machine q35,accel=kvm:tcg -display none -S ARGS` daemonized, with its
- * QMP socket and pidfile in dir; resolves once QMP answers.
+ * Runs `qemu-system-x86_64 ARGS` daemonized with its QMP socket <tag>.qmp and pidfile <tag>.pid in
+ * dir (its output appended to <tag>.log); resolves once QMP answers (a QEMU whose QMP never does is
+ * killed). Bounded: the start by 60 s, the connection by Qmp.connect's own bound.
  */
-export async function startQemu(dir: string, tag: string, args: string[]): Promise<QemuVm> {
+export async function daemonizeQemu(dir: string, tag: string, args: string[]): Promise<{ pid: number; qmp: Qmp }> {
   const sock = path.join(dir, `${tag}.qmp`);
   const pidfile = path.join(dir, `${tag}.pid`);
-  const log = path.join(dir, `${tag}.log`);
-  const r = spawnSync(
-    kQemu,
-    [
-      '-machine',
-      'q35,accel=kvm:tcg',
-      '-display',
-      'none',
-      '-S',
-      ...args,
-      '-qmp',
-      `unix:${sock},server=on,wait=off`,
-      '-daemonize',
-      '-pidfile',
-      pidfile,
-    ],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 },
-  );
-  fs.appendFileSync(log, `${r.stdout ?? ''}${r.stderr ?? ''}`);
+  const r = spawnSync(kQemu, [...args, '-qmp', `unix:${sock},server=on,wait=off`, '-daemonize', '-pidfile', pidfile], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 60_000,
+  });
+  fs.appendFileSync(path.join(dir, `${tag}.log`), `${r.stdout ?? ''}${r.stderr ?? ''}`);
   if (r.error || r.status !== 0) {
     throw new Error(`QEMU ${tag} did not start (status ${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
   }
   const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-  let qmp: Qmp;
   try {
-    qmp = await Qmp.connect(sock);
+    return { pid, qmp: await Qmp.connect(sock) };
   } catch (err) {
     killOurs(pid, dir);
     throw err;
   }
+}
+
+/**
+ * Stops a QEMU of daemonizeQemu: QMP quit (waiting at most quitMs for its answer), then up to
+ * waitMs for the process to go, then SIGKILL if it is still ours.
+ */
+export async function quitQemu(pid: number, dir: string, qmp: Qmp, quitMs: number, waitMs: number): Promise<void> {
+  if (alive(pid)) {
+    try {
+      await Promise.race([qmp.execute('quit'), sleep(quitMs)]);
+    } catch {
+      /* already gone */
+    }
+  }
+  qmp.close();
+  for (let i = 0; i < waitMs / 50 && alive(pid); i++) await sleep(50);
+  if (alive(pid)) killOurs(pid, dir);
+}
+
+/**
+ * Starts `qemu-system-x86_64 -machine q35,accel=kvm:tcg -display none -S ARGS` daemonized, with its
+ * QMP socket and pidfile in dir; resolves once QMP answers.
+ */
+export async function startQemu(dir: string, tag: string, args: string[]): Promise<QemuVm> {
+  const { pid, qmp } = await daemonizeQemu(dir, tag, [
+    '-machine',
+    'q35,accel=kvm:tcg',
+    '-display',
+    'none',
+    '-S',
+    ...args,
+  ]);
   let stopped = false;
   return {
     pid,
@@ -324,20 +343,13 @@ export async function startQemu(dir: string, tag: string, args: string[]): Promi
     stop: async () => {
       if (stopped) return;
       stopped = true;
-      try {
-        await Promise.race([qmp.execute('quit'), sleep(5000)]);
-      } catch {
-        /* already gone */
-      }
-      qmp.close();
-      for (let i = 0; i < 100 && alive(pid); i++) await sleep(50);
-      if (alive(pid)) killOurs(pid, dir);
+      await quitQemu(pid, dir, qmp, 5000, 5000);
     },
   };
 }
 
 /** Signals pid only while its command line still names our directory (it is our QEMU). */
-function killOurs(pid: number, dir: string): void {
+export function killOurs(pid: number, dir: string): void {
   let cmdline: string;
   try {
     cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
