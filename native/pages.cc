@@ -440,6 +440,19 @@ std::vector<uint8_t> PieceData(const BlockFile& f, int64_t page) {
 
 int64_t PieceLen(int64_t ps, int64_t k) { return std::min(kPieceBytes, ps - k * kPieceBytes); }
 
+// Piece k (len bytes) of the page at file offset off, into the hash h: read into scratch when it
+// holds data (`data`), else hashed as zeros without a read. Returns the bytes read (0: no read).
+int64_t HashPiece(const BlockFile& f, int64_t off, int64_t k, int64_t len, bool data, unsigned char* scratch,
+                  Xxh3* h) {
+  if (!data) {
+    h->AddZeros(len);
+    return 0;
+  }
+  On(f, [&] { PreadFull(f.fd, scratch, static_cast<size_t>(len), off + k * kPieceBytes); });
+  h->Add(scratch, static_cast<size_t>(len));
+  return len;
+}
+
 void ZeroRange(const BlockFile& f, int64_t off, int64_t len) {
   On(f, [&] {
     if (!PunchHole(f.fd, off, len)) WriteZeros(f.fd, off, len);
@@ -503,15 +516,9 @@ SaveResult SaveHugePage(const BlockFile& src, const BlockFile& dst, const PageBa
     bool nonzero = false;
     for (int64_t k = 0; k < pieces; ++k) {
       const int64_t len = PieceLen(ps, k);
-      bool zero = true;
-      if (data[k]) {
-        On(src, [&] { PreadFull(src.fd, b.scratch, static_cast<size_t>(len), src_off + k * kPieceBytes); });
-        r.bytes_read += len;
-        zero = IsZero(b.scratch, static_cast<size_t>(len));
-        h.Add(b.scratch, static_cast<size_t>(len));
-      } else {
-        h.AddZeros(len);
-      }
+      const int64_t got = HashPiece(src, src_off, k, len, data[k] != 0, b.scratch, &h);
+      r.bytes_read += got;
+      const bool zero = got == 0 || IsZero(b.scratch, static_cast<size_t>(len));
       nonzero = nonzero || !zero;
       if (!write) continue;
       if (!zero) {
@@ -585,13 +592,7 @@ LoadResult LoadHugePage(const BlockFile& snap, const BlockFile& dst, const PageB
     // check the whole page before any byte of it is written
     Xxh3 h;
     for (int64_t k = 0; k < pieces; ++k) {
-      const int64_t len = PieceLen(ps, k);
-      if (!data[k]) {
-        h.AddZeros(len);
-        continue;
-      }
-      read_piece(k, len);
-      h.Add(b.scratch, static_cast<size_t>(len));
+      r.bytes_read += HashPiece(snap, snap_off, k, PieceLen(ps, k), data[k] != 0, b.scratch, &h);
     }
     const uint64_t got = h.Digest();
     if (got != LoadLe64(b.csums + 8 * p)) {
@@ -645,14 +646,11 @@ VerifyResult VerifyHugePage(const BlockFile& snap, const BlockFile& against, con
   for (int64_t k = 0; k < pieces; ++k) {
     const int64_t len = PieceLen(ps, k);
     const unsigned char* content = Zeros();
-    if (data[k]) {
-      On(snap, [&] { PreadFull(snap.fd, b.scratch, static_cast<size_t>(len), snap_off + k * kPieceBytes); });
-      r.bytes_read += len;
-      h.Add(b.scratch, static_cast<size_t>(len));
+    const int64_t got = HashPiece(snap, snap_off, k, len, data[k] != 0, b.scratch, &h);
+    r.bytes_read += got;
+    if (got != 0) {
       if (present) content = b.scratch;
       else if (!IsZero(b.scratch, static_cast<size_t>(len))) nonzero = true;
-    } else {
-      h.AddZeros(len);
     }
     if (live) {
       On(against, [&] { PreadFull(against.fd, scratch2, static_cast<size_t>(len), live_off + k * kPieceBytes); });
