@@ -25,6 +25,19 @@ export function withContext(ctx: CoreContext): CoreContext {
   };
 }
 
+/**
+ * The flags among `keys` that were given, under the same names (commander leaves a flag that was
+ * not given undefined; the core options leave it out).
+ */
+export function given<T extends object, K extends keyof T>(
+  flags: T,
+  ...keys: K[]
+): { [P in K]?: Exclude<T[P], undefined> } {
+  const out: { [P in K]?: Exclude<T[P], undefined> } = {};
+  for (const k of keys) if (flags[k] !== undefined) out[k] = flags[k] as Exclude<T[K], undefined>;
+  return out;
+}
+
 export interface CliCommand<Flags = Record<string, unknown>, Options = unknown, Result = unknown> {
   /** As typed: 'save', or 'vm save' for a subcommand of 'vm'. */
   name: string;

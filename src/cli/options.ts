@@ -39,6 +39,21 @@ export function collectBlock(v: string, prev: BlockArg[] = []): BlockArg[] {
   }
 }
 
+/** `--no-fsync` (flag `fsync`, true unless given); `what` is what would be synced ('the snapshot'). */
+export function noFsyncOption(what: string): Option {
+  return new Option('--no-fsync', `do not fsync ${what} and its directory`);
+}
+
+/** `--direct-io`; `how` names the transfer ('read the snapshot', 'write page data'). */
+export function directIoOption(how: string): Option {
+  return new Option('--direct-io', `${how} with O_DIRECT (falls back to buffered I/O with a warning)`);
+}
+
+/** `--s3-endpoint <url>`; `use` says what the S3 URL is (' for -o s3://BUCKET/KEY'), `chain` the default. */
+export function s3EndpointOption(use: string, chain = 'the AWS chain, AWS_ENDPOINT_URL'): Option {
+  return new Option('--s3-endpoint <url>', `S3 endpoint${use} (default: ${chain})`);
+}
+
 /** Which of the optional global options a command takes. */
 export interface GlobalOptionSet {
   /** `-j/--channels` and `--progress`: the command moves pages with worker threads. */

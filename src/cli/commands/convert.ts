@@ -1,7 +1,8 @@
 /** `fixedram convert`. */
 import type { ConvertOptions, ConvertResult } from '../../convert';
 import type { S3CommandOptions, S3ConvertResult } from '../../s3/commands';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
+import { directIoOption, noFsyncOption, s3EndpointOption } from '../options';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { s3PushLine } from './push';
 import { blockTotals } from './totals';
@@ -21,17 +22,16 @@ export default defineCommand<Flags, ConvertOptions & S3CommandOptions, ConvertRe
     cmd
       .argument('<qemufile>', 'QEMU mapped-ram migration file (or libvirt sparse save image)')
       .requiredOption('-o, --output <file>', 'snapshot file to write (a regular file or nothing; created 0600)')
-      .option('--no-fsync', 'do not fsync the snapshot and its directory')
-      .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)')
-      .option('--s3-endpoint <url>', 'S3 endpoint for -o s3://BUCKET/KEY (default: the AWS chain, AWS_ENDPOINT_URL)');
+      .addOption(noFsyncOption('the snapshot'))
+      .addOption(directIoOption('write page data'))
+      .addOption(s3EndpointOption(' for -o s3://BUCKET/KEY'));
   },
   options: ([file], o, ctx) => ({
     input: file!,
     output: o.output,
     fsync: o.fsync,
     directIo: o.directIo ?? false,
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...given(o, 'channels', 's3Endpoint'),
     ...withContext(ctx),
   }),
   run: async (o) =>

@@ -1,7 +1,8 @@
 /** `fixedram export`. */
 import { InvalidArgumentError } from 'commander';
 import type { ExportFormat, ExportOptions, ExportResult } from '../../export';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
+import { noFsyncOption } from '../options';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
 import { blockTotals } from './totals';
 
@@ -31,7 +32,7 @@ export default defineCommand<Flags, ExportOptions, ExportResult>({
           'default: libvirt when the snapshot came from a libvirt save image, else qemu',
         parseFormat,
       )
-      .option('--no-fsync', 'do not fsync the output and its directory')
+      .addOption(noFsyncOption('the output'))
       .addHelpText(
         'after',
         '\nRestore with QEMU: start it with the same machine and devices plus -incoming defer, enable the ' +
@@ -43,7 +44,7 @@ export default defineCommand<Flags, ExportOptions, ExportResult>({
     output: o.output,
     fsync: o.fsync,
     ...(o.format ? { format: o.format } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 'channels'),
     ...withContext(ctx),
   }),
   run: async (o) => (await import('../../export')).exportSnapshot(o),

@@ -1,6 +1,7 @@
 /** `fixedram inspect`. */
 import type { InspectResult } from '../../inspect';
-import { defineCommand } from '../command';
+import { defineCommand, given } from '../command';
+import { s3EndpointOption } from '../options';
 import { jsonBlock } from '../human';
 import { blockTotals } from './totals';
 
@@ -15,11 +16,11 @@ export default defineCommand<
   define: (cmd) => {
     cmd
       .argument('<file>', 'file to inspect')
-      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
+      .addOption(s3EndpointOption(' for an s3://BUCKET/KEY snapshot', 'the AWS chain'));
   },
   options: ([file], o, ctx) => ({
     snapshot: file!,
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...given(o, 's3Endpoint'),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
   }),
   run: async (o) =>

@@ -2,9 +2,9 @@
 import type { BlockArg } from '../../block-args';
 import type { LoadOptions, LoadResult } from '../../load';
 import type { S3CommandOptions } from '../../s3/commands';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
-import { collectBlock } from '../options';
+import { collectBlock, directIoOption, s3EndpointOption } from '../options';
 import { blockTotals } from './totals';
 
 interface Flags {
@@ -29,20 +29,19 @@ export default defineCommand<Flags, LoadOptions & S3CommandOptions, LoadResult>(
         'load every block into DIR/<encoded name> (files 0600, directories 0700, never outside DIR)',
       )
       .option('--no-verify', 'do not check page checksums while loading')
-      .option('--direct-io', 'read the snapshot with O_DIRECT (falls back to buffered I/O with a warning)')
+      .addOption(directIoOption('read the snapshot'))
       .option('--allow-device', 'accept block devices as targets')
-      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
+      .addOption(s3EndpointOption(' for an s3://BUCKET/KEY snapshot', 'the AWS chain'));
   },
   options: ([file], o, ctx) => ({
     snapshot: file!,
     ...(o.block ? { blocks: o.block } : {}),
-    ...(o.dir !== undefined ? { dir: o.dir } : {}),
+    ...given(o, 'dir'),
     verify: o.verify,
     followSymlinks: o.followSymlinks ?? false,
     allowDevice: o.allowDevice ?? false,
     directIo: o.directIo ?? false,
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 's3Endpoint', 'channels'),
     ...withContext(ctx),
   }),
   run: async (o) =>

@@ -1,7 +1,8 @@
 /** `fixedram pull s3://BUCKET/KEY FILE`: a snapshot from object storage into a file (docs/s3.md). */
 import type { S3CommandOptions } from '../../s3/commands';
 import type { PullResult } from '../../s3/transfer';
-import { defineCommand } from '../command';
+import { defineCommand, given } from '../command';
+import { noFsyncOption, s3EndpointOption } from '../options';
 import { mib, plural, rate } from '../human';
 
 interface Flags {
@@ -25,15 +26,14 @@ export default defineCommand<Flags, Options, Result>({
     cmd
       .argument('<url>', 's3://BUCKET/KEY')
       .argument('<file>', 'snapshot file to write')
-      .option('--no-fsync', 'do not fsync the file and its directory')
-      .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
+      .addOption(noFsyncOption('the file'))
+      .addOption(s3EndpointOption(''));
   },
   options: ([url, file], o, ctx) => ({
     url: url!,
     file: file!,
     fsync: o.fsync,
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 's3Endpoint', 'channels'),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
   }),
   run: async (o) => (await import('../../s3/commands')).pullCommand(o.url, o.file, o),

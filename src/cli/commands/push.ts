@@ -1,7 +1,8 @@
 /** `fixedram push FILE s3://BUCKET/KEY`: a snapshot file up to object storage (docs/s3.md). */
 import type { S3CommandOptions } from '../../s3/commands';
 import type { PushResult } from '../../s3/transfer';
-import { defineCommand } from '../command';
+import { defineCommand, given } from '../command';
+import { s3EndpointOption } from '../options';
 import { mib, plural, rate } from '../human';
 
 interface Flags {
@@ -30,16 +31,12 @@ export default defineCommand<Flags, Options, Result>({
   description: 'upload a snapshot file to s3://BUCKET/KEY: only chunks with data, only those the bucket lacks',
   globals: { channels: true },
   define: (cmd) => {
-    cmd
-      .argument('<file>', 'snapshot file')
-      .argument('<url>', 's3://BUCKET/KEY')
-      .option('--s3-endpoint <url>', 'S3 endpoint (default: the AWS chain, AWS_ENDPOINT_URL)');
+    cmd.argument('<file>', 'snapshot file').argument('<url>', 's3://BUCKET/KEY').addOption(s3EndpointOption(''));
   },
   options: ([file, url], o, ctx) => ({
     file: file!,
     url: url!,
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 's3Endpoint', 'channels'),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
   }),
   run: async (o) => (await import('../../s3/commands')).pushCommand(o.file, o.url, o),

@@ -4,9 +4,9 @@ import { ExitCode } from '../../errors';
 import type { SaveOptions, SaveResult } from '../../save';
 import type { S3CommandOptions, S3SaveResult } from '../../s3/commands';
 import type { UpdateOptions, UpdateResult } from '../../update';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
-import { collectBlock, parseSize } from '../options';
+import { collectBlock, directIoOption, noFsyncOption, parseSize, s3EndpointOption } from '../options';
 import { s3PushLine } from './push';
 import { blockTotals } from './totals';
 
@@ -39,11 +39,11 @@ export default defineCommand<Flags, Options, Result>({
       )
       .option('-b, --block <name=path>', 'a block: its name and file (repeat for more)', collectBlock)
       .option('--page-size <bytes>', 'page size (default 4096, the huge page size on hugetlbfs)', parseSize)
-      .option('--no-fsync', 'do not fsync the snapshot and its directory')
+      .addOption(noFsyncOption('the snapshot'))
       .option('--update', 'refresh an existing snapshot in place, writing only the pages that changed')
-      .option('--direct-io', 'write page data with O_DIRECT (falls back to buffered I/O with a warning)')
+      .addOption(directIoOption('write page data'))
       .option('--allow-device', 'accept block devices as block files')
-      .option('--s3-endpoint <url>', 'S3 endpoint for -o s3://BUCKET/KEY (default: the AWS chain, AWS_ENDPOINT_URL)');
+      .addOption(s3EndpointOption(' for -o s3://BUCKET/KEY'));
   },
   options: (_args, o, ctx) => {
     const common = {
@@ -52,8 +52,7 @@ export default defineCommand<Flags, Options, Result>({
       fsync: o.fsync,
       followSymlinks: o.followSymlinks ?? false,
       allowDevice: o.allowDevice ?? false,
-      ...(o.channels !== undefined ? { channels: o.channels } : {}),
-      ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
+      ...given(o, 'channels', 'pageSize'),
       ...withContext(ctx),
     };
     if (o.output.startsWith('s3://')) {
@@ -63,7 +62,7 @@ export default defineCommand<Flags, Options, Result>({
         save: {
           ...common,
           ...(o.directIo ? { directIo: true } : {}),
-          ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+          ...given(o, 's3Endpoint'),
         },
       };
     }

@@ -3,9 +3,9 @@ import type { BlockArg } from '../../block-args';
 import { ExitCode } from '../../errors';
 import type { S3CommandOptions } from '../../s3/commands';
 import type { VerifyOptions, VerifyResult } from '../../verify';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
 import { jsonBlock, mib, plural, rate, sum } from '../human';
-import { collectBlock, parseCount } from '../options';
+import { collectBlock, parseCount, s3EndpointOption } from '../options';
 import { blockTotals } from './totals';
 
 interface Flags {
@@ -28,15 +28,14 @@ export default defineCommand<Flags, VerifyOptions & S3CommandOptions, VerifyResu
         parseCount('--max-failures', 0, 1_000_000),
         100,
       )
-      .option('--s3-endpoint <url>', 'S3 endpoint for an s3://BUCKET/KEY snapshot (default: the AWS chain)');
+      .addOption(s3EndpointOption(' for an s3://BUCKET/KEY snapshot', 'the AWS chain'));
   },
   options: ([file], o, ctx) => ({
     snapshot: file!,
     against: o.against ?? [],
     maxReported: o.maxFailures,
     followSymlinks: o.followSymlinks ?? false,
-    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 's3Endpoint', 'channels'),
     ...withContext(ctx),
   }),
   run: async (o) =>

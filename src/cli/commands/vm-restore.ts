@@ -1,7 +1,7 @@
 /** `fixedram vm restore`: into a QEMU started with -incoming defer. */
 import { Option } from 'commander';
 import type { VmRestoreOptions, VmRestoreResult } from '../../vm/restore';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
 import { jsonBlock } from '../human';
 import { blockTotals } from './totals';
 import { kQmpHelp, printVm } from './vm-save';
@@ -30,7 +30,7 @@ export default defineCommand<Flags, VmRestoreOptions, VmRestoreResult>({
     snapshot: file!,
     then: o.then,
     verify: o.verify,
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 'channels'),
     ...withContext(ctx),
   }),
   run: async (o) => (await import('../../vm/restore')).vmRestore(o),

@@ -1,6 +1,7 @@
 /** `fixedram vm save`: a running QEMU over QMP. */
 import type { VmSaveOptions, VmSaveResult, VmThen } from '../../vm/save';
-import { defineCommand, withContext } from '../command';
+import { defineCommand, given, withContext } from '../command';
+import { noFsyncOption } from '../options';
 import { jsonBlock, mib, plural, sum } from '../human';
 import { blockTotals } from './totals';
 import { Option } from 'commander';
@@ -31,7 +32,7 @@ export default defineCommand<Flags, VmSaveOptions, VmSaveResult>({
           .choices(['resume', 'pause', 'quit'])
           .default('resume'),
       )
-      .option('--no-fsync', 'do not fsync the snapshot and its directory')
+      .addOption(noFsyncOption('the snapshot'))
       .addHelpText(
         'after',
         `
@@ -46,7 +47,7 @@ resumes a VM that it stopped, unless --then pause.`,
     update: o.update ?? false,
     then: o.then,
     fsync: o.fsync,
-    ...(o.channels !== undefined ? { channels: o.channels } : {}),
+    ...given(o, 'channels'),
     ...withContext(ctx),
   }),
   run: async (o) => (await import('../../vm/save')).vmSave(o),
