@@ -83,6 +83,51 @@ export async function waitMigration(
   }
 }
 
+/**
+ * Refuses a QEMU that is not waiting for an incoming migration (`-incoming defer`); `hint` says how
+ * to start one that is.
+ */
+export async function expectIncoming(q: QmpClient, hint: string): Promise<void> {
+  const st = await runState(q);
+  if (st.status !== 'inmigrate') {
+    throw new QmpError(
+      'ERR_VM_STATE',
+      `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ${hint}`,
+      { path: q.path },
+    );
+  }
+}
+
+/**
+ * An incoming migration from `uri` with capabilities `caps` (put back as they were afterwards) and
+ * migration `params`, waited for (bounded by timeoutMs); QEMU's own failure is turned into
+ * `failed(QEMU's message)`.
+ */
+export async function migrateIncoming(
+  q: QmpClient,
+  o: {
+    uri: string;
+    caps: readonly (typeof kOurs)[number][];
+    params?: Record<string, unknown>;
+    what: string;
+    timeoutMs: number;
+    signal?: AbortSignal;
+    failed: (message: string) => Error;
+  },
+): Promise<void> {
+  const restoreCaps = await setCapabilities(q, o.caps);
+  try {
+    if (o.params) await q.execute('migrate-set-parameters', o.params);
+    await q.execute('migrate-incoming', { uri: o.uri, 'exit-on-error': false });
+    await waitMigration(q, o.what, o.timeoutMs, o.signal).catch((err: unknown) => {
+      if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') throw o.failed(err.message);
+      throw err;
+    });
+  } finally {
+    await restoreCaps();
+  }
+}
+
 /** The run state of the VM (`query-status`). */
 export async function runState(q: QmpClient): Promise<{ status: string; running: boolean }> {
   return q.execute<{ status: string; running: boolean }>('query-status');

@@ -14,10 +14,10 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { snapshotError, usageError } from '../errors';
 import type { ProgressSink } from '../progress';
-import { escapeText, QmpClient, QmpError } from '../qmp';
+import { escapeText, QmpClient } from '../qmp';
 import { checkChannels } from '../options';
 import { isSharedFileState, readVmDeviceState } from './devstate';
-import { runState, setCapabilities, waitMigration } from './migrate';
+import { expectIncoming, migrateIncoming } from './migrate';
 import { vmRam, type VmRamBlock } from './ram';
 
 export interface VmRestoreOptions {
@@ -132,15 +132,7 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
   const q = await QmpClient.connect(opts.qmp);
   let dir: string | undefined;
   try {
-    const st = await runState(q);
-    if (st.status !== 'inmigrate') {
-      throw new QmpError(
-        'ERR_VM_STATE',
-        `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
-          'start it with -incoming defer and the same RAM backends',
-        { path: q.path },
-      );
-    }
+    await expectIncoming(q, 'start it with -incoming defer and the same RAM backends');
     const ram = await vmRam(q);
     const targets = matchBlocks(snapshot, info.blocks, ram.sharedFiles, ram.blocks, ram.reason);
 
@@ -162,26 +154,15 @@ export async function vmRestore(opts: VmRestoreOptions): Promise<VmRestoreResult
       ...(opts.logger ? { logger: opts.logger } : {}),
     });
     const loaded = now();
-    const restoreCaps = await setCapabilities(q, ['x-ignore-shared']);
-    try {
-      await q.execute('migrate-incoming', { uri: `file:${stateFile}`, 'exit-on-error': false });
-      await waitMigration(
-        q,
-        'incoming migration of the device state',
-        opts.migrationTimeoutMs ?? 600_000,
-        opts.signal,
-      ).catch((err: unknown) => {
-        if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
-          throw snapshotError(
-            'ERR_SNAPSHOT_UNSUPPORTED',
-            `QEMU could not load the device state of '${snapshot}': ${err.message}`,
-          );
-        }
-        throw err;
-      });
-    } finally {
-      await restoreCaps();
-    }
+    await migrateIncoming(q, {
+      uri: `file:${stateFile}`,
+      caps: ['x-ignore-shared'],
+      what: 'incoming migration of the device state',
+      timeoutMs: opts.migrationTimeoutMs ?? 600_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      failed: (message) =>
+        snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load the device state of '${snapshot}': ${message}`),
+    });
     const incoming = now();
     let resumed: bigint | undefined;
     if (then === 'resume') {
@@ -244,15 +225,7 @@ async function restoreMappedRam(
   const q = await QmpClient.connect(opts.qmp);
   let dir: string | undefined;
   try {
-    const st = await runState(q);
-    if (st.status !== 'inmigrate') {
-      throw new QmpError(
-        'ERR_VM_STATE',
-        `QEMU is not waiting for an incoming migration (status '${escapeText(st.status)}'): ` +
-          'start it with -incoming defer, the same machine type and memory size',
-        { path: q.path },
-      );
-    }
+    await expectIncoming(q, 'start it with -incoming defer, the same machine type and memory size');
     const ram = await vmRam(q);
     const mismatch = (why: string): never => {
       throw snapshotError(
@@ -287,21 +260,15 @@ async function restoreMappedRam(
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
     });
-    const restoreCaps = await setCapabilities(q, ['mapped-ram', 'multifd']);
-    try {
-      await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
-      await q.execute('migrate-incoming', { uri: `file:${file}`, 'exit-on-error': false });
-      await waitMigration(q, 'incoming migration', opts.migrationTimeoutMs ?? 600_000, opts.signal).catch(
-        (err: unknown) => {
-          if (err instanceof QmpError && err.code === 'ERR_QMP_MIGRATION') {
-            throw snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load '${snapshot}': ${err.message}`);
-          }
-          throw err;
-        },
-      );
-    } finally {
-      await restoreCaps();
-    }
+    await migrateIncoming(q, {
+      uri: `file:${file}`,
+      caps: ['mapped-ram', 'multifd'],
+      params: { 'multifd-channels': Math.min(channels, 255) },
+      what: 'incoming migration',
+      timeoutMs: opts.migrationTimeoutMs ?? 600_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      failed: (message) => snapshotError('ERR_SNAPSHOT_UNSUPPORTED', `QEMU could not load '${snapshot}': ${message}`),
+    });
     let resumed: bigint | undefined;
     if (then === 'resume') {
       await q.execute('cont');
