@@ -61,10 +61,13 @@ describe('faults: signals', () => {
       slowEnv(t, so, { delayUs: 3_000_000 }),
     );
     reap(t, w);
-    // midway: one batch is done and the channel has claimed the next, so it is inside a slow call
-    // (waiting a fixed time after the first event was not enough on a loaded machine: the channel
-    // had not started, and the first SIGINT alone ended the run)
-    assert.ok(await w.midway(), `no progress before the end:\n${w.stderr}`);
+    // midway: one batch is done (waiting a fixed time after the first event was not enough on a
+    // loaded machine: the channel had not started, and the first SIGINT alone ended the run).
+    // Then 1 s more: the channel posts a batch's progress before it claims the next one, and on a
+    // loaded machine a SIGINT sent right at the event could still find it between batches (then the
+    // first SIGINT alone ends the run, 1 run in 4 here). The next batch's first call sleeps 3 s, so
+    // 1 s in, the channel is inside it.
+    await new Promise((r) => setTimeout(r, 1000));
     w.kill('SIGINT');
     await new Promise((r) => setTimeout(r, 100));
     const t0 = Date.now();
