@@ -2,6 +2,7 @@
 #include "pages.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -248,6 +249,14 @@ LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatc
   const int64_t n = b.count;
   std::vector<uint8_t> marks(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) marks[i] = b.present[b.first + i] ? 1 : 0;
+  if (flags & kLoadWillNeed) {
+    int64_t lo = 0;
+    int64_t hi = n;
+    while (lo < n && !marks[lo]) ++lo;
+    while (hi > lo && !marks[hi - 1]) --hi;
+    // advice only: a failure changes nothing but the speed
+    if (lo < hi) posix_fadvise(snap.fd, PageOffset(snap, b.first + lo), (hi - lo) * ps, POSIX_FADV_WILLNEED);
+  }
 
   // read and check everything before the first byte of the batch is written
   ForRuns(marks, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });

@@ -68,6 +68,10 @@ enum LoadFlags : uint32_t {
   kLoadVerify = 1u << 0,       // check every present page's XXH3 before it is written
   kLoadZeroAbsent = 1u << 1,   // make absent pages zero in dst (punch a hole, else write zeros)
   kLoadMmapTarget = 1u << 2,   // dst is written through a shared mapping (hugetlbfs)
+  // Before reading a batch, ask the kernel to read all of its present pages at once
+  // (POSIX_FADV_WILLNEED from the first to the last, holes cost no I/O): the device gets the
+  // batch as large requests in flight together, not one small synchronous read per run of pages.
+  kLoadWillNeed = 1u << 3,
 };
 
 struct LoadResult {

@@ -233,7 +233,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
           liveMmap: t.file.hugetlbfs,
           present: seg.tables.present,
           csums: seg.tables.csums,
-          intent: { verify, zeroAbsent: !t.created },
+          intent: { verify, zeroAbsent: !t.created, readAhead: !(opts.directIo ?? false) },
         };
       },
     }).finally(() => {

@@ -18,6 +18,8 @@ export const kUpdateNoMap = 1 << 8;
 export const kLoadVerify = 1 << 0;
 export const kLoadZeroAbsent = 1 << 1;
 export const kLoadMmapTarget = 1 << 2;
+/** Read a batch's present pages ahead in one POSIX_FADV_WILLNEED before reading them (buffered reads). */
+export const kLoadWillNeed = 1 << 3;
 /** Flags of {@link Native.verifyPages}. */
 export const kVerifyChecksums = 1 << 0;
 /** Absent slots must read as zero (fixedram images; QEMU may leave stale data behind a clear bit). */

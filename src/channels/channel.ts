@@ -13,6 +13,7 @@ import {
   kBadChecksum,
   kDiffersFromLive,
   kLoadMmapTarget,
+  kLoadWillNeed,
   kLoadVerify,
   kLoadZeroAbsent,
   kSaveMask,
@@ -70,7 +71,12 @@ export function nativeFlags(kind: ChannelKind, b: Pick<ChannelBlock, 'intent' | 
     );
   }
   if (kind === 'load') {
-    return (i.verify ? kLoadVerify : 0) | (i.zeroAbsent ? kLoadZeroAbsent : 0) | (b.liveMmap ? kLoadMmapTarget : 0);
+    return (
+      (i.verify ? kLoadVerify : 0) |
+      (i.zeroAbsent ? kLoadZeroAbsent : 0) |
+      (b.liveMmap ? kLoadMmapTarget : 0) |
+      (i.readAhead ? kLoadWillNeed : 0)
+    );
   }
   return (i.checksums ? kVerifyChecksums | kVerifyAbsentZero : 0) | (b.mask ? kVerifyDataMask : 0);
 }

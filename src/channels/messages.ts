@@ -27,6 +27,8 @@ export interface Intent {
   verify?: boolean;
   /** load: make absent pages zero in the live file (an existing target may hold old data there). */
   zeroAbsent?: boolean;
+  /** load: read each batch's present pages ahead in one request before reading them (buffered reads). */
+  readAhead?: boolean;
   /** verify: hash present pages against their stored XXH3; absent slots must read as zero. */
   checksums?: boolean;
 }
