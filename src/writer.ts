@@ -274,8 +274,18 @@ export async function writeSnapshot(
       };
       let written: Awaited<ReturnType<typeof writePages>>;
       try {
-        const preCopy = opts.preCopy && beforePages ? await writePages(fd, tmp, layout, sources, opts) : undefined;
-        if (preCopy) opts.logger?.debug({ bytesWritten: preCopy.bytesWritten }, 'pages pre-copied');
+        let preCopy: Awaited<ReturnType<typeof writePages>> | undefined;
+        if (opts.preCopy && beforePages) {
+          // the copy made while the source still changes; with 'pump' the device writes it meanwhile
+          startPump();
+          try {
+            preCopy = await writePages(fd, tmp, layout, sources, opts);
+          } finally {
+            await pump?.stop();
+            pump = undefined;
+          }
+          opts.logger?.debug({ bytesWritten: preCopy.bytesWritten }, 'pages pre-copied');
+        }
         if (!beforePages) startPump();
         written = await writePages(fd, tmp, layout, sources, {
           ...opts,
@@ -292,7 +302,7 @@ export async function writeSnapshot(
                     layout = planLayout(specs, record.length);
                     fs.ftruncateSync(fd, layout.fileSize);
                   }
-                  startPump();
+                  if (!preCopy) startPump();
                 },
               }
             : {}),

@@ -266,7 +266,17 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         // everything that can be done with the VM running is done first (sources checked, temp
         // file made, every page copied, channels started again): the VM stops just before the
         // refresh, which reads and hashes the RAM and writes only the pages changed since the copy.
-        const r = await (await import('../save')).save({ ...common, blocks, beforePages: capture, preCopy: true });
+        // While the copy runs a pool thread keeps the device writing it (no channel waits for the
+        // device); the rest is written back by the commit's fdatasync, after the VM runs again.
+        const r = await (
+          await import('../save')
+        ).save({
+          ...common,
+          blocks,
+          beforePages: capture,
+          preCopy: true,
+          writeback: 'pump',
+        });
         result = {
           blocks: r.blocks.map((b) => ({
             name: b.name,
