@@ -664,53 +664,39 @@ async function materialize(
   below?: number,
 ): Promise<Materialized> {
   const zero = Buffer.alloc(Math.max(kZeroPage, 1 << 16));
+  let objects = 0;
+  let bytes = await fetchChunks(
+    client,
+    url,
+    m,
+    channels,
+    signal,
+    userSignal,
+    (index) => below === undefined || index * m.chunkBytes < below,
+    (index, data, runs) => {
+      objects++;
+      const base = index * m.chunkBytes;
+      if (!runs) {
+        writeSparse(fh, data, base, zero);
+        return;
+      }
+      // only the present pages are in the object: the rest stay holes
+      for (const r of runs) {
+        let o = 0;
+        while (o < r.length) o += fs.writeSync(fh.fd, data, r.objectOffset + o, r.length - o, base + r.chunkOffset + o);
+      }
+    },
+    true,
+    true,
+  );
+  if (m.patches.length === 0) return { objects, bytes };
+  // then each patch layer in order
   // a packed object may be one page map longer than its chunk
   const free = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
-  let bytes = 0;
-  let objects = 0;
-  const chunks = m.chunks.filter((c) => below === undefined || c.index * m.chunkBytes < below);
   const get = await chunkGetter(client, url, channels).catch((err: unknown) => {
     throw s3Error(err, url, 'download', userSignal);
   });
   try {
-    await lanes(chunks.length, channels, signal, async (i) => {
-      const c = chunks[i]!;
-      const buf = free.pop()!;
-      try {
-        const what = `chunk ${c.index}`;
-        const data = await fetchObject(
-          get,
-          url,
-          chunkKey(url.key, c.sha256),
-          objectBytes(m, c),
-          c.sha256,
-          what,
-          buf,
-          signal,
-          userSignal,
-        );
-        bytes += data.length;
-        objects++;
-        if (!m.packed) {
-          writeSparse(fh, data, c.index * m.chunkBytes, zero);
-          return;
-        }
-        // only the present pages are in the object: the rest stay holes
-        for (const r of packedRuns(data, chunkLength(m, c.index), `${formatS3Url(url)}: ${what}`)) {
-          let o = 0;
-          while (o < r.length)
-            o += fs.writeSync(
-              fh.fd,
-              data,
-              r.objectOffset + o,
-              r.length - o,
-              c.index * m.chunkBytes + r.chunkOffset + o,
-            );
-        }
-      } finally {
-        free.push(buf);
-      }
-    });
     for (const [layer, all] of m.patches.entries()) {
       const parts = all.filter((p) => below === undefined || p.runs.some(([off]) => off < below));
       await lanes(parts.length, channels, signal, async (i) => {
@@ -794,7 +780,8 @@ export async function fetchChunks(
   raw = false,
 ): Promise<number> {
   const objects = Array.from({ length: channels }, () => Buffer.allocUnsafe(m.chunkBytes + (m.chunkBytes >> 15)));
-  const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed ? m.chunkBytes : 0));
+  // the dense chunk a packed object is unpacked into (not with `raw`: the runs go out as they are)
+  const dense = Array.from({ length: channels }, () => Buffer.alloc(m.packed && !raw ? m.chunkBytes : 0));
   const chunks = m.chunks.filter((c) => select(c.index));
   let bytes = 0;
   const get = await chunkGetter(client, url, channels).catch((err: unknown) => {
