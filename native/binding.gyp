@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "fixedram",
-      "sources": ["fixedram.cc", "pages.cc", "sys.cc"],
+      "sources": ["fixedram.cc", "pages.cc", "sys.cc", "hash.cc", "hash-avx2.cc", "hash-avx512.cc"],
       "include_dirs": ["vendor/xxhash", "<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
         "NAPI_VERSION=8",

@@ -19,6 +19,7 @@
 
 #include <napi.h>
 
+#include "hash.h"
 #include "pages.h"
 #include "sys.h"
 
@@ -148,6 +149,9 @@ Napi::Value Hash(const Napi::CallbackInfo& info) {
   Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
   return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(Hash64(a.Data(), a.ByteLength())));
 }
+
+// hashUnit() -> "avx512" | "avx2" | "sse2": the vector unit XXH3 runs on in this process
+Napi::Value HashUnit(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), Xxh3Unit()); }
 
 // The options of savePages and updatePages.
 struct SaveArgs {
@@ -566,6 +570,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hostPageSize", Napi::Function::New(env, HostPageSize, "hostPageSize"));
   exports.Set("fstatfs", Napi::Function::New(env, Fstatfs, "fstatfs"));
   exports.Set("hash64", Napi::Function::New(env, Hash, "hash64"));
+  exports.Set("hashUnit", Napi::Function::New(env, HashUnit, "hashUnit"));
   exports.Set("packBits", Napi::Function::New(env, PackBitsJs, "packBits"));
   exports.Set("unpackBits", Napi::Function::New(env, UnpackBitsJs, "unpackBits"));
   exports.Set("absentNonZero", Napi::Function::New(env, AbsentNonZeroJs, "absentNonZero"));

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "sys.h"
-#include "xxhash.h"
+#include "hash.h"
 
 namespace fixedram {
 
@@ -135,7 +135,7 @@ void MapWritable(const BlockFile& f, int64_t off, int64_t len, Mapping* m) {
 
 }  // namespace
 
-uint64_t Hash64(const void* data, size_t len) { return XXH3_64bits(data, len); }
+uint64_t Hash64(const void* data, size_t len) { return Xxh3Hash(data, len); }
 
 bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask, int32_t* ready) {
   // mask[first, first + done) is final: a later extent can only mark pages from `done` on
@@ -192,7 +192,7 @@ SaveResult SavePages(const BlockFile& src, const BlockFile& dst, const PageBatch
     const unsigned char* page = b.scratch + i * ps;
     if (IsZero(page, static_cast<size_t>(ps))) continue;
     now[i] = 1;
-    hash[i] = XXH3_64bits(page, static_cast<size_t>(ps));
+    hash[i] = Xxh3Hash(page, static_cast<size_t>(ps));
   }
 
   // decide: 1 = write, 2 = punch, 0 = nothing
@@ -263,7 +263,7 @@ LoadResult LoadPages(const BlockFile& snap, const BlockFile& dst, const PageBatc
   if (flags & kLoadVerify) {
     for (int64_t i = 0; i < n; ++i) {
       if (!marks[i]) continue;
-      const uint64_t h = XXH3_64bits(b.scratch + i * ps, static_cast<size_t>(ps));
+      const uint64_t h = Xxh3Hash(b.scratch + i * ps, static_cast<size_t>(ps));
       if (h != LoadLe64(b.csums + 8 * (b.first + i))) {
         r.bad_page = b.first + i;
         r.bad_actual = h;
@@ -333,7 +333,7 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
   ForRuns(marks, 1, [&](int64_t i, int64_t j) { r.bytes_read += ReadRun(snap, b, i, j); });
   for (int64_t i = 0; i < n && (flags & kVerifyChecksums); ++i) {
     if (!marks[i]) continue;
-    const uint64_t h = XXH3_64bits(b.scratch + i * ps, static_cast<size_t>(ps));
+    const uint64_t h = Xxh3Hash(b.scratch + i * ps, static_cast<size_t>(ps));
     if (h != LoadLe64(b.csums + 8 * (b.first + i))) report(i, kBadChecksum, h);
   }
 
@@ -358,7 +358,7 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
     if (!check[i]) continue;
     unsigned char* page = b.scratch + i * ps;
     if (!IsZero(page, static_cast<size_t>(ps))) {
-      report(i, kAbsentNotZero, XXH3_64bits(page, static_cast<size_t>(ps)));
+      report(i, kAbsentNotZero, Xxh3Hash(page, static_cast<size_t>(ps)));
       memset(page, 0, static_cast<size_t>(ps));  // the snapshot's content of an absent page is zero
     }
   }
@@ -370,7 +370,7 @@ VerifyResult VerifyPages(const BlockFile& snap, const BlockFile& against, const 
     r.bytes_read += len;
     for (int64_t i = 0; i < n; ++i) {
       if (memcmp(b.scratch + i * ps, scratch2 + i * ps, static_cast<size_t>(ps)) != 0) {
-        report(i, kDiffersFromLive, XXH3_64bits(scratch2 + i * ps, static_cast<size_t>(ps)));
+        report(i, kDiffersFromLive, Xxh3Hash(scratch2 + i * ps, static_cast<size_t>(ps)));
       }
     }
   }
@@ -406,7 +406,7 @@ struct Xxh3 {
   Xxh3(const Xxh3&) = delete;
   Xxh3& operator=(const Xxh3&) = delete;
   void Reset() { XXH3_64bits_reset(s); }
-  void Add(const void* p, size_t n) { XXH3_64bits_update(s, p, n); }
+  void Add(const void* p, size_t n) { Xxh3Update(s, p, n); }
   void AddZeros(int64_t n) {
     while (n > 0) {
       const int64_t k = std::min(n, kPieceBytes);
@@ -817,7 +817,7 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
     const unsigned char* page = pages + q * ps;
     if (IsZero(page, static_cast<size_t>(ps))) return;
     now[q] = 1;
-    hash[q] = XXH3_64bits(page, static_cast<size_t>(ps));
+    hash[q] = Xxh3Hash(page, static_cast<size_t>(ps));
   };
   // The source went short under us: the same error a short read gives (ERR_SHORT_READ).
   auto shrank = [&](const Mapping& m, const unsigned char* fault) -> SysError {

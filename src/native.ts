@@ -85,6 +85,11 @@ export interface Native {
   fstatfs(fd: number): [number, number];
   /** XXH3-64 (seed 0). */
   hash64: (bytes: Uint8Array) => bigint; // a plain function: callers pass it on unbound
+  /**
+   * The vector unit XXH3 runs on: the widest of AVX-512, AVX2 and SSE2 the CPU has, chosen once
+   * per process (FIXEDRAM_XXH3=sse2|avx2 caps it). Every unit computes the same digests.
+   */
+  hashUnit(): 'avx512' | 'avx2' | 'sse2';
   /** Packs one byte per page (non-zero = present) into zeroed bitmap bytes (bit i = page i); → the set bits. */
   packBits(present: Uint8Array, pages: number, out: Uint8Array): number;
   /**
