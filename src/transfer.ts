@@ -39,6 +39,8 @@ export interface PlannedWork {
   plan?: BatchPlan;
   /** Channels started ahead (prestartChannels), so their start-up overlapped the caller's preparation. */
   team?: ChannelTeam;
+  /** The main thread is one of the channels (see RunOptions.mainJoins); the team is one fewer. */
+  mainJoins?: boolean;
 }
 
 export interface TransferCommon {
@@ -104,6 +106,7 @@ export async function transfer(opts: TransferOptions): Promise<TransferResult> {
           blocks: planned.blocks,
           plan: planned.plan ?? planBatches(planned.blocks, opts.batchBytes),
           ...(planned.team ? { team: planned.team } : {}),
+          ...(planned.mainJoins ? { mainJoins: true } : {}),
         })
       : await walk({ ...common, ...windowedWork(opts as WindowedWork), batchBytes: opts.batchBytes });
     const { channelsUsed, ...rest } = stats;

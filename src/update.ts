@@ -173,7 +173,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // windowed walk of updatePages below, whose memory is one window of tables
     const windowed = !fitsOneWindow(h.blocks);
     const plan = windowed ? undefined : planBatches(h.blocks, batchBytes);
-    team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count)) : undefined;
+    // the main thread is one of the channels (it has nothing else to do meanwhile): one thread fewer
+    team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count) - 1) : undefined;
     scan = windowed
       ? undefined
       : scanSources(
@@ -275,7 +276,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
           ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
           ...(opts.logger ? { logger: opts.logger } : {}),
           interrupted: leftMarked(output),
-          planned: { blocks, plan: plan!, ...(team ? { team } : {}) },
+          planned: { blocks, plan: plan!, mainJoins: true, ...(team ? { team } : {}) },
         }).catch((err: unknown) => {
           if (scanError !== undefined) throw scanError as Error; // what stopped the channels
           throw err;
@@ -329,6 +330,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
           chCpu: stats.cpuNs / 1e6,
           writeback: pump?.calls ?? 0,
         },
+        xxh3: native().hashUnit(),
       },
       'update: phases (ms)',
     );

@@ -43,9 +43,19 @@ const kNoMask = new Uint8Array(0);
 const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
 
 /**
- * Waits until the mask of the pages [first, first + count) is final (the main thread's extent walk
- * publishes it part by part, see ChannelBlock.maskReady); false when the run is cancelled meanwhile.
+ * Whether the mask of the pages [first, first + count) is final (the main thread's extent walk
+ * publishes it part by part, see ChannelBlock.maskReady).
  */
+function maskFinal(b: ChannelBlock, first: number, count: number): boolean {
+  const ready = b.maskReady!;
+  const per = b.maskPartPages!;
+  for (let k = Math.floor(first / per); k * per < first + count; k++) {
+    if (Atomics.load(ready, k) < Math.min(first + count, (k + 1) * per) - k * per) return false;
+  }
+  return true;
+}
+
+/** Waits until maskFinal; false when the run is cancelled meanwhile. */
 function awaitMask(b: ChannelBlock, first: number, count: number, control: Int32Array): boolean {
   const ready = b.maskReady!;
   const per = b.maskPartPages!;
@@ -83,6 +93,44 @@ export function nativeFlags(kind: ChannelKind, b: Pick<ChannelBlock, 'intent' | 
 
 /** Runs a channel to the end; every outcome is reported through `post`, nothing is thrown. */
 export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): void {
+  const ch = openChannel(job, post);
+  if (!ch) return;
+  while (ch.step(true) === 'more');
+  ch.close();
+}
+
+/**
+ * Runs a channel on the main thread beside the workers, one batch per turn of the event loop, so
+ * that signals, the workers' messages and the pool's callbacks are still heard between batches (a
+ * batch is a few milliseconds of work). It starts at once, while the workers are still starting
+ * (a worker thread takes tens of milliseconds to start, longer on a busy machine): the main thread
+ * would otherwise only wait for them. A batch whose extent walk is not there yet is not waited for
+ * here (that would stop the event loop): the channel looks again on the next turn.
+ */
+export async function runChannelHere(job: ChannelJob, post: (m: ChannelMessage) => void): Promise<void> {
+  const ch = openChannel(job, post);
+  if (!ch) return;
+  for (;;) {
+    const s = ch.step(false);
+    if (s === 'end') break;
+    await new Promise((resolve) => (s === 'wait' ? setTimeout(resolve, 1) : setImmediate(resolve)));
+  }
+  ch.close();
+}
+
+/** One channel's state between batches (see runChannel, runChannelHere). */
+interface OpenChannel {
+  /**
+   * Claims and runs the next batch: 'more' when there may be more, 'end' when none is left, the
+   * run is cancelled or this channel failed (reported), 'wait' (only when !block) when the claimed
+   * batch's mask is not final yet: the batch is kept and run by a later step.
+   */
+  step(block: boolean): 'more' | 'wait' | 'end';
+  /** Reports the totals (unless the channel failed) and closes its descriptors. */
+  close(): void;
+}
+
+function openChannel(job: ChannelJob, post: (m: ChannelMessage) => void): OpenChannel | undefined {
   const control = new Int32Array(job.control);
   let addon: Native;
   try {
@@ -91,7 +139,7 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
   } catch (err) {
     Atomics.store(control, kCtlCancel, 2);
     post({ type: 'failed', error: toRecord(err) });
-    return;
+    return undefined;
   }
   const batches = new Float64Array(job.batches);
   const stats = emptyStats();
@@ -129,17 +177,38 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
     return fd;
   };
 
+  let failed = false;
+  const fail = (err: unknown): void => {
+    failed = true;
+    Atomics.store(control, kCtlCancel, 2);
+    post({ type: 'failed', error: toRecord(err) });
+  };
   try {
     snapFd = reopen(job.snapshotFd, snapFlags());
-    for (;;) {
-      if (Atomics.load(control, kCtlCancel) !== 0) break;
-      const i = Atomics.add(control, kCtlNextBatch, 1);
-      if (i >= job.batchCount) break;
+  } catch (err) {
+    fail(err);
+  }
+  let pending = -1; // a claimed batch whose mask was not final yet (step(false))
+
+  const step = (block: boolean): 'more' | 'wait' | 'end' => {
+    if (failed) return 'end';
+    try {
+      if (Atomics.load(control, kCtlCancel) !== 0) return 'end';
+      const i = pending >= 0 ? pending : Atomics.add(control, kCtlNextBatch, 1);
+      pending = -1;
+      if (i >= job.batchCount) return 'end';
       const blockIndex = batches[3 * i]!;
       const first = batches[3 * i + 1]!;
       const count = batches[3 * i + 2]!;
       const b = job.blocks[blockIndex]!;
-      if (b.maskReady && !awaitMask(b, first, count, control)) break; // cancelled while waiting
+      if (b.maskReady) {
+        if (block) {
+          if (!awaitMask(b, first, count, control)) return 'end'; // cancelled while waiting
+        } else if (!maskFinal(b, first, count)) {
+          pending = i;
+          return 'wait';
+        }
+      }
       const where = { block: b.name };
       const flags = nativeFlags(job.kind, b);
       const once = (): void => {
@@ -267,13 +336,19 @@ export function runChannel(job: ChannelJob, post: (m: ChannelMessage) => void): 
       }
       stats.batches++;
       post({ type: 'progress', bytes: count * b.pageSize });
+      return 'more';
+    } catch (err) {
+      fail(err);
+      return 'end';
     }
-    post({ type: 'done', stats });
-  } catch (err) {
-    Atomics.store(control, kCtlCancel, 2);
-    post({ type: 'failed', error: toRecord(err) });
-  } finally {
-    for (const fd of live.values()) fs.closeSync(fd);
-    if (snapFd >= 0) fs.closeSync(snapFd);
-  }
+  };
+  const close = (): void => {
+    try {
+      if (!failed) post({ type: 'done', stats });
+    } finally {
+      for (const fd of live.values()) fs.closeSync(fd);
+      if (snapFd >= 0) fs.closeSync(snapFd);
+    }
+  };
+  return { step, close };
 }

@@ -10,7 +10,7 @@
 import { explainWorkerError } from '../limits';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { runChannel } from './channel';
+import { runChannel, runChannelHere } from './channel';
 import { fromRecord, interruptedError } from '../errors';
 import {
   emptyStats,
@@ -42,6 +42,12 @@ export interface RunOptions {
   onWarning?: (message: string) => void;
   /** Channels started ahead with prestartChannels; the job runs on them (any left over are stopped). */
   team?: ChannelTeam;
+  /**
+   * The main thread is one of the channels (runChannelHere): it starts on the batches at once,
+   * while the worker threads (one fewer) are still starting. For a job whose main thread has
+   * nothing else to do but wait.
+   */
+  mainJoins?: boolean;
 }
 
 /**
@@ -181,8 +187,17 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats & { ch
       });
     });
 
+  // the main thread as channel 0 beside n - 1 workers
+  const joins = !inline && opts.mainJoins === true;
+  const here = async (): Promise<void> => runChannelHere(job, (m) => void onMessage(m, failWith));
   try {
-    await (inline ? inline() : Promise.all(Array.from({ length: n }, (_, i) => one(i))));
+    await (inline
+      ? inline()
+      : Promise.all([
+          // the workers first: their job is posted before the main thread takes its first batch
+          ...Array.from({ length: joins ? n - 1 : n }, (_, i) => one(i + (joins ? 1 : 0))),
+          ...(joins ? [here()] : []),
+        ]));
   } finally {
     opts.team?.dispose();
     opts.signal?.removeEventListener('abort', cancel);
