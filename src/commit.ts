@@ -56,7 +56,12 @@ export interface AtomicWriteOptions {
   /** Remove temp files that killed saves of this output left behind (cleanup.ts decides which). */
   removeStaleTemps?: boolean;
   logger?: Logger;
+  /** Told as each step of the commit is done (a caller's timing). */
+  onPhase?: (phase: CommitPhase) => void;
 }
+
+/** The steps of the commit: data synced, COMPLETE mark synced, renamed, directory synced. */
+export type CommitPhase = 'synced' | 'completed' | 'renamed' | 'dir synced';
 
 /**
  * Writes a new file at `output` by the protocol at the top of this file: `fill` fills the temp file
@@ -91,9 +96,11 @@ export async function writeAtomically<R>(
 
     if (opts.fsync) fs.fdatasyncSync(fd);
     opts.logger?.debug('data synced');
+    opts.onPhase?.('synced');
     if (opts.complete) {
       opts.complete(fd);
       if (opts.fsync) fs.fdatasyncSync(fd);
+      opts.onPhase?.('completed');
     }
     adoptExisting(fd, checkOutputPath(output));
     fs.closeSync(fd);
@@ -101,7 +108,9 @@ export async function writeAtomically<R>(
     fs.renameSync(tmp, output);
     unregisterTemp(tmp);
     tmp = undefined;
+    opts.onPhase?.('renamed');
     if (opts.fsync) fsyncDir(path.dirname(output));
+    opts.onPhase?.('dir synced');
     return result;
   } finally {
     if (fd !== undefined) {

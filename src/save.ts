@@ -7,7 +7,7 @@ import type { BlockArg } from './block-args';
 import type { DeviceState } from './devstate';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
 import type { ProgressSink } from './progress';
-import { writeSnapshot, type SavedBlock, type SnapshotSource, type Writeback } from './writer';
+import { writeSnapshot, type SavedBlock, type SnapshotSource, type Writeback, type WritePhase } from './writer';
 
 export type { SavedBlock, Writeback } from './writer';
 
@@ -55,6 +55,8 @@ export interface SaveOptions {
    * instant saved is the second pass, and it costs a read and hash of the RAM, not a copy.
    */
   preCopy?: boolean;
+  /** Told where the save is ('pre-copied', 'pages', 'tables', the commit's steps): vm save's timing. */
+  onPhase?: (phase: WritePhase) => void;
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
@@ -109,6 +111,7 @@ export async function save(opts: SaveOptions): Promise<SaveResult> {
       ...(opts.beforePages ? { beforePages: opts.beforePages } : {}),
       ...(opts.writeback !== undefined ? { writeback: opts.writeback } : {}),
       ...(opts.preCopy ? { preCopy: true } : {}),
+      ...(opts.onPhase ? { onPhase: opts.onPhase } : {}),
       beforeCommit: async () => {
         files.forEach((f, i) => checkUnchanged(f, opts.blocks[i]!.name));
         await opts.onPagesCopied?.();

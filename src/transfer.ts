@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { probeDirectIo } from './blocks';
 import type { ChannelBlock, ChannelKind, ChannelStats } from './channels/messages';
-import { runChannels, type ChannelTeam } from './channels/pool';
+import { runChannels, type ChannelPool, type ChannelTeam } from './channels/pool';
 import { explainInterrupt } from './errors';
 import { planBatches, type BatchPlan } from './plan';
 import type { ProgressSink } from './progress';
@@ -31,6 +31,9 @@ export interface WindowedWork {
    * stops the VM here: from then on every step is page work).
    */
   beforeFirstWindow?: () => Promise<void>;
+  /** See WalkOptions.pool and poolReady (channels the caller owns; their options apply). */
+  pool?: ChannelPool;
+  poolReady?: Promise<unknown>;
 }
 
 /** Blocks whose tables are all in memory, planned in one go (default: batches of batchBytes). */
@@ -125,5 +128,7 @@ function windowedWork(w: WindowedWork): WindowedWork {
     ...(w.select ? { select: w.select } : {}),
     ...(w.finish ? { finish: w.finish } : {}),
     ...(w.beforeFirstWindow ? { beforeFirstWindow: w.beforeFirstWindow } : {}),
+    ...(w.pool ? { pool: w.pool } : {}),
+    ...(w.poolReady ? { poolReady: w.poolReady } : {}),
   };
 }

@@ -38,6 +38,13 @@ export interface WalkOptions extends PoolOptions {
    * stops the VM here: from then on every step is page work).
    */
   beforeFirstWindow?(): Promise<void>;
+  /**
+   * Channels the caller owns (vm save: one pool for its copy and its refresh, started while the
+   * first pass plans): the walk runs on them and leaves them running; its own options apply.
+   */
+  pool?: ChannelPool;
+  /** Awaited before the first window runs on `pool` (its start-up, overlapping the first window's planning). */
+  poolReady?: Promise<unknown>;
 }
 
 export interface WalkResult extends ChannelStats {
@@ -55,7 +62,8 @@ export async function walk(opts: WalkOptions): Promise<WalkResult> {
   const arena = new TableArena(Math.min(kWindowPages, pages));
   const total = emptyStats();
   const capacity = opts.badCapacity ?? 0;
-  const pool = new ChannelPool(opts);
+  const pool = opts.pool ?? new ChannelPool(opts);
+  let poolReady = opts.poolReady;
   let done = 0;
   try {
     if (opts.beforeFirstWindow) {
@@ -76,6 +84,10 @@ export async function walk(opts: WalkOptions): Promise<WalkResult> {
       if (work.length) {
         const blocks = work.map((seg) => opts.channelBlock(seg));
         const plan = planBatches(blocks, opts.batchBytes, undefined, (i) => work[i]!.tables.active);
+        if (poolReady) {
+          await poolReady;
+          poolReady = undefined;
+        }
         const stats = await pool.run(blocks, plan, (bytes) => {
           done += bytes;
           opts.onProgress?.(done);
@@ -94,7 +106,7 @@ export async function walk(opts: WalkOptions): Promise<WalkResult> {
       await new Promise((resolve) => setImmediate(resolve));
     }
   } finally {
-    await pool.close();
+    if (pool !== opts.pool) await pool.close();
   }
   return { ...total, channelsUsed: pool.used };
 }

@@ -21,12 +21,13 @@ import { reopenChecked } from './blocks';
 import type { ChannelBlock } from './channels/messages';
 import { encodeDeviceState, type DeviceState } from './devstate';
 import { encodeHeader, kFlagComplete, packBitmapCount, planLayout, type SnapshotLayout } from './format';
-import { writeAt, writeAtomically } from './commit';
+import { writeAt, writeAtomically, type CommitPhase } from './commit';
 import { checkBatchBytes } from './options';
 import { fromNativeError, native } from './native';
 import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
 import { ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
+import { ChannelPool } from './channels/pool';
 import { transfer } from './transfer';
 import { writebackPump } from './writeback';
 
@@ -116,7 +117,15 @@ export interface WriteOptions {
   preCopy?: boolean;
   /** What an interrupt leaves behind, said in the interrupted error's message. */
   interrupted?: string;
+  /** See SaveOptions.onPhase. */
+  onPhase?: (phase: WritePhase) => void;
 }
+
+/**
+ * Where a write is (for a caller's timing): the copy made while the source ran ('pre-copied'),
+ * every page written ('pages'), the metadata written ('tables'), then the commit's steps.
+ */
+export type WritePhase = 'pre-copied' | 'pages' | 'tables' | CommitPhase;
 
 export interface WriteResult {
   layout: SnapshotLayout;
@@ -143,6 +152,9 @@ async function writePages(
      * written (the update mover), the tables rewritten.
      */
     pass?: 'refresh';
+    /** Channels shared by the passes of one snapshot (see WalkOptions.pool). */
+    pool?: ChannelPool;
+    poolReady?: Promise<unknown>;
   },
 ): Promise<{ summary: MetadataSummary; bytesRead: number; bytesWritten: number; channels: number }> {
   const refresh = opts.pass === 'refresh';
@@ -171,6 +183,8 @@ async function writePages(
       ...(opts.interrupted !== undefined ? { interrupted: opts.interrupted } : {}),
       blocks: layout.blocks,
       ...(opts.beforeFirstWindow ? { beforeFirstWindow: opts.beforeFirstWindow } : {}),
+      ...(opts.pool ? { pool: opts.pool } : {}),
+      ...(opts.poolReady ? { poolReady: opts.poolReady } : {}),
       prepare: (seg) => {
         const b = layout.blocks[seg.block]!;
         const src = sources[seg.block]!;
@@ -257,6 +271,7 @@ export async function writeSnapshot(
       fsync: opts.fsync,
       removeStaleTemps: true,
       ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(opts.onPhase ? { onPhase: opts.onPhase } : {}),
       // a provisional header (magic, no COMPLETE flag) from the start: it marks the file as an
       // incomplete snapshot of ours, which is what lets a later save remove it if we are killed
       provisional: (fd) =>
@@ -273,23 +288,48 @@ export async function writeSnapshot(
         if (opts.fsync && opts.writeback === 'pump') pump = writebackPump(fd, layout.fileSize);
       };
       let written: Awaited<ReturnType<typeof writePages>>;
+      // a copy and its refresh run on one pool of channels, started as the copy plans its first
+      // window (buffered I/O only: the pool keeps the options it was made with)
+      let pool: ChannelPool | undefined;
+      let poolReady: Promise<unknown> | undefined;
+      let pumpStopping: Promise<void> | undefined;
       try {
         let preCopy: Awaited<ReturnType<typeof writePages>> | undefined;
         if (opts.preCopy && beforePages) {
+          if (!opts.directIo) {
+            pool = new ChannelPool({
+              kind: 'save',
+              channels: opts.channels,
+              snapshotFd: fd,
+              snapshotPath: tmp,
+              directIo: false,
+              ...(opts.signal ? { signal: opts.signal } : {}),
+              onWarning: (message: string) => opts.logger?.warn(message),
+            });
+            poolReady = pool.prestart(opts.channels);
+            poolReady.catch(() => undefined); // the walk awaits it; a failure before that must not go unheard
+          }
           // the copy made while the source still changes; with 'pump' the device writes it meanwhile
           startPump();
           try {
-            preCopy = await writePages(fd, tmp, layout, sources, opts);
+            preCopy = await writePages(fd, tmp, layout, sources, {
+              ...opts,
+              ...(pool ? { pool, poolReady: poolReady! } : {}),
+            });
           } finally {
-            await pump?.stop();
+            // told to stop, not waited for: its last sync_file_range may still be submitting the
+            // copy while the VM stops and the refresh runs (it costs the device, not the CPU)
+            pumpStopping = pump?.stop();
             pump = undefined;
           }
           opts.logger?.debug({ bytesWritten: preCopy.bytesWritten }, 'pages pre-copied');
+          opts.onPhase?.('pre-copied');
         }
         if (!beforePages) startPump();
         written = await writePages(fd, tmp, layout, sources, {
           ...opts,
           ...(preCopy ? { pass: 'refresh' as const } : {}),
+          ...(pool ? { pool } : {}),
           // a second pass over the same bytes: progress was reported by the first
           ...(preCopy ? { onProgress: undefined } : {}),
           ...(beforePages
@@ -314,16 +354,22 @@ export async function writeSnapshot(
             bytesWritten: preCopy.bytesWritten + written.bytesWritten,
           };
         }
+        opts.onPhase?.('pages');
+        opts.logger?.debug({ bytesWritten: written.bytesWritten }, 'pages written');
+        await opts.beforeCommit?.();
       } finally {
+        // after beforeCommit (vm save resumes the VM there): neither the pump's last call nor the
+        // channels' exit falls into the VM's downtime
+        await pumpStopping;
         await pump?.stop();
+        await pool?.close();
       }
-      opts.logger?.debug({ bytesWritten: written.bytesWritten }, 'pages written');
-      await opts.beforeCommit?.();
 
       // the metadata, still without the COMPLETE flag (writeAtomically syncs, marks complete, renames)
       summary = written.summary;
       if (record && layout.deviceState) writeAt(fd, record, layout.deviceState.offset);
       writeHeader(fd, layout, summary, 0);
+      opts.onPhase?.('tables');
       return written;
     },
   );

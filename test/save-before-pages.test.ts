@@ -167,6 +167,48 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     assert.deepEqual(fs.readdirSync(dir).sort(), ['back.ram', 'mem0.ram', 'vm.fxr']);
   });
 
+  it('preCopy: the copy and the refresh run on the same channels (no thread starts or stops between the passes, none is left after), and onPhase tells each step in order', async (t) => {
+    const dir = tempDir(t);
+    const src = path.join(dir, 'mem0.ram');
+    makeBlock(src, 1, kPages);
+    const out = path.join(dir, 'vm.fxr');
+    const tasks = (): Set<string> => new Set(fs.readdirSync('/proc/self/task'));
+    const before = tasks();
+    const phases: string[] = [];
+    let atCopied: Set<string> | undefined;
+    let atHook: Set<string> | undefined;
+    await save({
+      output: out,
+      blocks: [{ name: 'mem0', path: src }],
+      channels: 2,
+      fsync: true,
+      writeback: 'channels', // no libuv pool threads: every new thread is a channel
+      batchBytes: 64 << 10,
+      preCopy: true,
+      onPhase: (p) => {
+        phases.push(p);
+        if (p === 'pre-copied') atCopied = tasks();
+      },
+      beforePages: () => {
+        atHook = tasks();
+        return Promise.resolve(deviceState());
+      },
+    });
+    assert.deepEqual(phases, ['pre-copied', 'pages', 'tables', 'synced', 'completed', 'renamed', 'dir synced']);
+    const channels = [...atCopied!].filter((id) => !before.has(id));
+    // the premise: the copy ran on channel threads still alive when it ended
+    assert.ok(channels.length >= 2, `channel threads alive after the copy: ${channels.length}`);
+    assert.deepEqual([...atHook!].sort(), [...atCopied!].sort(), 'the same threads from the copy to the refresh');
+    const after = tasks();
+    assert.deepEqual(
+      channels.filter((id) => after.has(id)),
+      [],
+      'the channels are gone once save returns',
+    );
+    const v = await verify({ snapshot: out, channels: 2 });
+    assert.equal(v.ok, true);
+  });
+
   it('a hook that fails: its error comes back, the previous output is unchanged, no temp file or lock left', async (t) => {
     const dir = tempDir(t);
     const src = path.join(dir, 'mem0.ram');

@@ -4,12 +4,13 @@
  * Shared-file RAM (every memory-backend block a memory-backend-file with share=on): with the VM
  * still running, ask QEMU for its RAM, set the capabilities, check the RAM files, lock the output,
  * create the temp file and copy every page of the RAM files into it with N channels (read, hash,
- * write, as save does; block names = QEMU's RAM block idstrs: save's preCopy); start the channels
- * again, then stop the VM (save's beforePages), migrate with `x-ignore-shared` to a temp file (the
- * device state: everything but the shared RAM, a few hundred KB), and refresh the copy: every
- * page is hashed in place in a mapping of the RAM file and only the pages that differ from the
- * copy's checksum are written (those the guest changed meanwhile; the update mover). Then resume
- * / stay paused / quit, and only then write the metadata, fdatasync and rename (save's commit).
+ * write, as save does; block names = QEMU's RAM block idstrs: save's preCopy; the channels stay
+ * for the refresh), then stop the VM (save's beforePages), migrate with `x-ignore-shared` to a
+ * temp file (the device state: everything but the shared RAM, a few hundred KB), and refresh the
+ * copy: every page is hashed in place in a mapping of the RAM file and only the pages that
+ * differ from the copy's checksum are written (those the guest changed meanwhile; the update
+ * mover). Then resume / stay paused / quit, and only then write the metadata, fdatasync and
+ * rename (save's commit).
  * Downtime = device state + one read and hash of the RAM + the changed pages. The snapshot is of
  * one instant (stopped from before the device state until the RAM files were checked unchanged
  * after the refresh) and replaces the output atomically once on disk; success is reported after
@@ -31,6 +32,7 @@ import type { DeviceState } from '../devstate';
 import { kMaxDeviceStateBytes, sharedFileDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam } from './ram';
+import type { WritePhase } from '../writer';
 
 export type VmThen = 'resume' | 'pause' | 'quit';
 
@@ -140,8 +142,33 @@ export async function machineType(q: QmpClient): Promise<string | undefined> {
   return typeof t === 'string' ? t.replace(/-machine$/, '') : undefined;
 }
 
+/**
+ * The phases of a vm save, in the order they end, with when each ended (for `--log-level debug`:
+ * 'vm save: phases (ms)', each phase's milliseconds since the one before; 'startup' is the time
+ * from the process's start to vmSave).
+ */
+class Phases {
+  private readonly marks: [string, bigint][] = [];
+  constructor(private readonly started: bigint) {}
+  mark(name: string): void {
+    this.marks.push([name, now()]);
+  }
+  report(): Record<string, number> {
+    const ms = (ns: bigint): number => Math.round(Number(ns) / 1e5) / 10;
+    const out: Record<string, number> = { startup: Math.round(performance.now() - Number(now() - this.started) / 1e6) };
+    let prev = this.started;
+    for (const [name, t] of this.marks) {
+      out[name] = ms(t - prev);
+      prev = t;
+    }
+    out.total = ms(now() - this.started);
+    return out;
+  }
+}
+
 export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   const started = now();
+  const phases = new Phases(started);
   const channels = checkChannels(opts.channels);
   if (!opts.output) throw usageError('an output file is required (-o FILE)');
   if (!opts.qmp) throw usageError('a QMP socket is required (--qmp SOCKET)');
@@ -151,13 +178,12 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   const log = opts.logger;
 
   const q = await QmpClient.connect(opts.qmp);
+  phases.mark('qmpConnect');
   let stoppedAt: bigint | undefined;
   let tmp: string | undefined;
   let resuming: Promise<unknown> | undefined;
   let resumed: bigint | undefined;
   let restoreCaps: (() => Promise<void>) | undefined;
-  let migrated: bigint | undefined;
-  let copied: bigint | undefined;
   try {
     const ram = await vmRam(q);
     const state = await runState(q);
@@ -177,12 +203,13 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     // the capabilities only matter to a migration: set before the VM stops, put back after it runs
     restoreCaps = await setCapabilities(q, ram.sharedFiles ? ['x-ignore-shared'] : ['mapped-ram', 'multifd']);
     if (!ram.sharedFiles) await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
-    const prepared = now();
+    phases.mark('qmpQueries');
 
     const stop = async (): Promise<void> => {
       if (state.running) {
         await q.execute('stop');
         stoppedAt = now();
+        phases.mark('stop');
       }
     };
     /** QEMU's migration into tmp (the VM is stopped); short polls: this is downtime. */
@@ -195,7 +222,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         opts.signal,
         ram.sharedFiles ? 2 : 20,
       );
-      migrated = now();
+      phases.mark('deviceState');
     };
 
     let result: Omit<
@@ -214,10 +241,11 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     // the VM resumes as soon as its RAM is copied (the metadata and the fsync happen while it runs)
     // (awaited by save: its fdatasync blocks this thread, and QEMU's answer is read before it)
     const onPagesCopied = async (): Promise<void> => {
-      copied = now();
+      phases.mark('checked');
       if (then !== 'resume') return;
       resuming = q.execute('cont').then(() => {
         resumed = now();
+        phases.mark('cont');
       });
       await resuming.catch(() => undefined);
     };
@@ -226,6 +254,20 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       channels,
       fsync,
       onPagesCopied,
+      // the writer's phases, named by what ended: the copy while the VM ran, the refresh (or all
+      // pages), the metadata, the commit's syncs and rename
+      onPhase: (p: WritePhase): void =>
+        phases.mark(
+          {
+            'pre-copied': 'preCopy',
+            pages: 'refresh',
+            tables: 'tables',
+            synced: 'dataSync',
+            completed: 'completeSync',
+            renamed: 'rename',
+            'dir synced': 'dirSync',
+          }[p],
+        ),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       ...(log ? { logger: log } : {}),
@@ -327,20 +369,8 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     }
     await restoreCaps();
     restoreCaps = undefined;
-    const ms = (a: bigint | undefined, b: bigint | undefined): number | undefined =>
-      a !== undefined && b !== undefined ? Math.round(Number(b - a) / 1e5) / 10 : undefined;
-    log?.debug(
-      {
-        prepare: ms(started, prepared),
-        beforeStop: ms(prepared, stoppedAt),
-        deviceState: ms(stoppedAt, migrated),
-        pages: ms(migrated, copied),
-        cont: ms(copied, resumed),
-        commit: ms(copied, saved),
-        total: ms(started, now()),
-      },
-      'vm save: phases (ms)',
-    );
+    phases.mark('end');
+    log?.debug(phases.report(), 'vm save: phases (ms)');
     return {
       command: 'vm save',
       output,
