@@ -4,7 +4,12 @@
  * bench image, snapshotted to disk and restored
  *   - by `fixedram vm save -j 2` (fsync included) and `fixedram vm restore -j 2`, and
  *   - by QEMU's own mapped-ram + multifd (2 channels) migration to a file (+ fsync) and back,
- * side by side in the same run, on the same VM. Both saves are timed to a durable file: fixedram's
+ * side by side in the same run, on the same VM; with, in the same run, the device's own rate (dd
+ * oflag=direct of the whole RAM size + fsync: the floor of any save is the data at that rate) and a
+ * plain `fixedram save -j 2` of the same RAM file (no QMP, no stop, no refresh). Each save is timed
+ * twice: to a new file, and over the file the previous save left (where the file system frees the
+ * old file's blocks: fixedram's rename drops it, QEMU's open truncates it). Both saves are timed to
+ * a durable file: fixedram's
  * whole process (node start-up, QMP, copy, stop, refresh, cont, metadata, fdatasync, rename,
  * directory fsync); QEMU's from `stop` through the completed migration and `cont` to the end of an
  * fsync of its file (`sync FILE`), timed as one; its capabilities and parameters are set before
@@ -178,9 +183,15 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
   o.log(`vm: guest RAM ${src}: ${mib} MiB, ${(stats.dataBytes / 1e9).toFixed(2)} GB of data`);
   const fxr = path.join(o.disk, 'vm.fxr');
   const mig = path.join(o.disk, 'vm-qemu.mig');
+  const plain = path.join(o.disk, 'vm-plain.fxr');
+  const ddOut = path.join(o.disk, 'vm-dd.bin');
   const rows = {
+    dd: [] as number[],
     fxSave: [] as { wall: number; downtime: number; cpu: number }[],
+    fxSaveOver: [] as { wall: number; downtime: number; cpu: number }[],
+    plainSave: [] as number[],
     qSave: [] as { wall: number; downtime: number }[],
+    qSaveOver: [] as { wall: number; downtime: number }[],
     fxRestore: [] as { wall: number; downtime: number; cpu: number }[],
     qRestore: [] as { wall: number; downtime: number }[],
   };
@@ -190,16 +201,13 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
     a = await startVm(work, 'a', kernel, src, mib, false);
     vms.push(a);
     let count = await waitCounting(path.join(work, 'a.serial'), 2);
-    for (let r = 0; r < o.runs; r++) {
-      // fixedram vm save (fsync included: the snapshot is on disk before the VM resumes)
-      fs.rmSync(fxr, { force: true });
-      quiesce(o.disk);
+    const fxSave = async (): Promise<{ wall: number; downtime: number; cpu: number }> => {
       const res: RunResult = await measure([
         ...o.fixedram,
         'vm',
         'save',
         '--qmp',
-        a.fxQmp,
+        a!.fxQmp,
         '-o',
         fxr,
         '-j',
@@ -210,41 +218,98 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       ]);
       if (res.status !== 0) throw new Error(`fixedram vm save failed: ${res.stderr.trim()}`);
       const j = JSON.parse(res.stdout.trim().split('\n').pop()!) as { downtimeSeconds: number };
-      rows.fxSave.push({ wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys });
       count = await waitCounting(path.join(work, 'a.serial'), count);
-
-      // QEMU mapped-ram + multifd 2 channels to a file, then fsync (capabilities set before the clock)
-      fs.rmSync(mig, { force: true });
-      quiesce(o.disk);
-      await a.qmp.execute('migrate-set-capabilities', {
+      return { wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys };
+    };
+    // QEMU mapped-ram + multifd 2 channels to a file, then fsync (capabilities set before the clock)
+    const qSave = async (): Promise<{ wall: number; downtime: number }> => {
+      const q = a!.qmp;
+      await q.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'mapped-ram', state: true },
           { capability: 'multifd', state: true },
           { capability: 'x-ignore-shared', state: false },
         ],
       });
-      await a.qmp.execute('migrate-set-parameters', { 'multifd-channels': 2, 'max-bandwidth': 0 });
+      await q.execute('migrate-set-parameters', { 'multifd-channels': 2, 'max-bandwidth': 0 });
       const t0 = now();
-      await a.qmp.execute('stop');
+      await q.execute('stop');
       const stopped = now();
-      await a.qmp.execute('migrate', { uri: `file:${mig}` });
-      await waitMigration(a.qmp);
-      await a.qmp.execute('cont');
+      await q.execute('migrate', { uri: `file:${mig}` });
+      await waitMigration(q);
+      await q.execute('cont');
       const resumed = now();
       run(['sync', mig]);
       const t1 = now();
-      await a.qmp.execute('migrate-set-capabilities', {
+      await q.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'mapped-ram', state: false },
           { capability: 'multifd', state: false },
         ],
       });
-      rows.qSave.push({ wall: t1 - t0, downtime: resumed - stopped });
-      o.log(
-        `vm: run ${r + 1}: vm save ${res.wall.toFixed(3)} s (downtime ${j.downtimeSeconds.toFixed(3)} s), ` +
-          `QEMU save ${(t1 - t0).toFixed(3)} s (downtime ${(resumed - stopped).toFixed(3)} s)`,
-      );
       count = await waitCounting(path.join(work, 'a.serial'), count);
+      return { wall: t1 - t0, downtime: resumed - stopped };
+    };
+    for (let r = 0; r < o.runs; r++) {
+      // the device: the whole RAM size with O_DIRECT + fsync, as the save section's dd row
+      fs.rmSync(ddOut, { force: true });
+      quiesce(o.disk);
+      const dd = await measure([
+        'dd',
+        'if=/dev/zero',
+        `of=${ddOut}`,
+        'bs=4M',
+        `count=${ram / (4 * MiB)}`,
+        'oflag=direct',
+        'conv=fsync',
+        'status=none',
+      ]);
+      if (dd.status !== 0) throw new Error(`dd failed: ${dd.stderr.trim()}`);
+      rows.dd.push(dd.wall);
+      fs.rmSync(ddOut, { force: true });
+
+      // fixedram vm save to a new file (fsync included: the snapshot is durable when it exits)
+      fs.rmSync(fxr, { force: true });
+      quiesce(o.disk);
+      const fx = await fxSave();
+      rows.fxSave.push(fx);
+
+      // a plain save of the same RAM file (the VM runs on: no QMP, no stop, no refresh)
+      fs.rmSync(plain, { force: true });
+      quiesce(o.disk);
+      const ps = await measure([
+        ...o.fixedram,
+        'save',
+        '-b',
+        `mem0=${src}`,
+        '-o',
+        plain,
+        '-j',
+        '2',
+        '--progress',
+        'none',
+      ]);
+      if (ps.status !== 0) throw new Error(`fixedram save failed: ${ps.stderr.trim()}`);
+      rows.plainSave.push(ps.wall);
+      fs.rmSync(plain, { force: true });
+
+      fs.rmSync(mig, { force: true });
+      quiesce(o.disk);
+      const qs = await qSave();
+      rows.qSave.push(qs);
+
+      // both again, each over the file its previous save left
+      quiesce(o.disk);
+      const fxo = await fxSave();
+      rows.fxSaveOver.push(fxo);
+      quiesce(o.disk);
+      const qso = await qSave();
+      rows.qSaveOver.push(qso);
+      o.log(
+        `vm: run ${r + 1}: dd ${dd.wall.toFixed(3)} s; vm save ${fx.wall.toFixed(3)} s (downtime ${fx.downtime.toFixed(3)} s), ` +
+          `save ${ps.wall.toFixed(3)} s, QEMU save ${qs.wall.toFixed(3)} s (downtime ${qs.downtime.toFixed(3)} s); ` +
+          `over the previous file: vm save ${fxo.wall.toFixed(3)} s, QEMU ${qso.wall.toFixed(3)} s`,
+      );
 
       // fixedram vm restore into a fresh QEMU waiting with -incoming defer
       const dstF = path.join(work, `fx-dst${r}.ram`);
@@ -299,53 +364,144 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
     fs.rmSync(work, { recursive: true, force: true });
     fs.rmSync(fxr, { force: true });
     fs.rmSync(mig, { force: true });
+    fs.rmSync(plain, { force: true });
+    fs.rmSync(ddOut, { force: true });
   }
 
   const med = (xs: number[]): number => median(xs);
-  const fs1 = med(rows.fxSave.map((x) => x.wall));
+  const range = (xs: number[]): string => `${fmt(Math.min(...xs), 3)}–${fmt(Math.max(...xs), 3)}`;
+  const walls = (xs: { wall: number }[]): number[] => xs.map((x) => x.wall);
+  const fs1 = med(walls(rows.fxSave));
   const fsD = med(rows.fxSave.map((x) => x.downtime));
-  const qs1 = med(rows.qSave.map((x) => x.wall));
+  const fsC = med(rows.fxSave.map((x) => x.cpu));
+  const fo1 = med(walls(rows.fxSaveOver));
+  const foD = med(rows.fxSaveOver.map((x) => x.downtime));
+  const qs1 = med(walls(rows.qSave));
   const qsD = med(rows.qSave.map((x) => x.downtime));
-  const fr1 = med(rows.fxRestore.map((x) => x.wall));
+  const qo1 = med(walls(rows.qSaveOver));
+  const qoD = med(rows.qSaveOver.map((x) => x.downtime));
+  const ps1 = med(rows.plainSave);
+  const dd1 = med(rows.dd);
+  // the floor of any save of this guest: its data at the device's own rate (dd oflag=direct, this run)
+  const floor = stats.dataBytes / (ram / dd1);
+  const fr1 = med(walls(rows.fxRestore));
   const frD = med(rows.fxRestore.map((x) => x.downtime));
   const qr1 = med(rows.qRestore.map((x) => x.wall));
   const ac = reportedAccelerator() ?? `not reported (asked for ${accel()})`;
+  // the row labels name the accelerator short (TCG, KVM); the title and the note say it in full
+  const Q = `QEMU ${ac.split(' ')[0]}`;
+  const speedUp = (peer: number, v: number): string => `${fmt(peer / v)}×`;
+  const onFloor = (v: number): string => `${fmt(v / floor)}×`;
   const title =
     `vm: ${mib} MiB guest (memory-backend-file in /dev/shm, running, ${ac}) to disk and back: ` +
-    `fixedram -j 2 vs QEMU mapped-ram + multifd 2 ch`;
+    `fixedram -j 2 vs QEMU (${ac}) mapped-ram + multifd 2 ch`;
+  const row = (what: string, xs: number[], downtime: string, floorRatio: string, vs: string, dvs: string): string[] => [
+    what,
+    fmt(med(xs), 3),
+    range(xs),
+    downtime,
+    floorRatio,
+    vs,
+    dvs,
+  ];
   const text =
     plainTable(
       title,
-      ['what', 'median s', 'downtime s', 'QEMU s', 'QEMU downtime s', `time ÷ QEMU (${ac})`, `downtime ÷ QEMU (${ac})`],
+      ['what', 'median s', 'min–max s', 'downtime s', '÷ device floor', `speed-up vs ${Q}`, `downtime ÷ ${Q}`],
       1,
       [
-        [
-          'vm save (+ fsync)',
-          fmt(fs1, 3),
-          fmt(fsD, 3),
-          fmt(qs1, 3),
+        row(
+          `${Q}: mapped-ram + multifd 2 ch save + fsync (peer)`,
+          walls(rows.qSave),
           fmt(qsD, 3),
-          `${fmt(fs1 / qs1)}×`,
+          onFloor(qs1),
+          '1.00×',
+          '1.00×',
+        ),
+        row(
+          'fixedram vm save -j 2 (+ fsync)',
+          walls(rows.fxSave),
+          fmt(fsD, 3),
+          onFloor(fs1),
+          speedUp(qs1, fs1),
           `${fmt(fsD / qsD)}×`,
+        ),
+        row(
+          'fixedram save -j 2 of the same RAM file (no QMP, no stop)',
+          rows.plainSave,
+          '-',
+          onFloor(ps1),
+          speedUp(qs1, ps1),
+          '-',
+        ),
+        [
+          `device floor: ${(stats.dataBytes / 1e9).toFixed(2)} GB of data at the dd oflag=direct rate`,
+          fmt(floor, 3),
+          '-',
+          '-',
+          '1.00×',
+          speedUp(qs1, floor),
+          '-',
         ],
-        ['vm restore', fmt(fr1, 3), fmt(frD, 3), fmt(qr1, 3), fmt(qr1, 3), `${fmt(fr1 / qr1)}×`, `${fmt(frD / qr1)}×`],
+        row(`dd oflag=direct of ${mib} MiB + fsync (${fmt(ram / dd1 / 1e9)} GB/s)`, rows.dd, '-', '-', '-', '-'),
+        row(
+          `${Q}: save over its previous file (peer)`,
+          walls(rows.qSaveOver),
+          fmt(qoD, 3),
+          onFloor(qo1),
+          '1.00×',
+          '1.00×',
+        ),
+        row(
+          'fixedram vm save over its previous snapshot',
+          walls(rows.fxSaveOver),
+          fmt(foD, 3),
+          onFloor(fo1),
+          speedUp(qo1, fo1),
+          `${fmt(foD / qoD)}×`,
+        ),
+        row(
+          `${Q}: mapped-ram + multifd 2 ch restore (peer)`,
+          rows.qRestore.map((x) => x.wall),
+          fmt(qr1, 3),
+          '-',
+          '1.00×',
+          '1.00×',
+        ),
+        row(
+          'fixedram vm restore -j 2',
+          walls(rows.fxRestore),
+          fmt(frD, 3),
+          '-',
+          speedUp(qr1, fr1),
+          `${fmt(frD / qr1)}×`,
+        ),
       ],
     ) +
-    `\nBoth saves end with the snapshot durable. fixedram: the whole process (node start-up, QMP, the copy while the VM runs, stop, device state, refresh of the copy, cont, metadata, fdatasync, rename, directory fsync). QEMU: from its stop through the completed migration and cont to the end of an fsync of its file (sync FILE); capabilities set before. Save downtime: stop → cont (QEMU's fsync and fixedram's metadata and fdatasync come after cont). Restore: fixedram's whole process (node start-up, checks, RAM load with checksums, migrate-incoming of the device state, cont); QEMU from migrate-incoming to cont; both read a snapshot dropped from the page cache. Accelerator: ${ac}.\n`;
-  const t = (what: string, target: string, v: number, ok: boolean): Target => ({
+    `\nAll saves end with the snapshot durable. fixedram: the whole process (node start-up, QMP, the copy while the VM runs, stop, device state, refresh of the copy, cont, metadata, fdatasync, rename, directory fsync; ${fmt(fsC)} CPU s). QEMU: from its stop through the completed migration and cont to the end of an fsync of its file (sync FILE); capabilities set before. Save downtime: stop → cont (QEMU's fsync and fixedram's metadata and fdatasync come after cont). Device floor: no save of this guest can be faster than writing its data at the device's rate (the dd row, same run), whatever it does with the CPU. Over the previous file: the file system frees the old file's blocks (fixedram: when the rename drops it, before the directory fsync; QEMU: when its open truncates it, inside its downtime). Restore: fixedram's whole process (node start-up, checks, RAM load with checksums, migrate-incoming of the device state, cont); QEMU from migrate-incoming to cont; both read a snapshot dropped from the page cache. Accelerator: ${ac}.\n`;
+  const t = (what: string, target: string, v: number, ok: boolean, why?: string): Target => ({
     issue: '12',
     what: `${what} (${ac})`,
     target,
     measured: `${fmt(v)}×`,
     verdict: ok ? 'PASS' : 'MISS',
+    ...(why ? { why } : {}),
   });
+  // 2× faster than QEMU means at most half its time; when the data alone takes longer than that at
+  // the device's rate, no save can meet it on this disk: said with the numbers, the target kept
+  const missWhy =
+    qs1 / fs1 >= 2
+      ? undefined
+      : floor > qs1 / 2
+        ? `beyond this disk: the data alone takes ${fmt(floor, 3)} s at the dd oflag=direct rate, more than half of QEMU's ${fmt(qs1, 3)} s; at most ${fmt(qs1 / floor)}× here`
+        : `needs the whole save in ${fmt(qs1 / 2, 3)} s; the data alone takes ${fmt(floor, 3)} s at the dd oflag=direct rate (at most ${fmt(qs1 / floor)}× here)`;
   return {
     text,
     notes,
     targets: [
-      t('vm save vs QEMU mapped-ram + multifd 2 ch (+ fsync)', '≥ 2× faster', qs1 / fs1, qs1 / fs1 >= 2),
+      t('vm save vs QEMU mapped-ram + multifd 2 ch (+ fsync)', '≥ 2× faster', qs1 / fs1, qs1 / fs1 >= 2, missWhy),
       t('vm restore vs QEMU mapped-ram + multifd 2 ch', '≥ 2× faster', qr1 / fr1, qr1 / fr1 >= 2),
-      { ...t("vm save downtime vs QEMU's", '≤ 0.5×', fsD / qsD, fsD / qsD <= 0.5), measured: `${fmt(fsD / qsD)}×` },
+      t("vm save downtime vs QEMU's", '≤ 0.5×', fsD / qsD, fsD / qsD <= 0.5),
     ],
   };
 }
