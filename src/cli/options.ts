@@ -16,7 +16,7 @@ export function parseCount(what: string, min: number, max: number) {
   };
 }
 
-/** `-j N`: 1..64 worker threads; 0 means one per CPU (as zstd and xz read `-T0`). */
+/** `-j N`: 1..64 channels (threads moving pages; an update runs one on the main thread); 0 means one per CPU (as zstd and xz read `-T0`). */
 export function parseChannels(v: string): number {
   const n = parseCount('--channels', 0, kMaxChannels)(v);
   return n === 0 ? defaultChannels() : n;
@@ -80,7 +80,11 @@ export interface GlobalFlags {
 export function addGlobalOptions(cmd: Command, set: GlobalOptionSet): Command {
   if (set.channels) {
     cmd
-      .option('-j, --channels <n>', 'worker threads, at most 64; 0 = one per CPU (default: one per CPU)', parseChannels)
+      .option(
+        '-j, --channels <n>',
+        'channels (threads moving pages), at most 64; 0 = one per CPU (default: one per CPU)',
+        parseChannels,
+      )
       .addOption(
         new Option('--progress <mode>', 'progress on stderr: a bar (on a terminal), NDJSON events, or none')
           .choices(['auto', 'bar', 'json', 'none'])
