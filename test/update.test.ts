@@ -272,6 +272,40 @@ describe('save --update', () => {
     assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true);
   });
 
+  it("the extent walk of a source fails half-way while the channels run: the walk's error (EIO, lseek) is the update's, nothing hangs, a re-run repairs", async (t) => {
+    const so = shimPath();
+    if (!requireSetup(t, so)) return;
+    const dir = tempDir(t, fs.existsSync('/dev/shm') ? '/dev/shm' : undefined);
+    const src = path.join(dir, 'holey.ram');
+    // 64 MiB, runs of 8 data pages and 8 holes: about 2000 extents, so the walk takes a few
+    // thousand SEEK_DATA/SEEK_HOLE calls and its 300th lands well inside it
+    const holey = (gen: number): void => {
+      makeBlock(src, 1, kPages, { generation: gen, kind: (i) => (Math.floor(i / 8) % 2 === 1 ? 'hole' : 'stamp') });
+    };
+    holey(1);
+    const out = path.join(dir, 'snap.fxr');
+    await save({ output: out, blocks: [{ name: 'b0', path: src }], channels: 1, fsync: false });
+    holey(2);
+    const report = path.join(dir, 'shim.report');
+    const w = new Watched(
+      ['save', '--update', '-o', out, '-b', `b0=${src}`, '-j', '2', '--no-fsync'],
+      shimEnv(so, { lseek: 'eio:300', path: src, report }),
+      { timeoutMs: 60_000 },
+    );
+    reap(t, w);
+    const e = await w.exited;
+    assert.equal(e.signal, null, `killed by ${e.signal}: ${e.stderr}`);
+    assert.equal(e.status, 4, e.stderr);
+    assert.match(e.stderr, /EIO/);
+    assert.match(e.stderr, /lseek/);
+    assert.ok(fs.existsSync(report), 'the shim ran in the update');
+    // the snapshot was marked before the walk failed: readers refuse it until a run repairs it
+    assert.equal(fixedram(['verify', out]).status, 3);
+    const r = await update({ output: out, blocks: [{ name: 'b0', path: src }], channels: 2, fsync: false });
+    assert.equal(r.repaired, true);
+    assert.equal((await verify({ snapshot: out, against: [{ name: 'b0', path: src }], channels: 2 })).ok, true);
+  });
+
   it('a source truncated and restored again and again during updates: every run ends, none hangs or dies of SIGBUS', async (t) => {
     // The flapping lands the fault anywhere in a batch: in the zero-scan and hash, or in the copy of
     // changed pages out of the mapping (the region a compiler once left unguarded: the update hung).

@@ -43,6 +43,8 @@ export interface ShimOptions {
   delayUs?: number;
   direct?: 'refuse-open' | 'einval-io';
   fallocate?: 'eopnotsupp';
+  /** "eio:N": from the Nth SEEK_DATA/SEEK_HOLE lseek on a matching file on, each fails with EIO. */
+  lseek?: string;
   report?: string;
   /** Only disturb files below this path prefix (default: all). */
   path?: string;
@@ -57,6 +59,7 @@ export function shimEnv(so: string, o: ShimOptions): NodeJS.ProcessEnv {
   if (o.delayUs) env.FXR_SHIM_DELAY_US = String(o.delayUs);
   if (o.direct) env.FXR_SHIM_DIRECT = o.direct;
   if (o.fallocate) env.FXR_SHIM_FALLOCATE = o.fallocate;
+  if (o.lseek) env.FXR_SHIM_LSEEK = o.lseek;
   if (o.report) env.FXR_SHIM_REPORT = o.report;
   if (o.path) env.FXR_SHIM_PATH = o.path;
   return env;

@@ -4,7 +4,7 @@
  * Interposes pwritev, pwritev64, preadv, preadv64, pread, pread64, pwrite, pwrite64 (node-gyp builds
  * with _FILE_OFFSET_BITS=64, so the addon calls the *64 names; Node's own fs calls go through libuv's
  * pread64/pwrite64), plus open/open64/openat/openat64 and fallocate/fallocate64 for the O_DIRECT and
- * hole-punch cases. Every behaviour is off unless an environment variable asks for it:
+ * hole-punch cases, and lseek/lseek64 for extent walks. Every behaviour is off unless an environment variable asks for it:
  *
  *   FXR_SHIM_FUNCS     comma list of the calls to disturb, by base name: pwritev,preadv,pread,pwrite
  *                      (default: pwritev,preadv). "pwritev" covers pwritev and pwritev64, and so on.
@@ -21,6 +21,9 @@
  *                      direct I/O); "einval-io": disturbed calls on an O_DIRECT descriptor fail with
  *                      EINVAL (a file system that accepts the open but refuses the transfer).
  *   FXR_SHIM_FALLOCATE "eopnotsupp": fallocate fails with EOPNOTSUPP (no hole punching).
+ *   FXR_SHIM_LSEEK     "eio:N": from the Nth lseek with SEEK_DATA or SEEK_HOLE on (with
+ *                      FXR_SHIM_PATH) a matching file on, every such lseek fails with EIO (an
+ *                      extent walk that fails half-way).
  *   FXR_SHIM_PATH      only disturb descriptors (and opens) of files whose path starts with this
  *                      prefix, e.g. the test's temp dir (Node's own module loading reads package.json
  *                      with pread and does not retry short reads, so it must stay undisturbed).
@@ -56,6 +59,8 @@ static int g_nmodes;
 static long g_delay_us;
 static int g_direct;    /* 0 off, 1 refuse-open, 2 einval-io */
 static int g_fallocate; /* 0 off, 1 eopnotsupp */
+static long g_lseek_from; /* 0 off; else the first SEEK_DATA/SEEK_HOLE call (1-based) that fails */
+static unsigned long g_seeks;
 static const char *g_path;
 static size_t g_path_len;
 static unsigned long g_next, g_calls, g_short, g_eintr, g_eagain, g_directs, g_fallocs, g_dopens;
@@ -95,6 +100,8 @@ static void Setup(void) {
   g_path_len = g_path ? strlen(g_path) : 0;
   const char *fa = getenv("FXR_SHIM_FALLOCATE");
   g_fallocate = fa && !strcmp(fa, "eopnotsupp");
+  const char *ls = getenv("FXR_SHIM_LSEEK");
+  g_lseek_from = ls && !strncmp(ls, "eio:", 4) ? atol(ls + 4) : 0;
   __atomic_store_n(&g_funcs, funcs, __ATOMIC_RELEASE);
 }
 
@@ -324,4 +331,25 @@ int fallocate64(int fd, int mode, off_t off, off_t len) {
     return -1;
   }
   return ((FallocFn)Real("fallocate64"))(fd, mode, off, len);
+}
+
+/* an extent walk that fails half-way */
+typedef off_t (*LseekFn)(int, off_t, int);
+static int SeekFails(int fd, int whence) {
+  if (g_lseek_from <= 0 || (whence != SEEK_DATA && whence != SEEK_HOLE) || !FdOk(fd)) return 0;
+  return (long)__atomic_add_fetch(&g_seeks, 1, __ATOMIC_RELAXED) >= g_lseek_from;
+}
+off_t lseek(int fd, off_t off, int whence) {
+  if (SeekFails(fd, whence)) {
+    errno = EIO;
+    return -1;
+  }
+  return ((LseekFn)Real("lseek"))(fd, off, whence);
+}
+off_t lseek64(int fd, off_t off, int whence) {
+  if (SeekFails(fd, whence)) {
+    errno = EIO;
+    return -1;
+  }
+  return ((LseekFn)Real("lseek64"))(fd, off, whence);
 }
