@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { lockOutput } from '../src/lock';
 import { acquireS3Lock } from '../src/s3/lock';
 import { parseS3Url } from '../src/s3/url';
 import { kBin } from './support/cli';
@@ -433,6 +434,35 @@ describe('s3: a real Ceph RGW', () => {
       `no more allocated than the original: ${allocated(back)} vs ${allocated(local)}`,
     );
     assert.equal(fs.statSync(back).mode & 0o777, 0o600);
+    // pull commits like save: over an existing file it takes that file's mode, under its lock; it
+    // never replaces what is not a regular file
+    fs.writeFileSync(back, 'old');
+    fs.chmodSync(back, 0o640);
+    const over = await cli(['pull', url, back]);
+    assert.equal(over.status, 0, over.stderr);
+    assert.ok(fs.readFileSync(back).equals(fs.readFileSync(local)));
+    assert.equal(fs.statSync(back).mode & 0o777, 0o640, 'the mode of the file it replaced');
+    const held = lockOutput(back);
+    try {
+      const locked = await cli(['pull', url, back]);
+      assert.equal(locked.status, 4, locked.stderr);
+      assert.match(locked.stderr, /in use|lock/i);
+    } finally {
+      held.release();
+    }
+    const target = path.join(dir, 'target');
+    fs.writeFileSync(target, 'keep');
+    const link = path.join(dir, 'link.fxr');
+    fs.symlinkSync(target, link);
+    const viaLink = await cli(['pull', url, link]);
+    assert.equal(viaLink.status, 2, viaLink.stderr);
+    assert.equal(fs.readFileSync(target, 'utf8'), 'keep');
+    assert.ok(fs.lstatSync(link).isSymbolicLink());
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.includes('.tmp') || f.endsWith('.lock')),
+      [],
+      'no temp or lock file left behind',
+    );
     // a second push of the same file uploads nothing
     const again = await cli(['push', local, url, '--json']);
     assert.equal(again.status, 0, again.stderr);

@@ -21,7 +21,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { registerTemp, unregisterTemp } from '../cleanup';
+import { writeAtomically } from '../commit';
 import { integrityError, interruptedError, ioError, snapshotError } from '../errors';
 import { decodeFixedHeader, decodeHeader, kHeaderBytes } from '../format';
 import { native } from '../native';
@@ -625,7 +625,7 @@ async function fetchObject(
 }
 
 /** Writes `data` at `offset`: non-zero pages are written, zero pages made zero (punched, or zeros written). */
-function writeRun(fh: fs.promises.FileHandle, data: Buffer, offset: number, zero: Buffer): void {
+function writeRun(fh: { fd: number }, data: Buffer, offset: number, zero: Buffer): void {
   let o = 0;
   while (o < data.length) {
     const end = Math.min(data.length, o + kZeroPage);
@@ -650,14 +650,14 @@ export interface Materialized {
 }
 
 /**
- * Writes the snapshot described by `m` into `fh` (already sized, zero): the chunks, then each patch
- * layer in order. With `below`, only what starts below that offset.
+ * Writes the snapshot described by `m` into the file `fh` (already sized, zero): the chunks, then
+ * each patch layer in order. With `below`, only what starts below that offset.
  */
 async function materialize(
   client: S3Client,
   url: S3Url,
   m: Manifest,
-  fh: fs.promises.FileHandle,
+  fh: { fd: number },
   channels: number,
   signal: AbortSignal,
   userSignal: AbortSignal | undefined,
@@ -736,7 +736,7 @@ async function materialize(
  * Writes the non-zero pages of `chunk` at `offset` (holes stay holes). Writes go straight through pwrite on the main thread: they land in the page cache in microseconds,
  * while an async write per run (thousands per chunk on scattered data) waits on the thread pool.
  */
-function writeSparse(fh: fs.promises.FileHandle, chunk: Buffer, offset: number, zero: Buffer): number {
+function writeSparse(fh: { fd: number }, chunk: Buffer, offset: number, zero: Buffer): number {
   let written = 0;
   let start = -1;
   const flush = (end: number): void => {
@@ -837,48 +837,32 @@ export interface PullOptions extends TransferOptions {
   below?: number;
   /** Write into this already-open file (sized by pull) instead of an atomic temp + rename. */
   into?: fs.promises.FileHandle;
-  /** fsync the file and its directory (default true; not with `into`). */
+  /** fdatasync the file and fsync its directory (default true; not with `into`). */
   fsync?: boolean;
   manifest?: Manifest;
 }
 
-/** Downloads the snapshot at `url` into `file`: a temp file beside it, synced and renamed into place. */
+/**
+ * Downloads the snapshot at `url` into `file` by the commit protocol of every new file (commit.ts):
+ * a private temp file beside it, synced and renamed into place under the output's lock; the
+ * output must be a regular file or nothing, up to the rename.
+ */
 export async function pull(url: S3Url, file: string, opts: PullOptions = {}): Promise<PullResult> {
   const t0 = process.hrtime.bigint();
   const channels = opts.channels ?? 4;
   const client = makeClient(opts);
   const ctl = linked(opts.signal);
   const signal = ctl.signal;
-  let temp: string | undefined;
-  let fh = opts.into;
   try {
     const m = opts.manifest ?? (await readManifest(client, url, signal, false))!;
-    if (!fh) {
-      temp = path.join(path.dirname(file), `.${path.basename(file)}.${crypto.randomBytes(6).toString('hex')}.tmp`);
-      fh = await fs.promises.open(
-        temp,
-        fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
-        0o600,
+    let got: Materialized;
+    if (opts.into) {
+      await opts.into.truncate(m.size);
+      got = await materialize(client, url, m, opts.into, channels, signal, opts.signal, opts.below);
+    } else {
+      got = await writeAtomically(file, { size: m.size, fsync: opts.fsync !== false }, (temp) =>
+        materialize(client, url, m, temp, channels, signal, opts.signal, opts.below),
       );
-      registerTemp(temp);
-    }
-    await fh.truncate(m.size);
-    const got = await materialize(client, url, m, fh, channels, signal, opts.signal, opts.below);
-    if (temp) {
-      if (opts.fsync !== false) await fh.sync();
-      await fh.close();
-      fh = undefined;
-      fs.renameSync(temp, file);
-      unregisterTemp(temp);
-      temp = undefined;
-      if (opts.fsync !== false) {
-        const dfd = fs.openSync(path.dirname(file), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-        try {
-          fs.fsyncSync(dfd);
-        } finally {
-          fs.closeSync(dfd);
-        }
-      }
     }
     return {
       url: formatS3Url(url),
@@ -892,11 +876,6 @@ export async function pull(url: S3Url, file: string, opts: PullOptions = {}): Pr
     ctl.abort();
     throw err;
   } finally {
-    if (temp) {
-      await fh?.close().catch(() => undefined);
-      fs.rmSync(temp, { force: true });
-      unregisterTemp(temp);
-    }
     client.destroy();
   }
 }
