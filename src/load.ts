@@ -28,7 +28,7 @@ import type { ProgressSink } from './progress';
 import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
 import { ExtentCursor } from './tables';
-import { transfer } from './transfer';
+import { segmentBlock, transfer } from './transfer';
 
 export interface LoadOptions {
   snapshot: string;
@@ -217,11 +217,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       channelBlock: (seg): ChannelBlock => {
         const b = image.blocks[seg.block]!;
         const t = byBlock.get(seg.block)!;
-        return {
-          name: b.name,
-          pageSize: b.pageSize,
-          pages: seg.count,
-          snapBase: b.pagesOffset + seg.first * b.pageSize,
+        return segmentBlock(b, seg, {
           live: {
             path: t.file.path,
             dev: t.file.dev,
@@ -229,12 +225,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
             follow: t.file.follow,
             ...(t.file.at ? { beneath: { dirFd: t.file.at.dirFd, rel: t.file.at.rel } } : {}),
           },
-          liveBase: seg.first * b.pageSize,
           liveMmap: t.file.hugetlbfs,
-          present: seg.tables.present,
-          csums: seg.tables.csums,
           intent: { verify, zeroAbsent: !t.created, readAhead: !(opts.directIo ?? false) },
-        };
+        });
       },
     }).finally(() => {
       for (const c of cursors.values()) c.close();

@@ -119,6 +119,32 @@ export async function transfer(opts: TransferOptions): Promise<TransferResult> {
   }
 }
 
+/**
+ * The channels' view of a window's segment of a block: seg.count pages from page seg.first, their
+ * slots in the snapshot and their tables (with `mask`, the segment's data mask too). The caller says
+ * how the channels reach the live file, where its page 0 lies in it (liveBase, default 0), and what
+ * is to be done (intent).
+ */
+export function segmentBlock(
+  b: { name: string; pageSize: number; pagesOffset: number },
+  seg: WalkSegment,
+  how: Pick<ChannelBlock, 'intent' | 'live' | 'liveMmap'> & { liveBase?: number; mask?: boolean },
+): ChannelBlock {
+  return {
+    name: b.name,
+    pageSize: b.pageSize,
+    pages: seg.count,
+    snapBase: b.pagesOffset + seg.first * b.pageSize,
+    ...(how.live ? { live: how.live } : {}),
+    liveBase: (how.liveBase ?? 0) + seg.first * b.pageSize,
+    ...(how.liveMmap !== undefined ? { liveMmap: how.liveMmap } : {}),
+    present: seg.tables.present,
+    csums: seg.tables.csums,
+    ...(how.mask ? { mask: seg.tables.mask } : {}),
+    intent: how.intent,
+  };
+}
+
 /** The walk's part of the options (only its own fields). */
 function windowedWork(w: WindowedWork): WindowedWork {
   return {

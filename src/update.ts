@@ -49,7 +49,7 @@ import type { ProgressSink } from './progress';
 import { writeHeader, writeTables, type MetadataSummary } from './writer';
 import { newTables, openSnapshot, readTables, type BlockTables } from './snapshot';
 import { checkTables, ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
-import { transfer, type TransferResult } from './transfer';
+import { segmentBlock, transfer, type TransferResult } from './transfer';
 import { writebackPump } from './writeback';
 import type { SnapshotHeader } from './format';
 
@@ -532,18 +532,11 @@ async function updatePages(
       channelBlock: (seg): ChannelBlock => {
         const b = h.blocks[seg.block]!;
         const f = sources[seg.block]!;
-        return {
-          name: b.name,
-          pageSize: b.pageSize,
-          pages: seg.count,
-          snapBase: b.pagesOffset + seg.first * b.pageSize,
+        return segmentBlock(b, seg, {
           live: { path: f.path, dev: f.dev, ino: f.ino, follow: f.follow },
-          liveBase: seg.first * b.pageSize,
-          present: seg.tables.present,
-          csums: seg.tables.csums,
-          mask: seg.tables.mask,
+          mask: true,
           intent: { update: true, rewrite: opts.repair },
-        };
+        });
       },
       finish: (seg, worked) => {
         const b = h.blocks[seg.block]!;

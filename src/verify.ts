@@ -12,7 +12,7 @@ import { interruptedError, isSystemError, usageError } from './errors';
 import { openImageShared } from './image';
 import { fromNativeError, native } from './native';
 import { ExtentCursor } from './tables';
-import { transfer } from './transfer';
+import { segmentBlock, transfer } from './transfer';
 import type { ProgressSink } from './progress';
 import { checkBatchBytes, checkChannels, checkUniqueNames } from './options';
 import type { RamImage } from './snapshot';
@@ -179,18 +179,11 @@ export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
       channelBlock: (seg): ChannelBlock => {
         const b = image.blocks[seg.block]!;
         const f = live[seg.block];
-        return {
-          name: b.name,
-          pageSize: b.pageSize,
-          pages: seg.count,
-          snapBase: b.pagesOffset + seg.first * b.pageSize,
+        return segmentBlock(b, seg, {
           ...(f ? { live: { fd: f.fd, path: f.path } } : {}),
-          liveBase: seg.first * b.pageSize,
-          present: seg.tables.present,
-          csums: seg.tables.csums,
-          ...(fixedram ? { mask: seg.tables.mask } : {}),
+          mask: fixedram,
           intent: { checksums: fixedram },
-        };
+        });
       },
     });
     const padding = await checkPadding(image, maxReported, opts.signal);

@@ -28,7 +28,7 @@ import type { ProgressSink } from './progress';
 import type { BlockTables } from './snapshot';
 import { ExtentCursor, readTableWindow, tableSummary, writeTableWindow } from './tables';
 import { ChannelPool } from './channels/pool';
-import { transfer } from './transfer';
+import { segmentBlock, transfer } from './transfer';
 import { writebackPump } from './writeback';
 
 export type Writeback = 'channels' | 'pump' | 'commit';
@@ -212,18 +212,12 @@ async function writePages(
       channelBlock: (seg): ChannelBlock => {
         const b = layout.blocks[seg.block]!;
         const src = sources[seg.block]!;
-        return {
-          name: b.name,
-          pageSize: b.pageSize,
-          pages: seg.count,
-          snapBase: b.pagesOffset + seg.first * b.pageSize,
+        return segmentBlock(b, seg, {
           live: src.fd !== undefined ? { fd: src.fd, path: src.path } : { path: src.path, ...src.identity! },
-          liveBase: src.base + seg.first * b.pageSize,
-          present: seg.tables.present,
-          csums: seg.tables.csums,
-          mask: seg.tables.mask,
+          liveBase: src.base,
+          mask: true,
           intent: { writeback, update: refresh },
-        };
+        });
       },
       finish: (seg, worked) => {
         if (worked)
