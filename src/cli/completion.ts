@@ -6,7 +6,6 @@
  */
 import { Argument, type Command, type Option } from 'commander';
 import { ExitCode } from '../errors';
-import type { ProgramIo } from './program';
 
 interface Spec {
   name: string;
@@ -122,7 +121,11 @@ _fixedram "$@"
 `;
 }
 
-export function addCompletionCommand(program: Command, io: ProgramIo): void {
+/** Adds `completion bash|zsh`, which prints its script to io.stdout (the program's ProgramIo). */
+export function addCompletionCommand(
+  program: Command,
+  io: { stdout: NodeJS.WritableStream; setExitCode: (code: number) => void },
+): void {
   program
     .command('completion')
     .description('print a shell completion script (bash: source it; zsh: put it in $fpath as _fixedram)')
