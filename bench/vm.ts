@@ -151,6 +151,20 @@ async function waitMigration(q: QmpClient): Promise<void> {
 
 const now = (): number => performance.now() / 1000;
 
+/** The phases vm save logs at --log-level debug ('vm save: phases (ms)'), from its stderr. */
+function phasesOf(stderr: string): Record<string, number> {
+  for (const line of stderr.split('\n')) {
+    if (!line.includes('"phases"')) continue;
+    try {
+      const p = (JSON.parse(line) as { phases?: Record<string, unknown> }).phases ?? {};
+      return Object.fromEntries(Object.entries(p).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+    } catch {
+      // not a log line
+    }
+  }
+  return {};
+}
+
 /** Counts the guest printed (it must keep counting after every restore). */
 function lastCount(serial: string): number {
   const m = [...fs.readFileSync(serial, 'latin1').matchAll(/^count (\d+)$/gm)];
@@ -192,6 +206,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
     plainSave: [] as number[],
     qSave: [] as { wall: number; downtime: number }[],
     qSaveOver: [] as { wall: number; downtime: number }[],
+    phases: [] as Record<string, number>[],
     fxRestore: [] as { wall: number; downtime: number; cpu: number }[],
     qRestore: [] as { wall: number; downtime: number }[],
   };
@@ -201,7 +216,9 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
     a = await startVm(work, 'a', kernel, src, mib, false);
     vms.push(a);
     let count = await waitCounting(path.join(work, 'a.serial'), 2);
-    const fxSave = async (): Promise<{ wall: number; downtime: number; cpu: number }> => {
+    const fxSave = async (
+      debug = false,
+    ): Promise<{ wall: number; downtime: number; cpu: number; phases: Record<string, number> }> => {
       const res: RunResult = await measure([
         ...o.fixedram,
         'vm',
@@ -215,11 +232,12 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
         '--json',
         '--progress',
         'none',
+        ...(debug ? ['--log-level', 'debug'] : []),
       ]);
       if (res.status !== 0) throw new Error(`fixedram vm save failed: ${res.stderr.trim()}`);
       const j = JSON.parse(res.stdout.trim().split('\n').pop()!) as { downtimeSeconds: number };
       count = await waitCounting(path.join(work, 'a.serial'), count);
-      return { wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys };
+      return { wall: res.wall, downtime: j.downtimeSeconds, cpu: res.user + res.sys, phases: phasesOf(res.stderr) };
     };
     // QEMU mapped-ram + multifd 2 channels to a file, then fsync (capabilities set before the clock)
     const qSave = async (): Promise<{ wall: number; downtime: number }> => {
@@ -305,6 +323,11 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       quiesce(o.disk);
       const qso = await qSave();
       rows.qSaveOver.push(qso);
+      // where vm save's time goes: one more save to a new file with --log-level debug (not in the
+      // medians above: the debug log costs time of its own)
+      fs.rmSync(fxr, { force: true });
+      quiesce(o.disk);
+      rows.phases.push((await fxSave(true)).phases);
       o.log(
         `vm: run ${r + 1}: dd ${dd.wall.toFixed(3)} s; vm save ${fx.wall.toFixed(3)} s (downtime ${fx.downtime.toFixed(3)} s), ` +
           `save ${ps.wall.toFixed(3)} s, QEMU save ${qs.wall.toFixed(3)} s (downtime ${qs.downtime.toFixed(3)} s); ` +
@@ -479,6 +502,19 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       ],
     ) +
     `\nAll saves end with the snapshot durable. fixedram: the whole process (node start-up, QMP, the copy while the VM runs, stop, device state, refresh of the copy, cont, metadata, fdatasync, rename, directory fsync; ${fmt(fsC)} CPU s). QEMU: from its stop through the completed migration and cont to the end of an fsync of its file (sync FILE); capabilities set before. Save downtime: stop → cont (QEMU's fsync and fixedram's metadata and fdatasync come after cont). Device floor: no save of this guest can be faster than writing its data at the device's rate (the dd row, same run), whatever it does with the CPU. Over the previous file: the file system frees the old file's blocks (fixedram: when the rename drops it, before the directory fsync; QEMU: when its open truncates it, inside its downtime). Restore: fixedram's whole process (node start-up, checks, RAM load with checksums, migrate-incoming of the device state, cont); QEMU from migrate-incoming to cont; both read a snapshot dropped from the page cache. Accelerator: ${ac}.\n`;
+  const phaseNames = [...new Set(rows.phases.flatMap((p) => Object.keys(p)))];
+  const phaseText = phaseNames.length
+    ? plainTable(
+        `vm save: where the time goes (--log-level debug, one more save per run; median ms of ${rows.phases.length})`,
+        ['phase', 'median ms'],
+        1,
+        phaseNames.map((n) => [
+          n,
+          fmt(med(rows.phases.map((p) => p[n]).filter((x): x is number => x !== undefined)), 1),
+        ]),
+      ) +
+      '\nstartup: process start to the command; qmpConnect, qmpQueries: QMP; preCopy: lock, temp file, plan, the copy while the VM runs (channels started meanwhile); stop, deviceState: the VM stopped, its device state captured; refresh: the RAM hashed in place, changed pages written; checked, cont: sources checked, VM running again; tables: metadata; dataSync, completeSync, rename, dirSync: the commit; end: QMP capabilities put back.\n'
+    : '';
   const t = (what: string, target: string, v: number, ok: boolean, why?: string): Target => ({
     issue: '12',
     what: `${what} (${ac})`,
@@ -496,7 +532,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
         ? `beyond this disk: the data alone takes ${fmt(floor, 3)} s at the dd oflag=direct rate, more than half of QEMU's ${fmt(qs1, 3)} s; at most ${fmt(qs1 / floor)}× here`
         : `needs the whole save in ${fmt(qs1 / 2, 3)} s; the data alone takes ${fmt(floor, 3)} s at the dd oflag=direct rate (at most ${fmt(qs1 / floor)}× here)`;
   return {
-    text,
+    text: text + phaseText,
     notes,
     targets: [
       t('vm save vs QEMU mapped-ram + multifd 2 ch (+ fsync)', '≥ 2× faster', qs1 / fs1, qs1 / fs1 >= 2, missWhy),

@@ -81,8 +81,51 @@ describe('vm save / vm restore: shared-file RAM (x-ignore-shared)', () => {
     await waitForCounts(a.serial, 5);
 
     // 1. save; the VM runs on afterwards (--then resume is the default)
-    const r1 = fixedram(['vm', 'save', '--qmp', a.fixedramQmp, '-o', snap, '-j', '2', '--json', '--progress', 'none']);
+    const r1 = fixedram([
+      'vm',
+      'save',
+      '--qmp',
+      a.fixedramQmp,
+      '-o',
+      snap,
+      '-j',
+      '2',
+      '--json',
+      '--progress',
+      'none',
+      '--log-level',
+      'debug',
+    ]);
     assert.equal(r1.status, 0, r1.stderr);
+    // where the time went: every phase of a shared-file save, in the order they ended
+    const phasesLine = r1.stderr.split('\n').find((l) => l.includes('vm save: phases (ms)'));
+    assert.ok(phasesLine, r1.stderr);
+    const phases = (JSON.parse(phasesLine) as { phases: Record<string, number> }).phases;
+    assert.deepEqual(Object.keys(phases), [
+      'startup',
+      'qmpConnect',
+      'qmpQueries',
+      'preCopy',
+      'stop',
+      'deviceState',
+      'refresh',
+      'checked',
+      'cont',
+      'tables',
+      'dataSync',
+      'completeSync',
+      'rename',
+      'dirSync',
+      'end',
+      'total',
+    ]);
+    const { startup, total, ...steps } = phases;
+    assert.ok(startup! > 0 && Object.values(steps).every((ms) => ms >= 0), JSON.stringify(phases));
+    const sum = Object.values(steps).reduce((x, y) => x + y, 0);
+    assert.ok(
+      Math.abs(sum - total!) < 0.1 * Object.keys(steps).length,
+      `the steps add up to the total: ${sum} vs ${total}`,
+    );
     const j1 = json(r1);
     assert.equal(j1.command, 'vm save');
     assert.equal(j1.mode, 'shared-file');

@@ -161,7 +161,7 @@ class Phases {
       out[name] = ms(t - prev);
       prev = t;
     }
-    out.total = ms(now() - this.started);
+    out.total = ms(prev - this.started); // to the last mark: the phases add up to it
     return out;
   }
 }
@@ -370,7 +370,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     await restoreCaps();
     restoreCaps = undefined;
     phases.mark('end');
-    log?.debug(phases.report(), 'vm save: phases (ms)');
+    log?.debug({ phases: phases.report() }, 'vm save: phases (ms)');
     return {
       command: 'vm save',
       output,
