@@ -209,30 +209,43 @@ describe('save: beforePages (the hook vm save stops the VM in)', () => {
     assert.equal(v.ok, true);
   });
 
-  it('a hook that fails: its error comes back, the previous output is unchanged, no temp file or lock left', async (t) => {
-    const dir = tempDir(t);
-    const src = path.join(dir, 'mem0.ram');
-    makeBlock(src, 1, kPages);
-    const out = path.join(dir, 'vm.fxr');
-    await save({ output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false });
-    const before = fs.readFileSync(out);
-    let ran = false;
-    await assert.rejects(
-      save({
-        output: out,
-        blocks: [{ name: 'mem0', path: src }],
-        channels: 2,
-        fsync: false,
-        batchBytes: 64 << 10,
-        beforePages: () => {
-          ran = true;
-          return Promise.reject(new Error('QEMU said no'));
-        },
-      }),
-      /QEMU said no/,
-    );
-    assert.ok(ran, 'the fault was injected (the hook ran)');
-    assert.ok(fs.readFileSync(out).equals(before));
-    assert.deepEqual(fs.readdirSync(dir).sort(), ['mem0.ram', 'vm.fxr']);
-  });
+  for (const preCopy of [false, true]) {
+    it(`a hook that fails${preCopy ? ' after the copy (preCopy)' : ''}: its error comes back, the previous output is unchanged, no temp file, lock or channel left`, async (t) => {
+      const dir = tempDir(t);
+      const src = path.join(dir, 'mem0.ram');
+      makeBlock(src, 1, kPages);
+      const out = path.join(dir, 'vm.fxr');
+      await save({ output: out, blocks: [{ name: 'mem0', path: src }], channels: 2, fsync: false });
+      const before = fs.readFileSync(out);
+      const tasks = (): Set<string> => new Set(fs.readdirSync('/proc/self/task'));
+      let atHook: Set<string> | undefined;
+      const ahead = tasks();
+      await assert.rejects(
+        save({
+          output: out,
+          blocks: [{ name: 'mem0', path: src }],
+          channels: 2,
+          fsync: false,
+          batchBytes: 64 << 10,
+          preCopy,
+          beforePages: () => {
+            atHook = tasks();
+            return Promise.reject(new Error('QEMU said no'));
+          },
+        }),
+        /QEMU said no/,
+      );
+      assert.ok(atHook, 'the fault was injected (the hook ran)');
+      assert.ok(fs.readFileSync(out).equals(before));
+      assert.deepEqual(fs.readdirSync(dir).sort(), ['mem0.ram', 'vm.fxr']);
+      // the channels running when the hook failed (the copy's, kept for the refresh) are gone
+      const channels = [...atHook].filter((id) => !ahead.has(id));
+      assert.ok(channels.length >= 2, `channel threads at the hook: ${channels.length}`);
+      const after = tasks();
+      assert.deepEqual(
+        channels.filter((id) => after.has(id)),
+        [],
+      );
+    });
+  }
 });
