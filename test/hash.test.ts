@@ -14,7 +14,8 @@ import { fixedram } from './support/cli';
 import { makeBlock } from './support/stamp';
 import { tempDir } from './support/tmp';
 
-const kAddon = path.resolve(__dirname, '..', '..', 'native', 'build', 'Release', 'fixedram.node');
+// the addon as src/native.ts loads it (FIXEDRAM_ADDON: the sanitizer build of .ci/sanitizers)
+const kNative = path.resolve(__dirname, '..', 'src', 'native.js');
 const kUnits = ['sse2', 'avx2', 'avx512'] as const;
 
 function needXxhsum(t: TestContext): boolean {
@@ -26,7 +27,7 @@ function needXxhsum(t: TestContext): boolean {
 
 /** The unit a fresh process uses under FIXEDRAM_XXH3=cap, and its digests of the files. */
 function digestsWith(cap: string, files: string[]): { unit: string; digests: string[] } {
-  const script = `const a = require(${JSON.stringify(kAddon)}); const fs = require('fs');
+  const script = `const a = require(${JSON.stringify(kNative)}).native(); const fs = require('fs');
     const files = JSON.parse(process.argv[1]);
     console.log(JSON.stringify({ unit: a.hashUnit(), digests: files.map((f) => a.hash64(fs.readFileSync(f)).toString(16).padStart(16, '0')) }));`;
   const r = spawnSync(process.execPath, ['-e', script, JSON.stringify(files)], {
