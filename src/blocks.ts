@@ -5,12 +5,14 @@
  * name → file name encoding block-names.ts.
  */
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { ExitCode, FixedramError, ioError, sysError, usageError, isSystemError } from './errors';
 import type { BlockArg } from './block-args';
 import { native } from './native';
 import { kPrivateDirMode, kPrivateFileMode } from './outputs';
 import { checkPageSize } from './options';
+import { openBeneath, unlinkBeneath, type BeneathPath } from './reopen';
+
+export { openBeneath, reopenChecked, unlinkBeneath, type BeneathPath } from './reopen';
 
 export const kHugetlbfsMagic = 0x958458f6;
 export const kTmpfsMagic = 0x01021994;
@@ -40,11 +42,6 @@ export interface OpenFile extends FileIdentity {
 }
 
 /** A file named relative to a directory descriptor (load --dir): opened beneath it, no symlinks. */
-export interface BeneathPath {
-  dirFd: number;
-  rel: string;
-}
-
 export interface FileOptions {
   followSymlinks?: boolean;
   /** Accept block devices (their size comes from BLKGETSIZE64). */
@@ -191,41 +188,6 @@ export function releaseFd(file: OpenFile): void {
   file.fd = -1;
 }
 
-/**
- * Opens a checked block file again by path (never following a final symlink unless it was followed
- * the first time) and makes sure it is the same file: same device and inode.
- * @throws ERR_SOURCE_CHANGED when it was replaced or removed in between.
- */
-export function reopenChecked(
-  file: string,
-  flags: number,
-  id: { dev: bigint; ino: bigint; follow: boolean },
-  block: string,
-  at?: BeneathPath,
-): number {
-  const c = fs.constants;
-  const changed = (): Error =>
-    ioError('ERR_SOURCE_CHANGED', `'${file}' (block '${block}') was replaced or removed during the operation`, {
-      path: file,
-      block,
-    });
-  let fd: number;
-  try {
-    fd = at
-      ? openBeneath(at, flags | c.O_NONBLOCK, 0, file, -1)
-      : fs.openSync(file, flags | c.O_NONBLOCK | (id.follow ? 0 : c.O_NOFOLLOW));
-  } catch (err) {
-    if (isSystemError(err) && (err.code === 'ENOENT' || err.code === 'ELOOP')) throw changed();
-    throw isSystemError(err) ? Object.assign(err, { path: file, block }) : err;
-  }
-  const st = fs.fstatSync(fd, { bigint: true });
-  if (st.dev !== id.dev || st.ino !== id.ino) {
-    fs.closeSync(fd);
-    throw changed();
-  }
-  return fd;
-}
-
 /** One byte per page in shared memory (page masks and bitmaps handed to channels). */
 export function sharedPageBytes(pages: number): Uint8Array {
   return new Uint8Array(new SharedArrayBuffer(Math.max(pages, 1))).subarray(0, pages);
@@ -267,31 +229,6 @@ export function identityOf(file: string): FileIdentity | undefined {
 }
 
 export const sameFile = (a: FileIdentity, b: FileIdentity): boolean => a.dev === b.dev && a.ino === b.ino;
-
-/**
- * Opens `at.rel` below the directory descriptor `at.dirFd` (native openBeneath: openat2
- * RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or openat + O_NOFOLLOW per component): no component may be a
- * symlink and nothing outside the directory can be reached, however the tree changes meanwhile.
- * Errors are Node-shaped and name `file` (the path shown to the user).
- */
-export function openBeneath(at: BeneathPath, flags: number, mode: number, file: string, mkdirMode = -1): number {
-  try {
-    return native().openBeneath(at.dirFd, at.rel, flags, mode, mkdirMode);
-  } catch (err) {
-    const e = err as { errno?: unknown; syscall?: unknown };
-    if (typeof e.errno === 'number' && typeof e.syscall === 'string') {
-      // a symlink anywhere on the way: openat2 says EXDEV or ELOOP, openat with O_NOFOLLOW ELOOP or ENOTDIR
-      const errno = e.errno === osConstants.errno.EXDEV ? osConstants.errno.ELOOP : e.errno;
-      throw sysError(errno, e.syscall, { path: file });
-    }
-    throw err;
-  }
-}
-
-/** Removes a file opened beneath a directory descriptor without walking its path again. */
-export function unlinkBeneath(at: BeneathPath): void {
-  native().unlinkBeneath(at.dirFd, at.rel);
-}
 
 /**
  * Whether a file can be opened with O_DIRECT. Returns false (and the caller falls back to buffered

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { reopenChecked } from '../blocks';
+import { reopenChecked } from '../reopen';
 import { integrityError, toRecord } from '../errors';
 import {
   fromNativeError,
