@@ -462,6 +462,15 @@ Napi::Value DataExtentsJs(const Napi::CallbackInfo& info) {
   }
 }
 
+// willNeed(fd, offset, length): POSIX_FADV_WILLNEED, advice only (a failure changes nothing but the speed)
+Napi::Value WillNeedJs(const Napi::CallbackInfo& info) {
+  int fd = Fd(info, 0, "fd");
+  int64_t off = Int(info, 1, "offset");
+  int64_t len = Int(info, 2, "length");
+  if (off >= 0 && len > 0) (void)posix_fadvise(fd, off, len, POSIX_FADV_WILLNEED);
+  return info.Env().Undefined();
+}
+
 // punchHole(fd, offset, length) -> true, or false where the file system cannot punch holes
 Napi::Value PunchHoleJs(const Napi::CallbackInfo& info) {
   int fd = Fd(info, 0, "fd");
@@ -581,6 +590,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hashRanges", Napi::Function::New(env, HashRangesJs, "hashRanges"));
   exports.Set("dataExtents", Napi::Function::New(env, DataExtentsJs, "dataExtents"));
   exports.Set("punchHole", Napi::Function::New(env, PunchHoleJs, "punchHole"));
+  exports.Set("willNeed", Napi::Function::New(env, WillNeedJs, "willNeed"));
   exports.Set("flock", Napi::Function::New(env, FlockJs, "flock"));
   exports.Set("syncRange", Napi::Function::New(env, SyncRangeJs, "syncRange"));
   exports.Set("updatePages", Napi::Function::New(env, UpdatePagesJs, "updatePages"));

@@ -142,6 +142,8 @@ export interface Native {
   /** At most `max` data extents of [lo, hi) as [start, end, ...]; null: no hole information. */
   dataExtents(fd: number, lo: number, hi: number, max: number): number[] | null;
   punchHole(fd: number, offset: number, length: number): boolean;
+  /** POSIX_FADV_WILLNEED over [offset, offset + length): the kernel starts reading it (advice only). */
+  willNeed(fd: number, offset: number, length: number): void;
   /** Non-blocking flock: true when taken, false when held elsewhere. */
   flock(fd: number, exclusive: boolean): boolean;
   syncRange(fd: number, offset: number, length: number): void;

@@ -189,6 +189,16 @@ function openChannel(job: ChannelJob, post: (m: ChannelMessage) => void): OpenCh
     fail(err);
   }
   let pending = -1; // a claimed batch whose mask was not final yet (step(false))
+  // load: while this batch is read, the device already reads the next one nobody has claimed yet
+  // (its pages are asked for before a channel needs them: a channel's own read-ahead of its batch
+  // starts only when it claims it, and the device idles between one channel's batches)
+  const readAheadNext = (): void => {
+    const k = Atomics.load(control, kCtlNextBatch);
+    if (k >= job.batchCount) return;
+    const nb = job.blocks[batches[3 * k]!]!;
+    if (!nb.intent.readAhead) return;
+    addon.willNeed(snapFd, nb.snapBase + batches[3 * k + 1]! * nb.pageSize, batches[3 * k + 2]! * nb.pageSize);
+  };
 
   const step = (block: boolean): 'more' | 'wait' | 'end' => {
     if (failed) return 'end';
@@ -245,6 +255,7 @@ function openChannel(job: ChannelJob, post: (m: ChannelMessage) => void): OpenCh
             stats.cpuNs += r[10]!;
           }
         } else if (job.kind === 'load') {
+          if (b.intent.readAhead) readAheadNext();
           const r = addon.loadPages({
             snapFd,
             snapBase: b.snapBase,
