@@ -3,6 +3,7 @@
  * the parallel writer against the single-threaded reference writer.
  */
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
@@ -70,6 +71,61 @@ describe('save and load', () => {
       blocks.forEach((b, i) => assert.equal(firstDifferentPage(b.path, dirtyTargets[i]!.path), -1, b.name));
     });
   }
+
+  it('load reads ahead: while a channel reads its batch, the next unclaimed batch is asked for at its own slot (POSIX_FADV_WILLNEED, strace)', async (t) => {
+    if (
+      !requirePrereq(
+        t,
+        spawnSync('strace', ['-V']).status === 0,
+        'strace is not installed (.ci/install-system installs it)',
+      )
+    )
+      return;
+    const dir = tempDir(t);
+    // two blocks of 16-page batches; the first and last page of every batch is a hole, so a
+    // channel's read-ahead of its own batch (first to last present page) differs from the
+    // look-ahead of a whole batch
+    const edge = (i: number): 'hole' | 'stamp' => (i % 16 === 0 || i % 16 === 15 ? 'hole' : 'stamp');
+    const blocks = [
+      { name: 'a', path: path.join(dir, 'a'), pages: 64 },
+      { name: 'b', path: path.join(dir, 'b'), pages: 96 },
+    ];
+    blocks.forEach((b, i) => makeBlock(b.path, i + 1, b.pages, { kind: edge }));
+    const out = path.join(dir, 'snap.fxr');
+    await save({ output: out, blocks, channels: 1, fsync: false });
+    const layout = (await inspect(out)).blocks;
+    const batchBytes = 16 * 4096;
+    const log = path.join(dir, 'strace.log');
+    const script = `require(${JSON.stringify(path.resolve(__dirname, '..', 'src', 'index.js'))}).load({
+      snapshot: ${JSON.stringify(out)}, dir: ${JSON.stringify(path.join(dir, 'back'))}, channels: 2, batchBytes: ${batchBytes},
+    }).catch((e) => { console.error(e); process.exit(4); });`;
+    const r = spawnSync('strace', ['-f', '-qq', '-o', log, '-e', 'trace=fadvise64', process.execPath, '-e', script], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    for (const b of blocks) assert.equal(firstDifferentPage(b.path, path.join(dir, 'back', b.name)), -1, b.name);
+    // every batch: [its slot, its length]; the whole batches asked for ahead must be exactly such
+    const batches = new Set<string>();
+    layout.forEach((l, i) => {
+      for (let first = 0; first < blocks[i]!.pages; first += 16)
+        batches.add(`${l.pagesOffset + first * 4096} ${batchBytes}`);
+    });
+    const ahead = new Set<string>();
+    for (const line of fs.readFileSync(log, 'utf8').split('\n')) {
+      const m = /fadvise64\(\d+, (\d+), (\d+), POSIX_FADV_WILLNEED\)/.exec(line);
+      if (!m) continue;
+      const key = `${m[1]} ${m[2]}`;
+      // a channel's own batch: 14 present pages from the batch's second page
+      if (Number(m[2]) === 14 * 4096) continue;
+      assert.ok(batches.has(key), `read ahead at ${key}, which is no batch's slot`);
+      ahead.add(key);
+    }
+    // the premise: 10 batches, each after the first claimed is asked for ahead unless a channel
+    // claimed it first; at least half are
+    assert.equal(batches.size, 10);
+    assert.ok(ahead.size >= 5, `only ${ahead.size} of 10 batches were read ahead`);
+  });
 
   it('writes a file byte-identical to the single-threaded reference writer', async (t) => {
     const dir = tempDir(t);
