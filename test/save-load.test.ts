@@ -93,7 +93,7 @@ describe('save and load', () => {
     blocks.forEach((b, i) => makeBlock(b.path, i + 1, b.pages, { kind: edge }));
     const out = path.join(dir, 'snap.fxr');
     await save({ output: out, blocks, channels: 1, fsync: false });
-    const layout = (await inspect(out)).blocks;
+    const layout = inspect(out).blocks;
     const batchBytes = 16 * 4096;
     const log = path.join(dir, 'strace.log');
     const script = `require(${JSON.stringify(path.resolve(__dirname, '..', 'src', 'index.js'))}).load({
