@@ -43,28 +43,25 @@ const kNoMask = new Uint8Array(0);
 const hex = (v: bigint): string => v.toString(16).padStart(16, '0');
 
 /**
- * Whether the mask of the pages [first, first + count) is final (the main thread's extent walk
- * publishes it part by part, see ChannelBlock.maskReady).
+ * The first part of the mask of the pages [first, first + count) that is not final yet, or -1
+ * when all of it is (the main thread's extent walk publishes it part by part, see
+ * ChannelBlock.maskReady).
  */
-function maskFinal(b: ChannelBlock, first: number, count: number): boolean {
+function unfinishedPart(b: ChannelBlock, first: number, count: number): number {
   const ready = b.maskReady!;
   const per = b.maskPartPages!;
   for (let k = Math.floor(first / per); k * per < first + count; k++) {
-    if (Atomics.load(ready, k) < Math.min(first + count, (k + 1) * per) - k * per) return false;
+    if (Atomics.load(ready, k) < Math.min(first + count, (k + 1) * per) - k * per) return k;
   }
-  return true;
+  return -1;
 }
 
-/** Waits until maskFinal; false when the run is cancelled meanwhile. */
+/** Waits until the mask of the pages is final; false when the run is cancelled meanwhile. */
 function awaitMask(b: ChannelBlock, first: number, count: number, control: Int32Array): boolean {
-  const ready = b.maskReady!;
-  const per = b.maskPartPages!;
-  for (let k = Math.floor(first / per); k * per < first + count; k++) {
-    const need = Math.min(first + count, (k + 1) * per) - k * per;
-    for (let v = Atomics.load(ready, k); v < need; v = Atomics.load(ready, k)) {
-      if (Atomics.load(control, kCtlCancel) !== 0) return false;
-      Atomics.wait(ready, k, v, 1); // the walk (native, on the libuv pool) never notifies: look again after 1 ms
-    }
+  for (let k = unfinishedPart(b, first, count); k >= 0; k = unfinishedPart(b, first, count)) {
+    if (Atomics.load(control, kCtlCancel) !== 0) return false;
+    // the walk (native, on the libuv pool) never notifies: look again after 1 ms
+    Atomics.wait(b.maskReady!, k, Atomics.load(b.maskReady!, k), 1);
   }
   return true;
 }
@@ -214,7 +211,7 @@ function openChannel(job: ChannelJob, post: (m: ChannelMessage) => void): OpenCh
       if (b.maskReady) {
         if (block) {
           if (!awaitMask(b, first, count, control)) return 'end'; // cancelled while waiting
-        } else if (!maskFinal(b, first, count)) {
+        } else if (unfinishedPart(b, first, count) >= 0) {
           pending = i;
           return 'wait';
         }
