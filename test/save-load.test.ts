@@ -11,7 +11,7 @@ import { load, save, verify, inspect } from '../src/index';
 import { fillFile, firstDifferentPage, makeBlock } from './support/stamp';
 import { allocated, openFds, tempDir } from './support/tmp';
 import { referenceSave } from './support/reference-writer';
-import { requirePrereq } from './support/prereq';
+import { requirePrereq, requireStrace } from './support/prereq';
 
 // Odd page counts, so blocks do not divide into batches (the tests use small batches).
 const kShapes: [string, number][] = [
@@ -73,14 +73,7 @@ describe('save and load', () => {
   }
 
   it('load reads ahead: while a channel reads its batch, the next unclaimed batch is asked for at its own slot (POSIX_FADV_WILLNEED, strace)', async (t) => {
-    if (
-      !requirePrereq(
-        t,
-        spawnSync('strace', ['-V']).status === 0,
-        'strace is not installed (.ci/install-system installs it)',
-      )
-    )
-      return;
+    if (!requireStrace(t)) return;
     const dir = tempDir(t);
     // two blocks of 16-page batches; the first and last page of every batch is a hole, so a
     // channel's read-ahead of its own batch (first to last present page) differs from the

@@ -15,7 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
 import { denseBlock, readShimReport, reap, shimEnv, shimPath, Watched } from './support/faults';
-import { requirePrereq, requireSetup } from './support/prereq';
+import { requireSetup, requireStrace } from './support/prereq';
 import { allocated, tempDir } from './support/tmp';
 import * as os from 'node:os';
 
@@ -130,14 +130,7 @@ describe('save --update', () => {
   });
 
   it('an update with no changes writes only the header, twice (counted with strace); one with changes writes pages', async (t) => {
-    if (
-      !requirePrereq(
-        t,
-        spawnSync('strace', ['-V']).status === 0,
-        'strace is not installed (.ci/install-system installs it)',
-      )
-    )
-      return;
+    if (!requireStrace(t)) return;
     const { blocks, out } = setup(t, [2000, 700]);
     await save({ output: out, blocks, channels: 2 });
     const before = fs.readFileSync(out);

@@ -14,6 +14,7 @@
  * vanishing with describe(..., { skip }).
  */
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as test from 'node:test';
 import type { TestContext } from 'node:test';
 
@@ -34,6 +35,15 @@ export function requirePrereq(t: Skippable, ok: boolean, reason: string): boolea
   if (inCI()) assert.fail(`missing prerequisite under CI (.ci/run must provide it): ${reason}`);
   t.skip(reason);
   return false;
+}
+
+/** strace, for the tests that count or place system calls (.ci/install-system installs it). */
+export function requireStrace(t: Skippable): boolean {
+  return requirePrereq(
+    t,
+    spawnSync('strace', ['-V']).status === 0,
+    'strace is not installed (.ci/install-system installs it)',
+  );
 }
 
 /**
