@@ -147,7 +147,7 @@ Napi::Value Fstatfs(const Napi::CallbackInfo& info) {
 Napi::Value Hash(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsTypedArray()) Fail(info.Env(), "bytes must be a Uint8Array");
   Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
-  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(Hash64(a.Data(), a.ByteLength())));
+  return Napi::BigInt::New(info.Env(), Xxh3Hash(a.Data(), a.ByteLength()));
 }
 
 // hashUnit() -> "avx512" | "avx2" | "sse2": the vector unit XXH3 runs on in this process

@@ -135,8 +135,6 @@ void MapWritable(const BlockFile& f, int64_t off, int64_t len, Mapping* m) {
 
 }  // namespace
 
-uint64_t Hash64(const void* data, size_t len) { return Xxh3Hash(data, len); }
-
 bool MarkDataPages(const BlockFile& f, int64_t first, int64_t count, unsigned char* mask, int32_t* ready) {
   // mask[first, first + done) is final: a later extent can only mark pages from `done` on
   auto publish = [&](int64_t done) {

@@ -150,9 +150,6 @@ SaveResult UpdatePages(const BlockFile& src, const BlockFile& dst, const PageBat
 // in the first range. Memory: one bounded buffer.
 uint64_t HashRanges(int fd, const std::vector<std::pair<int64_t, int64_t>>& ranges, uint64_t* popcount);
 
-// XXH3-64 (seed 0) of a buffer, for metadata checksums computed in TS.
-uint64_t Hash64(const void* data, size_t len);
-
 }  // namespace fixedram
 
 #endif  // NATIVE_PAGES_H_
