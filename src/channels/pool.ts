@@ -189,14 +189,13 @@ export async function runChannels(opts: RunOptions): Promise<ChannelStats & { ch
 
   // the main thread as channel 0 beside n - 1 workers
   const joins = !inline && opts.mainJoins === true;
-  const here = async (): Promise<void> => runChannelHere(job, (m) => void onMessage(m, failWith));
   try {
     await (inline
       ? inline()
       : Promise.all([
           // the workers first: their job is posted before the main thread takes its first batch
           ...Array.from({ length: joins ? n - 1 : n }, (_, i) => one(i + (joins ? 1 : 0))),
-          ...(joins ? [here()] : []),
+          ...(joins ? [runChannelHere(job, (m) => void onMessage(m, failWith))] : []),
         ]));
   } finally {
     opts.team?.dispose();
