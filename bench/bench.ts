@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { kDefaultMix, kDenseMix, kSparseMix, makeImage, mutateImage, type ImageStats } from './image';
-import { evict, killCurrent, measure, quiesce, run, type RunResult, type Usage } from './measure';
+import { evict, killCurrent, measure, phasesOf, quiesce, run, type RunResult, type Usage } from './measure';
 import { QemuPeer, qemuVersion, reportedAccelerator, stopAllQemu } from './qemu';
 import {
   extraMedian,
@@ -752,7 +752,7 @@ async function main(): Promise<void> {
           break;
         }
         m.runs.push(usageOf(res));
-        m.extra.push({ ...fixedramJson(res), ...phasesOf(res) });
+        m.extra.push({ ...fixedramJson(res), ...phasesOf(res.stderr) });
         log(
           `${m.label}: run ${r + 1}/${o.runs}: ${res.wall.toFixed(3)} s, ${((res.written ?? NaN) / MiB).toFixed(1)} MiB written, ` +
             `${(res.diskWrite / MiB).toFixed(0)} MiB accounted to disk`,
@@ -905,7 +905,7 @@ async function main(): Promise<void> {
         label: `fixedram save --update -j ${j}, nothing changed`,
         ramBytes: hashBytes,
         argv: fx('save', '--update', '-o', hout, '-b', `mem0=${dense}`, '-j', String(j), '--log-level', 'debug'),
-        parse: (r) => ({ ...fixedramJson(r), ...phasesOf(r) }),
+        parse: (r) => ({ ...fixedramJson(r), ...phasesOf(r.stderr) }),
       });
       await measureCases(
         [
@@ -1013,7 +1013,7 @@ async function main(): Promise<void> {
               flush();
             },
             argv: fx('save', '--update', '-o', sOut, '-b', `mem0=${file}`, '-j', '2', '--log-level', 'debug'),
-            parse: (r) => ({ ...fixedramJson(r), ...phasesOf(r) }),
+            parse: (r) => ({ ...fixedramJson(r), ...phasesOf(r.stderr) }),
           };
           await measureCases([upd], o.runs);
         }
@@ -1100,20 +1100,6 @@ function hashRate(m: Measured | undefined): number | undefined {
   const cpu = extraMedian(m, 'chCpu');
   const bytes = extraMedian(m, 'bytesRead');
   return cpu && bytes ? bytes / (cpu / 1000) / 1e9 : undefined;
-}
-
-/** The phase breakdown fixedram logs at --log-level debug ('update: phases (ms)'), from stderr. */
-function phasesOf(r: RunResult): Record<string, number> {
-  for (const line of r.stderr.split('\n')) {
-    if (!line.includes('"phases"')) continue;
-    try {
-      const p = (JSON.parse(line) as { phases?: Record<string, unknown> }).phases ?? {};
-      return Object.fromEntries(Object.entries(p).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
-    } catch {
-      // not a log line
-    }
-  }
-  return {};
 }
 
 const kPhases = [

@@ -230,3 +230,20 @@ export function median(xs: readonly number[]): number {
 export function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
+
+/**
+ * The phase breakdown a fixedram command logs at --log-level debug (`{ phases }`: 'update: phases
+ * (ms)', 'vm save: phases (ms)'), from its stderr; {} when there is none.
+ */
+export function phasesOf(stderr: string): Record<string, number> {
+  for (const line of stderr.split('\n')) {
+    if (!line.includes('"phases"')) continue;
+    try {
+      const p = (JSON.parse(line) as { phases?: Record<string, unknown> }).phases ?? {};
+      return Object.fromEntries(Object.entries(p).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+    } catch {
+      // not a log line
+    }
+  }
+  return {};
+}

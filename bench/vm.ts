@@ -27,7 +27,7 @@ import { performance } from 'node:perf_hooks';
 import { QmpClient } from '../src/qmp';
 import { buildGuest, type GuestKernel } from '../test/support/guest';
 import { kDefaultMix, makeImage } from './image';
-import { evict, measure, median, quiesce, run, type RunResult } from './measure';
+import { evict, measure, median, phasesOf, quiesce, run, type RunResult } from './measure';
 import { acceleratorOf, noteAccelerator, qemuBinary, reportedAccelerator } from './qemu';
 import { fmt, GiB, MiB, plainTable, type Target } from './report';
 
@@ -150,20 +150,6 @@ async function waitMigration(q: QmpClient): Promise<void> {
 }
 
 const now = (): number => performance.now() / 1000;
-
-/** The phases vm save logs at --log-level debug ('vm save: phases (ms)'), from its stderr. */
-function phasesOf(stderr: string): Record<string, number> {
-  for (const line of stderr.split('\n')) {
-    if (!line.includes('"phases"')) continue;
-    try {
-      const p = (JSON.parse(line) as { phases?: Record<string, unknown> }).phases ?? {};
-      return Object.fromEntries(Object.entries(p).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
-    } catch {
-      // not a log line
-    }
-  }
-  return {};
-}
 
 /** Counts the guest printed (it must keep counting after every restore). */
 function lastCount(serial: string): number {
