@@ -94,6 +94,43 @@ describe('the package', () => {
     assert.equal(r.stdout.trim(), 'true');
   });
 
+  it('the bin, running one command, loads that command alone (start-up counts in every run)', (t) => {
+    // a preloaded hook that prints, at exit, which command modules the run loaded
+    const dir = tempDir(t);
+    const hook = path.join(dir, 'hook.js');
+    fs.writeFileSync(
+      hook,
+      `const path = require('node:path');
+      process.on('exit', () => require('node:fs').writeSync(2, 'LOADED ' + JSON.stringify(Object.keys(require.cache)
+        .filter((f) => f.includes('/dist/src/cli/commands/')).map((f) => path.basename(f, '.js')).sort()) + '\\n'));`,
+    );
+    const loaded = (args: string[]): string[] => {
+      const r = spawnSync(process.execPath, ['-r', hook, path.join(root, 'bin', 'fixedram.js'), ...args], {
+        encoding: 'utf8',
+        cwd: dir,
+      });
+      const line = /^LOADED (.*)$/m.exec(r.stderr);
+      assert.ok(line, `no LOADED line: ${r.stderr}`);
+      return JSON.parse(line[1]!) as string[];
+    };
+    // the command modules among them (helpers such as table and totals aside)
+    const commandModules = (args: string[]): string[] =>
+      loaded(args).filter((m) => commands.some((c) => c.replace(' ', '-') === m));
+    // a run that fails early (no such snapshot) still shows what start-up loaded
+    assert.deepEqual(
+      commandModules(['save', '--update', '-o', path.join(dir, 'none.fxr'), '-b', `a=${path.join(dir, 'a')}`]),
+      ['save'],
+    );
+    assert.deepEqual(commandModules(['verify', path.join(dir, 'none.fxr')]), ['verify']);
+    assert.deepEqual(commandModules(['vm', 'save', '--help']), ['vm-save']);
+    // the premise: --help builds every command
+    const withModule = commands
+      .map((c) => c.replace(' ', '-'))
+      .filter((m) => fs.existsSync(path.join(root, 'dist', 'src', 'cli', 'commands', `${m}.js`)));
+    assert.ok(withModule.length >= 10, `${withModule.join(' ')}`);
+    assert.deepEqual(commandModules(['--help']), withModule.sort(), 'help loads every command');
+  });
+
   it('README usage block, --help and the global options agree, command by command', () => {
     const { perCommand, global } = readmeUsage();
     assert.ok(

@@ -3,8 +3,7 @@ import type { ConvertOptions, ConvertResult } from '../../convert';
 import type { S3CommandOptions, S3ConvertResult } from '../../s3/commands';
 import { defineCommand, given, withContext } from '../command';
 import { directIoOption, noFsyncOption, s3EndpointOption } from '../options';
-import { jsonBlock, mib, plural, rate, sum } from '../human';
-import { s3PushLine } from './push';
+import { jsonBlock, mib, plural, rate, s3PushLine, sum } from '../human';
 import { blockTotals } from './totals';
 
 interface Flags {

@@ -3,28 +3,13 @@ import type { S3CommandOptions } from '../../s3/commands';
 import type { PushResult } from '../../s3/transfer';
 import { defineCommand, given } from '../command';
 import { s3EndpointOption } from '../options';
-import { mib, plural, rate } from '../human';
+import { s3PushLine } from '../human';
 
 interface Flags {
   s3Endpoint?: string;
 }
 type Options = S3CommandOptions & { file: string; url: string; channels?: number; signal?: AbortSignal };
 type Result = PushResult & { command: 'push'; file: string };
-
-/** The one-line summary of an upload (also printed by `save -o s3://`). */
-export function s3PushLine(r: PushResult): string {
-  if (r.mode === 'patch') {
-    return (
-      `  ${r.url}: page-level update: ${plural(r.pagesChanged, 'page')} changed; ${mib(r.bytesUploaded)} uploaded ` +
-      `(changed pages and metadata) as patch layer ${r.patchLayers}; ${r.seconds.toFixed(2)} s, ${plural(r.channels, 'channel')}`
-    );
-  }
-  return (
-    `  ${r.url}: ${r.chunksPresent} of ${r.chunks} chunks of ${mib(r.chunkBytes)} hold data; ${r.chunksUploaded} uploaded ` +
-    `(${mib(r.bytesUploaded)}), ${r.chunksReused} already there; ${r.seconds.toFixed(2)} s (${rate(r.bytesUploaded, r.seconds)}), ` +
-    `${plural(r.channels, 'channel')}`
-  );
-}
 
 export default defineCommand<Flags, Options, Result>({
   name: 'push',

@@ -5,9 +5,8 @@ import type { SaveOptions, SaveResult } from '../../save';
 import type { S3CommandOptions, S3SaveResult } from '../../s3/commands';
 import type { UpdateOptions, UpdateResult } from '../../update';
 import { defineCommand, given, withContext } from '../command';
-import { jsonBlock, mib, plural, rate, sum } from '../human';
+import { jsonBlock, mib, plural, rate, s3PushLine, sum } from '../human';
 import { collectBlock, directIoOption, noFsyncOption, parseSize, s3EndpointOption } from '../options';
-import { s3PushLine } from './push';
 import { blockTotals } from './totals';
 
 interface Flags {
