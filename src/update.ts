@@ -87,6 +87,13 @@ export interface UpdateResult {
   bytesWritten: number;
   channels: number;
   seconds: number;
+  /**
+   * Where the time went, in milliseconds: the phases in order (startup = node and the modules, up
+   * to the call), then what the channels spent inside 'pages', summed over them (chRead, chHash,
+   * chWrite, chPunch, chCpu: their threads' CPU time in the page mover), and writeback (the pump's
+   * calls). Also logged at debug level ('update: phases (ms)').
+   */
+  phases: Record<string, number>;
 }
 
 /**
@@ -113,6 +120,12 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   let scan: ReturnType<typeof scanSources> | undefined;
   let durable: Promise<number> | undefined;
   try {
+    // The channels' threads start first, so that their start-up (a new isolate, the modules, the
+    // addon: 30-90 ms each) overlaps all of the main thread's preparation below (lock, header,
+    // tables, mark). The main thread is one of the channels (it has nothing else to do meanwhile):
+    // one thread fewer. Sources of one batch in all, or a windowed walk (its own pool), never use them.
+    const sourceBytes = files.reduce((s, f) => s + f.size, 0);
+    if (channels > 1 && (files.length > 1 || sourceBytes > batchBytes)) team = prestartChannels(channels - 1);
     refuseAliasing(
       output,
       opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })),
@@ -167,14 +180,16 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       if (ps !== b.pageSize) mismatch(`block '${b.name}' has page size ${ps}, the snapshot has ${b.pageSize}`);
     });
     phases.lap('open');
-    // started now, so they overlap reading the tables and marking: the channels' threads, and the
-    // walks of the sources' data extents on the libuv pool
     // Blocks with more pages than one window (whole tables would not fit the memory bound): the
     // windowed walk of updatePages below, whose memory is one window of tables
     const windowed = !fitsOneWindow(h.blocks);
     const plan = windowed ? undefined : planBatches(h.blocks, batchBytes);
-    // the main thread is one of the channels (it has nothing else to do meanwhile): one thread fewer
-    team = plan && plan.count > 1 ? prestartChannels(Math.min(channels, plan.count) - 1) : undefined;
+    if (!plan || plan.count <= 1) {
+      team?.dispose(); // (runChannels stops any the plan has no batch for)
+      team = undefined;
+    }
+    // started now, so that they overlap reading the tables and marking: the walks of the sources'
+    // data extents on the libuv pool
     scan = windowed
       ? undefined
       : scanSources(
@@ -316,24 +331,20 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       fsyncDir(path.dirname(output));
     }
     phases.lap('commit');
-    opts.logger?.debug(
-      {
-        phases: {
-          ...phases.ms,
-          // summed over the channels (channel-milliseconds), inside 'pages'
-          chRead: stats.readNs / 1e6,
-          chHash: stats.hashNs / 1e6,
-          chWrite: stats.writeNs / 1e6,
-          chPunch: stats.punchNs / 1e6,
-          // CPU time of the channels' threads in the page mover (on a busy machine the wall times
-          // above include waiting for a CPU; this does not)
-          chCpu: stats.cpuNs / 1e6,
-          writeback: pump?.calls ?? 0,
-        },
-        xxh3: native().hashUnit(),
-      },
-      'update: phases (ms)',
-    );
+    const ms = (ns: number): number => Math.round(ns / 1e5) / 10;
+    const timings = {
+      ...phases.ms,
+      // summed over the channels (channel-milliseconds), inside 'pages'
+      chRead: ms(stats.readNs),
+      chHash: ms(stats.hashNs),
+      chWrite: ms(stats.writeNs),
+      chPunch: ms(stats.punchNs),
+      // CPU time of the channels' threads in the page mover (on a busy machine the wall times
+      // above include waiting for a CPU; this does not)
+      chCpu: ms(stats.cpuNs),
+      writeback: pump?.calls ?? 0,
+    };
+    opts.logger?.debug({ phases: timings, xxh3: native().hashUnit() }, 'update: phases (ms)');
     const metaBytes =
       (changed ? h.blocks.reduce((s, b) => s + b.bitmapBytes + b.checksumsBytes, 0) : 0) + 2 * marked.length;
     const presentPages = summary.counts.reduce((s, c) => s + c, 0);
@@ -361,6 +372,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
       bytesWritten: stats.bytesWritten + metaBytes,
       channels: stats.channels,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      phases: timings,
     };
   } catch (err) {
     if (isSystemError(err) && err.path === undefined) err.path = output;
