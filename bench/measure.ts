@@ -232,8 +232,9 @@ export function sleepSync(ms: number): void {
 }
 
 /**
- * The phase breakdown a fixedram command logs at --log-level debug (`{ phases }`: 'update: phases
- * (ms)', 'vm save: phases (ms)'), from its stderr; {} when there is none.
+ * The phase breakdown of a fixedram command (`{ phases }`), from a line of its output: the --json
+ * result on stdout (save --update) or the --log-level debug line on stderr ('update: phases (ms)',
+ * 'vm save: phases (ms)'); {} when there is none.
  */
 export function phasesOf(stderr: string): Record<string, number> {
   for (const line of stderr.split('\n')) {

@@ -91,6 +91,12 @@ const samples: Record<string, Sample> = {
     assert.equal(u.command, 'save');
     assert.equal(u.update, true);
     assert.equal(u.snapshot, snap);
+    // where the time went, in ms: the phases in order, then the channels' sums
+    const phases = u.phases as Record<string, number>;
+    assert.deepEqual(Object.keys(phases).slice(0, 3), ['startup', 'logger', 'open']);
+    for (const k of ['tablesRead', 'pages', 'commit', 'chHash', 'chCpu'])
+      assert.ok(typeof phases[k] === 'number' && phases[k] >= 0, `phases.${k}: ${phases[k]}`);
+    assert.ok(phases.startup! > 0 && phases.startup! < 60_000, `startup ${phases.startup}`);
   },
   load: (t) => {
     const { dir, a, snap } = blocks(t);
