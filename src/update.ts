@@ -69,6 +69,12 @@ export interface UpdateOptions {
   signal?: AbortSignal;
   onProgress?: ProgressSink;
   logger?: Logger;
+  /**
+   * Channel threads the caller started ahead (prestartChannels), so that their start-up overlaps
+   * its own (the CLI starts them before it loads, see cli/early.ts): the update takes as many as
+   * it needs instead of starting its own, and stops the rest.
+   */
+  team?: ChannelTeam;
 }
 
 export interface UpdateResult {
@@ -106,7 +112,7 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   const started = process.hrtime.bigint();
   const phases = phaseClock();
   // the first debug line loads the logger (pino, tens of milliseconds): a phase of its own
-  opts.logger?.debug({ output: opts.output }, 'update: start');
+  opts.logger?.debug({ output: opts.output, channelsStartedAhead: opts.team !== undefined }, 'update: start');
   phases.lap('logger');
   const { channels, output } = checkWriteOptions(opts);
   const doSync = checkFsync(opts.fsync);
@@ -125,7 +131,8 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     // tables, mark). The main thread is one of the channels (it has nothing else to do meanwhile):
     // one thread fewer. Sources of one batch in all, or a windowed walk (its own pool), never use them.
     const sourceBytes = files.reduce((s, f) => s + f.size, 0);
-    if (channels > 1 && (files.length > 1 || sourceBytes > batchBytes)) team = prestartChannels(channels - 1);
+    if (opts.team) team = opts.team;
+    else if (channels > 1 && (files.length > 1 || sourceBytes > batchBytes)) team = prestartChannels(channels - 1);
     refuseAliasing(
       output,
       opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })),

@@ -11,6 +11,9 @@ import { describe, it } from 'node:test';
 import { load, save, verify } from '../src/index';
 import { openSnapshot } from '../src/snapshot';
 import { update } from '../src/update';
+import { prestartChannels } from '../src/channels/pool';
+import { earlyWorkers } from '../src/cli/early';
+import { defaultChannels } from '../src/options';
 import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
@@ -542,5 +545,70 @@ describe('save --update: the extent walk is used while it runs', () => {
       mask.subarray(0, first).every((v) => v === 0),
       'nothing before firstPage is touched',
     );
+  });
+});
+
+describe('save --update: channel threads started ahead', () => {
+  it('the command line is read without the parser: save --update and its -j, nothing else', () => {
+    const n = defaultChannels();
+    const b = ['-o', 'x.fxr', '-b', 'a=a.ram'];
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '3']), 2);
+    assert.equal(earlyWorkers(['save', ...b, '--update', '-j4']), 3);
+    assert.equal(earlyWorkers(['save', '--update', ...b, '--channels=2']), 1);
+    assert.equal(earlyWorkers(['save', '--update', ...b, '--channels', '5', '-j', '2']), 1, 'the last -j counts');
+    assert.equal(earlyWorkers(['save', '--update', ...b]), n - 1, 'default: one channel per CPU');
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '1']), 0);
+    assert.equal(earlyWorkers(['save', ...b, '-j', '4']), 0, 'a full save');
+    assert.equal(earlyWorkers(['load', 'x.fxr', '--update', '-j', '4']), 0, 'another command');
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', 'lots']), 0, 'a bad value is the parser’s to report');
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '65']), 0);
+    assert.equal(earlyWorkers(['save', '--update', ...b, '--help', '-j', '4']), 0);
+    assert.equal(earlyWorkers(['save', '--update', '-o', 's3://b/k', '-b', 'a=a.ram', '-j', '4']), 0, 's3 has its own');
+  });
+
+  it('update() runs on the channels it is given and stops the ones it has no use for', async (t) => {
+    // 3000 + 1500 pages in batches of 64 pages: many batches, two channels (the main thread and one given)
+    const { blocks, out } = setup(t);
+    await save({ output: out, blocks, channels: 2, fsync: false });
+    blocks.forEach((b, i) => mutate(b.path, i + 1, 7));
+    const team = prestartChannels(2);
+    const r = await update({ output: out, blocks, channels: 2, batchBytes: 64 * kPage, fsync: false, team });
+    assert.equal(team.taken, 1, 'one of the two was taken (-j 2: the main thread and one worker)');
+    assert.equal(team.take(), undefined, 'the other was stopped');
+    assert.ok(r.pagesWritten > 0);
+    const v = await verify({ snapshot: out, against: blocks, channels: 2 });
+    assert.equal(v.ok, true, JSON.stringify(v.failures.slice(0, 3)));
+    // one batch in all: none is taken, all are stopped
+    const small = setup(t, [16]);
+    await save({ output: small.out, blocks: small.blocks, channels: 1, fsync: false });
+    const idle = prestartChannels(1);
+    await update({ output: small.out, blocks: small.blocks, channels: 2, fsync: false, team: idle });
+    assert.equal(idle.taken, 0);
+    assert.equal(idle.take(), undefined);
+  });
+
+  it('through the bin, save --update -j 2 runs on a channel started before the CLI loaded; -j 1 starts none', (t) => {
+    const { blocks, out } = setup(t, [3000]);
+    const args = [
+      '-o',
+      out,
+      '-b',
+      `b0=${blocks[0]!.path}`,
+      '--no-fsync',
+      '--log-level',
+      'debug',
+      '--log-format',
+      'json',
+    ];
+    assert.equal(fixedram(['save', ...args.slice(0, 4), '--no-fsync']).status, 0);
+    const ahead = (j: string): unknown => {
+      const r = fixedram(['save', '--update', ...args, '-j', j]);
+      assert.equal(r.status, 0, r.stderr);
+      const start = r.stderr.split('\n').find((l) => l.includes('update: start'));
+      assert.ok(start, r.stderr);
+      return (JSON.parse(start) as { channelsStartedAhead?: unknown }).channelsStartedAhead;
+    };
+    assert.equal(ahead('2'), true);
+    assert.equal(ahead('1'), false);
   });
 });

@@ -62,6 +62,8 @@ export interface ChannelTeam {
   take(): TeamSlot | undefined;
   /** Stops the channels not taken. */
   dispose(): void;
+  /** How many channels were taken so far. */
+  readonly taken: number;
 }
 
 export interface TeamSlot {
@@ -72,9 +74,18 @@ export interface TeamSlot {
 }
 
 export function prestartChannels(count: number): ChannelTeam {
-  const idle = Array.from({ length: Math.max(0, count) }, (_, i) => {
+  const idle: (TeamSlot & { detach(): void })[] = [];
+  for (let i = 0; i < count; i++) {
+    let worker: Worker;
+    try {
+      worker = new Worker(kWorkerFile, { name: `fixedram-channel-${i}` });
+    } catch {
+      // a thread or descriptor limit: fewer start ahead; runChannels starts the rest itself and
+      // reports such a failure in one line
+      break;
+    }
     const slot: TeamSlot & { detach(): void } = {
-      worker: new Worker(kWorkerFile, { name: `fixedram-channel-${i}` }),
+      worker,
       exited: false,
       detach: () => {
         slot.worker.off('error', onError).off('exit', onExit).ref();
@@ -88,16 +99,23 @@ export function prestartChannels(count: number): ChannelTeam {
       slot.exited = true;
     };
     slot.worker.on('error', onError).on('exit', onExit).unref();
-    return slot;
-  });
+    idle.push(slot);
+  }
+  let taken = 0;
   return {
     take: () => {
       const slot = idle.shift();
-      slot?.detach();
+      if (slot) {
+        taken++;
+        slot.detach();
+      }
       return slot;
     },
     dispose: () => {
       for (const slot of idle.splice(0)) void slot.worker.terminate();
+    },
+    get taken() {
+      return taken;
     },
   };
 }

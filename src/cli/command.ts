@@ -8,15 +8,18 @@ import type { Logger } from 'pino';
 import type { ExitCode } from '../errors';
 import type { ProgressSink } from '../progress';
 import type { GlobalFlags, GlobalOptionSet } from './options';
+import type { ChannelTeam } from '../channels/pool';
 
 /** What every core call gets from the CLI run (absent ones are left out of the options). */
 export interface CoreContext {
   signal?: AbortSignal;
   logger?: Logger;
   onProgress?: ProgressSink;
+  /** Channel threads started before the CLI was loaded (early.ts); only `save --update` takes them. */
+  team?: ChannelTeam;
 }
 
-/** Spreads the context into core options (leaving out what is undefined). */
+/** Spreads the context into core options (leaving out what is undefined; not the team). */
 export function withContext(ctx: CoreContext): CoreContext {
   return {
     ...(ctx.signal ? { signal: ctx.signal } : {}),

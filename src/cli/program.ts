@@ -11,6 +11,7 @@ import { removeTempsSync } from '../cleanup';
 import { ExitCode, FixedramError, isSystemError } from '../errors';
 import { makeCliLogger } from '../log';
 import { progressReporter } from '../progress';
+import type { ChannelTeam } from '../channels/pool';
 import type { CliCommand, CoreContext } from './command';
 import { commandFor } from './commands/table';
 import { addGlobalOptions, type GlobalFlags } from './options';
@@ -46,6 +47,11 @@ export interface ProgramIo {
    * the flag → option mapping in process with it).
    */
   capture?: (command: string, options: unknown) => void;
+  /**
+   * Channel threads started before the CLI was loaded (see early.ts), for the command to use; the
+   * ones it leaves are stopped when it is done.
+   */
+  team?: ChannelTeam;
 }
 
 /** The commands of a program, with their full names ('vm save'), for help, completion and man page. */
@@ -124,6 +130,7 @@ export function makeProgram(
       ...(io.signal ? { signal: io.signal } : {}),
       logger,
       ...(reporter ? { onProgress: reporter.sink } : {}),
+      ...(io.team ? { team: io.team } : {}),
     };
     try {
       const options: unknown = spec.options(args, flags, ctx);
@@ -197,11 +204,13 @@ export async function runCli(argv: readonly string[], io: ProgramIo): Promise<vo
       return;
     }
     throw err;
+  } finally {
+    io.team?.dispose(); // the channels the command did not take
   }
 }
 
 /** Entry point of bin/fixedram.js: signals, stdout failures, exit status. */
-export async function main(argv = process.argv.slice(2)): Promise<void> {
+export async function main(argv = process.argv.slice(2), team?: ChannelTeam): Promise<void> {
   const controller = new AbortController();
   guardStderr(process.stderr); // a closed stderr never kills the work (src/streams.ts)
   const lines = new StderrLines(process.stderr);
@@ -228,6 +237,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     stderr: process.stderr,
     lines,
     signal: controller.signal,
+    ...(team ? { team } : {}),
     setExitCode: (c) => {
       process.exitCode = c;
     },

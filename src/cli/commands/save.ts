@@ -66,7 +66,7 @@ export default defineCommand<Flags, Options, Result>({
       };
     }
     return o.update
-      ? { update: true, save: common }
+      ? { update: true, save: { ...common, ...(ctx.team ? { team: ctx.team } : {}) } }
       : { update: false, save: { ...common, ...(o.directIo ? { directIo: true } : {}) } };
   },
   run: async (o) =>
