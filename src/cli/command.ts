@@ -1,7 +1,7 @@
 /**
  * One CLI command = one module exporting a {@link CliCommand}: its flags, the mapping of those flags
  * onto the typed core options, the call into the core, and how its result is printed. Adding a
- * command is one file in `commands/` and one line in `commands/index.ts`.
+ * command is one file in `commands/` and one line in `commands/table.ts`.
  */
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
