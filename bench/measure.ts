@@ -236,8 +236,8 @@ export function sleepSync(ms: number): void {
  * result on stdout (save --update) or the --log-level debug line on stderr ('update: phases (ms)',
  * 'vm save: phases (ms)'); {} when there is none.
  */
-export function phasesOf(stderr: string): Record<string, number> {
-  for (const line of stderr.split('\n')) {
+export function phasesOf(output: string): Record<string, number> {
+  for (const line of output.split('\n')) {
     if (!line.includes('"phases"')) continue;
     try {
       const p = (JSON.parse(line) as { phases?: Record<string, unknown> }).phases ?? {};

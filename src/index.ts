@@ -4,6 +4,8 @@
  */
 export { save, type SaveOptions, type SaveResult } from './save';
 export { update, type UpdateOptions, type UpdateResult } from './update';
+// channel threads started ahead of an update (UpdateOptions.team), so their start-up overlaps the caller's
+export { prestartChannels, type ChannelTeam } from './channels/pool';
 export { load, type LoadOptions, type LoadResult } from './load';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyFailure } from './verify';
 export { inspect, type InspectResult } from './inspect';

@@ -13,8 +13,9 @@
  * old pages while some slots already hold new ones, so "unchanged against the table" proves nothing.
  * A repair run therefore writes every present page and punches every absent one.
  *
- * Where the time goes (--log-level debug logs 'update: phases (ms)'): the channels' threads and the
- * sources' data-extent walks start before the tables are read, so their start-up overlaps it; the
+ * Where the time goes (UpdateResult.phases; --log-level debug logs them as 'update: phases (ms)'):
+ * the channels' threads (started before the sources are even opened when the CLI runs, see
+ * cli/early.ts) and the sources' data-extent walks start before the tables are read; the
  * UPDATING header's fdatasync runs on the libuv pool beside the walks (markSync), and the channels
  * start once it has settled, not once the walks have: each waits only until the walk has passed
  * its batch (ChannelBlock.maskReady); each channel hashes its batch straight from a mapping of the
@@ -94,8 +95,8 @@ export interface UpdateResult {
   channels: number;
   seconds: number;
   /**
-   * Where the time went, in milliseconds: the phases in order (startup = node and the modules, up
-   * to the call), then what the channels spent inside 'pages', summed over them (chRead, chHash,
+   * Where the time went, in milliseconds: the phases in order (startup = the process's age at the
+   * call: for the CLI, node and the modules), then what the channels spent inside 'pages', summed over them (chRead, chHash,
    * chWrite, chPunch, chCpu: their threads' CPU time in the page mover), and writeback (the pump's
    * calls). Also logged at debug level ('update: phases (ms)').
    */
@@ -114,25 +115,43 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
   // the first debug line loads the logger (pino, tens of milliseconds): a phase of its own
   opts.logger?.debug({ output: opts.output, channelsStartedAhead: opts.team !== undefined }, 'update: start');
   phases.lap('logger');
-  const { channels, output } = checkWriteOptions(opts);
-  const doSync = checkFsync(opts.fsync);
-  const batchBytes = checkBatchBytes(opts.batchBytes);
+  let files: OpenFile[];
+  let channels: number;
+  let output: string;
+  let doSync: boolean;
+  let batchBytes: number;
+  try {
+    ({ channels, output } = checkWriteOptions(opts));
+    doSync = checkFsync(opts.fsync);
+    batchBytes = checkBatchBytes(opts.batchBytes);
+    files = openSources(opts.blocks, opts);
+  } catch (err) {
+    opts.team?.dispose(); // given to be used or stopped
+    throw err;
+  }
   const hash64 = native().hash64;
-
-  const files = openSources(opts.blocks, opts);
   let lock: ReturnType<typeof lockOutput> | undefined;
   let snapFd: number | undefined;
-  let team: ChannelTeam | undefined;
+  let team: ChannelTeam | undefined = opts.team;
   let scan: ReturnType<typeof scanSources> | undefined;
   let durable: Promise<number> | undefined;
   try {
     // The channels' threads start first, so that their start-up (a new isolate, the modules, the
     // addon: 30-90 ms each) overlaps all of the main thread's preparation below (lock, header,
     // tables, mark). The main thread is one of the channels (it has nothing else to do meanwhile):
-    // one thread fewer. Sources of one batch in all, or a windowed walk (its own pool), never use them.
-    const sourceBytes = files.reduce((s, f) => s + f.size, 0);
-    if (opts.team) team = opts.team;
-    else if (channels > 1 && (files.length > 1 || sourceBytes > batchBytes)) team = prestartChannels(channels - 1);
+    // one thread fewer; no more than the sources have batches; none for a windowed walk (its own
+    // pool). What the header says later may still leave some unused (stopped then).
+    if (!team && channels > 1) {
+      const guess = files.map((f) => {
+        const pageSize = pageSizeFor(f, opts.pageSize);
+        return { pageSize, pages: Math.floor(f.size / pageSize) };
+      });
+      const batches = guess.reduce(
+        (s, b) => s + Math.ceil(b.pages / Math.max(1, Math.floor(batchBytes / b.pageSize))),
+        0,
+      );
+      if (batches > 1 && fitsOneWindow(guess)) team = prestartChannels(Math.min(channels, batches) - 1);
+    }
     refuseAliasing(
       output,
       opts.blocks.map((b, i) => ({ name: b.name, file: files[i]! })),
@@ -310,7 +329,10 @@ export async function update(opts: UpdateOptions): Promise<UpdateResult> {
     phases.lap('pages');
     h.blocks.forEach((b, i) => checkUnchanged(files[order[i]!]!, b.name));
     opts.onPagesCopied?.();
-    opts.logger?.debug({ written: stats.writtenPages, punched: stats.punchedPages }, 'update: pages written');
+    opts.logger?.debug(
+      { written: stats.writtenPages, punched: stats.punchedPages, channelsTakenAhead: team?.taken ?? 0 },
+      'update: pages written',
+    );
 
     // commit. Nothing changed (and no repair): the tables on disk are already right, so only the
     // header is written (UPDATING above, COMPLETE here).

@@ -13,7 +13,6 @@ import { openSnapshot } from '../src/snapshot';
 import { update } from '../src/update';
 import { prestartChannels } from '../src/channels/pool';
 import { earlyWorkers } from '../src/cli/early';
-import { defaultChannels } from '../src/options';
 import { spawnSync } from 'node:child_process';
 import { fixedram, fixedramChild, kBin } from './support/cli';
 import { firstDifferentPage, makeBlock, stampPage } from './support/stamp';
@@ -549,21 +548,45 @@ describe('save --update: the extent walk is used while it runs', () => {
 });
 
 describe('save --update: channel threads started ahead', () => {
-  it('the command line is read without the parser: save --update and its -j, nothing else', () => {
-    const n = defaultChannels();
-    const b = ['-o', 'x.fxr', '-b', 'a=a.ram'];
+  it('the command line is read without the parser, and the guess stays low', (t) => {
+    const n = Math.min(64, os.availableParallelism());
+    const dir = tempDir(t);
+    const sized = (name: string, bytes: number): string => {
+      const p = path.join(dir, name);
+      fs.writeFileSync(p, '');
+      fs.truncateSync(p, bytes); // sparse: only the size counts
+      return p;
+    };
+    const big = sized('big.ram', 64 << 20); // 16 batches of 4 MiB
+    const b = ['-o', 'x.fxr', '-b', `a=${big}`];
     assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '3']), 2);
     assert.equal(earlyWorkers(['save', ...b, '--update', '-j4']), 3);
     assert.equal(earlyWorkers(['save', '--update', ...b, '--channels=2']), 1);
     assert.equal(earlyWorkers(['save', '--update', ...b, '--channels', '5', '-j', '2']), 1, 'the last -j counts');
-    assert.equal(earlyWorkers(['save', '--update', ...b]), n - 1, 'default: one channel per CPU');
+    assert.equal(earlyWorkers(['save', '--update', ...b]), Math.min(n, 16) - 1, 'default: one channel per CPU');
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '0']), Math.min(n, 16) - 1, '0: one per CPU');
+    assert.equal(earlyWorkers(['save', '--update', `--block=a=${big}`, '-j', '3']), 2);
+    assert.equal(earlyWorkers(['save', '--update', `-ba=${big}`, '-j', '3']), 2);
+    // no more than the blocks have batches; none for one batch, a missing file, or a windowed walk
+    const two = sized('two.ram', 8 << 20);
+    assert.equal(earlyWorkers(['save', '--update', '-b', `a=${two}`, '-j', '8']), 1);
+    assert.equal(earlyWorkers(['save', '--update', '-b', `a=${sized('one.ram', 4 << 20)}`, '-j', '8']), 0);
+    assert.equal(earlyWorkers(['save', '--update', '-b', `a=${path.join(dir, 'none')}`, '-j', '8']), 0);
+    assert.equal(earlyWorkers(['save', '--update', '-b', `a=${sized('huge.ram', 9 * 2 ** 30)}`, '-j', '8']), 0);
+    // not an update, or values the parser would refuse (its to report): none
     assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '1']), 0);
     assert.equal(earlyWorkers(['save', ...b, '-j', '4']), 0, 'a full save');
     assert.equal(earlyWorkers(['load', 'x.fxr', '--update', '-j', '4']), 0, 'another command');
-    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', 'lots']), 0, 'a bad value is the parser’s to report');
-    assert.equal(earlyWorkers(['save', '--update', ...b, '-j', '65']), 0);
+    for (const bad of ['lots', '0x3f', '1e1', ' 8', '+8', '8.0', '65', ''])
+      assert.equal(earlyWorkers(['save', '--update', ...b, '-j', bad]), 0, `-j '${bad}'`);
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j=8']), 0);
+    assert.equal(earlyWorkers(['save', '--update', ...b, '-j']), 0);
     assert.equal(earlyWorkers(['save', '--update', ...b, '--help', '-j', '4']), 0);
-    assert.equal(earlyWorkers(['save', '--update', '-o', 's3://b/k', '-b', 'a=a.ram', '-j', '4']), 0, 's3 has its own');
+    assert.equal(
+      earlyWorkers(['save', '--update', '-o', 's3://b/k', '-b', `a=${big}`, '-j', '4']),
+      0,
+      's3 has its own',
+    );
   });
 
   it('update() runs on the channels it is given and stops the ones it has no use for', async (t) => {
@@ -588,6 +611,7 @@ describe('save --update: channel threads started ahead', () => {
   });
 
   it('through the bin, save --update -j 2 runs on a channel started before the CLI loaded; -j 1 starts none', (t) => {
+    // 3000 pages: three batches of 4 MiB
     const { blocks, out } = setup(t, [3000]);
     const args = [
       '-o',
@@ -601,14 +625,26 @@ describe('save --update: channel threads started ahead', () => {
       'json',
     ];
     assert.equal(fixedram(['save', ...args.slice(0, 4), '--no-fsync']).status, 0);
-    const ahead = (j: string): unknown => {
+    const ahead = (j: string): { given: unknown; taken: unknown } => {
       const r = fixedram(['save', '--update', ...args, '-j', j]);
       assert.equal(r.status, 0, r.stderr);
-      const start = r.stderr.split('\n').find((l) => l.includes('update: start'));
-      assert.ok(start, r.stderr);
-      return (JSON.parse(start) as { channelsStartedAhead?: unknown }).channelsStartedAhead;
+      const line = (msg: string): Record<string, unknown> => {
+        const l = r.stderr.split('\n').find((x) => x.includes(msg));
+        assert.ok(l, `${msg}: ${r.stderr}`);
+        return JSON.parse(l) as Record<string, unknown>;
+      };
+      return {
+        given: line('update: start').channelsStartedAhead,
+        taken: line('update: pages written').channelsTakenAhead,
+      };
     };
-    assert.equal(ahead('2'), true);
-    assert.equal(ahead('1'), false);
+    assert.deepEqual(ahead('2'), { given: true, taken: 1 });
+    assert.deepEqual(ahead('1'), { given: false, taken: 0 });
+    // a usage error (no -o) with channels started ahead: exit 2 at once, nothing left running
+    const r = spawnSync(process.execPath, [kBin, 'save', '--update', '-b', `b0=${blocks[0]!.path}`, '-j', '4'], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    assert.equal(r.status, 2, `${r.error?.message ?? ''} ${r.stderr}`);
   });
 });

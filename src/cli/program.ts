@@ -186,9 +186,10 @@ export async function runCli(argv: readonly string[], io: ProgramIo): Promise<vo
   const setExitCode = (c: number): void => io.setExitCode(stdoutState.failed ? ExitCode.system : c);
   // a run that names a command builds the program of that command alone (only its module is
   // loaded); anything else (no command, a typo, help, completion) gets every command
-  const only = commandFor(argv);
-  const program = only ? makeProgram({ ...io, setExitCode }, [only]) : makeProgram({ ...io, setExitCode });
+  let program: Command | undefined;
   try {
+    const only = commandFor(argv);
+    program = only ? makeProgram({ ...io, setExitCode }, [only]) : makeProgram({ ...io, setExitCode });
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
     if (err instanceof CommanderError) {
@@ -198,7 +199,7 @@ export async function runCli(argv: readonly string[], io: ProgramIo): Promise<vo
         return;
       }
       if (argv.includes('--json')) {
-        io.stdout.write(`${JSON.stringify(errorEnvelope(commandNamed(program, argv), err))}\n`);
+        io.stdout.write(`${JSON.stringify(errorEnvelope(program ? commandNamed(program, argv) : null, err))}\n`);
       }
       setExitCode(ExitCode.usage);
       return;
