@@ -96,9 +96,9 @@ export interface UpdateResult {
   seconds: number;
   /**
    * Where the time went, in milliseconds: the phases in order (startup = the process's age at the
-   * call: for the CLI, node and the modules), then what the channels spent inside 'pages', summed over them (chRead, chHash,
-   * chWrite, chPunch, chCpu: their threads' CPU time in the page mover), and writeback (the pump's
-   * calls). Also logged at debug level ('update: phases (ms)').
+   * call: for the CLI, node and the modules), then what the channels spent inside 'pages', summed
+   * over them (chRead, chHash, chWrite, chPunch, chCpu: their threads' CPU time in the page mover),
+   * and writeback (the pump's calls). Also logged at debug level ('update: phases (ms)').
    */
   phases: Record<string, number>;
 }
