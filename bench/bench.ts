@@ -12,7 +12,17 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { kDefaultMix, kDenseMix, kSparseMix, makeImage, mutateImage, type ImageStats } from './image';
-import { evict, killCurrent, measure, phasesOf, quiesce, run, type RunResult, type Usage } from './measure';
+import {
+  ddWriteArgv,
+  evict,
+  killCurrent,
+  measure,
+  phasesOf,
+  quiesce,
+  run,
+  type RunResult,
+  type Usage,
+} from './measure';
 import { QemuPeer, qemuVersion, reportedAccelerator, stopAllQemu } from './qemu';
 import {
   extraMedian,
@@ -385,16 +395,7 @@ async function main(): Promise<void> {
             rm(ddOut);
             flush();
           },
-          argv: [
-            'dd',
-            'if=/dev/zero',
-            `of=${ddOut}`,
-            'bs=4M',
-            `count=${ram / (4 * MiB)}`,
-            'oflag=direct',
-            'conv=fsync',
-            'status=none',
-          ],
+          argv: ddWriteArgv(ddOut, ram),
         },
         saveCase(1),
         saveCase(2),

@@ -248,3 +248,21 @@ export function phasesOf(output: string): Record<string, number> {
   }
   return {};
 }
+
+/**
+ * The device's write rate as the bench's peer: `bytes` of zeros written to `out` with O_DIRECT and
+ * an fsync at the end (the save section's dd row and the vm section's device floor run the same).
+ */
+export function ddWriteArgv(out: string, bytes: number): string[] {
+  const bs = 4 * 2 ** 20;
+  return [
+    'dd',
+    'if=/dev/zero',
+    `of=${out}`,
+    'bs=4M',
+    `count=${Math.ceil(bytes / bs)}`,
+    'oflag=direct',
+    'conv=fsync',
+    'status=none',
+  ];
+}

@@ -27,7 +27,7 @@ import { performance } from 'node:perf_hooks';
 import { QmpClient } from '../src/qmp';
 import { buildGuest, type GuestKernel } from '../test/support/guest';
 import { kDefaultMix, makeImage } from './image';
-import { evict, measure, median, phasesOf, quiesce, run, type RunResult } from './measure';
+import { ddWriteArgv, evict, measure, median, phasesOf, quiesce, run, type RunResult } from './measure';
 import { acceleratorOf, noteAccelerator, qemuBinary, reportedAccelerator } from './qemu';
 import { fmt, GiB, MiB, plainTable, type Target } from './report';
 
@@ -258,16 +258,7 @@ export async function vmBench(o: VmBenchOptions): Promise<VmBenchResult> {
       // the device: the whole RAM size with O_DIRECT + fsync, as the save section's dd row
       fs.rmSync(ddOut, { force: true });
       quiesce(o.disk);
-      const dd = await measure([
-        'dd',
-        'if=/dev/zero',
-        `of=${ddOut}`,
-        'bs=4M',
-        `count=${ram / (4 * MiB)}`,
-        'oflag=direct',
-        'conv=fsync',
-        'status=none',
-      ]);
+      const dd = await measure(ddWriteArgv(ddOut, ram));
       if (dd.status !== 0) throw new Error(`dd failed: ${dd.stderr.trim()}`);
       rows.dd.push(dd.wall);
       fs.rmSync(ddOut, { force: true });
