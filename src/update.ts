@@ -43,6 +43,7 @@ import { ioError, isSystemError, snapshotError } from './errors';
 import { encodeHeader, kFlagComplete, kFlagUpdating } from './format';
 import { fsyncDir } from './commit';
 import { checkBatchBytes, checkFsync, checkWriteOptions } from './options';
+import { phaseClock } from './phases';
 import { lockOutput } from './lock';
 import { fromNativeError, native } from './native';
 import { kWindowPages, planBatches, windowPagesFor } from './plan';
@@ -425,24 +426,6 @@ function syncAsync(fd: number): Promise<number> {
       else resolve(Math.round(Number(process.hrtime.bigint() - at) / 1e5) / 10);
     });
   });
-}
-
-/**
- * Milliseconds per phase of an update, for the debug log: 'startup' is the process's age when
- * update() was called (node start-up and module loading), then each lap() closes the phase since
- * the previous one.
- */
-function phaseClock(): { ms: Record<string, number>; lap(name: string): void } {
-  const ms: Record<string, number> = { startup: Math.round(process.uptime() * 1e4) / 10 };
-  let at = process.hrtime.bigint();
-  return {
-    ms,
-    lap(name: string): void {
-      const now = process.hrtime.bigint();
-      ms[name] = (ms[name] ?? 0) + Math.round(Number(now - at) / 1e5) / 10;
-      at = now;
-    },
-  };
 }
 
 /**

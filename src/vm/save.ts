@@ -33,6 +33,7 @@ import { kMaxDeviceStateBytes, sharedFileDeviceState } from './devstate';
 import { runState, setCapabilities, waitMigration } from './migrate';
 import { vmRam } from './ram';
 import type { WritePhase } from '../writer';
+import { phaseClock } from '../phases';
 
 export type VmThen = 'resume' | 'pause' | 'quit';
 
@@ -142,33 +143,10 @@ export async function machineType(q: QmpClient): Promise<string | undefined> {
   return typeof t === 'string' ? t.replace(/-machine$/, '') : undefined;
 }
 
-/**
- * The phases of a vm save, in the order they end, with when each ended (for `--log-level debug`:
- * 'vm save: phases (ms)', each phase's milliseconds since the one before; 'startup' is the time
- * from the process's start to vmSave).
- */
-class Phases {
-  private readonly marks: [string, bigint][] = [];
-  constructor(private readonly started: bigint) {}
-  mark(name: string): void {
-    this.marks.push([name, now()]);
-  }
-  report(): Record<string, number> {
-    const ms = (ns: bigint): number => Math.round(Number(ns) / 1e5) / 10;
-    const out: Record<string, number> = { startup: Math.round(performance.now() - Number(now() - this.started) / 1e6) };
-    let prev = this.started;
-    for (const [name, t] of this.marks) {
-      out[name] = ms(t - prev);
-      prev = t;
-    }
-    out.total = ms(prev - this.started); // to the last mark: the phases add up to it
-    return out;
-  }
-}
-
 export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   const started = now();
-  const phases = new Phases(started);
+  // 'vm save: phases (ms)' at debug level: each phase's milliseconds since the one before
+  const phases = phaseClock();
   const channels = checkChannels(opts.channels);
   if (!opts.output) throw usageError('an output file is required (-o FILE)');
   if (!opts.qmp) throw usageError('a QMP socket is required (--qmp SOCKET)');
@@ -178,7 +156,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
   const log = opts.logger;
 
   const q = await QmpClient.connect(opts.qmp);
-  phases.mark('qmpConnect');
+  phases.lap('qmpConnect');
   let stoppedAt: bigint | undefined;
   let tmp: string | undefined;
   let resuming: Promise<unknown> | undefined;
@@ -203,13 +181,13 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     // the capabilities only matter to a migration: set before the VM stops, put back after it runs
     restoreCaps = await setCapabilities(q, ram.sharedFiles ? ['x-ignore-shared'] : ['mapped-ram', 'multifd']);
     if (!ram.sharedFiles) await q.execute('migrate-set-parameters', { 'multifd-channels': Math.min(channels, 255) });
-    phases.mark('qmpQueries');
+    phases.lap('qmpQueries');
 
     const stop = async (): Promise<void> => {
       if (state.running) {
         await q.execute('stop');
         stoppedAt = now();
-        phases.mark('stop');
+        phases.lap('stop');
       }
     };
     /** QEMU's migration into tmp (the VM is stopped); short polls: this is downtime. */
@@ -222,7 +200,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
         opts.signal,
         ram.sharedFiles ? 2 : 20,
       );
-      phases.mark('deviceState');
+      phases.lap('deviceState');
     };
 
     let result: Omit<
@@ -241,11 +219,11 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     // the VM resumes as soon as its RAM is copied (the metadata and the fsync happen while it runs)
     // (awaited by save: its fdatasync blocks this thread, and QEMU's answer is read before it)
     const onPagesCopied = async (): Promise<void> => {
-      phases.mark('checked');
+      phases.lap('checked');
       if (then !== 'resume') return;
       resuming = q.execute('cont').then(() => {
         resumed = now();
-        phases.mark('cont');
+        phases.lap('cont');
       });
       await resuming.catch(() => undefined);
     };
@@ -257,7 +235,7 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
       // the writer's phases, named by what ended: the copy while the VM ran, the refresh (or all
       // pages), the metadata, the commit's syncs and rename
       onPhase: (p: WritePhase): void =>
-        phases.mark(
+        phases.lap(
           {
             'pre-copied': 'preCopy',
             pages: 'refresh',
@@ -369,8 +347,8 @@ export async function vmSave(opts: VmSaveOptions): Promise<VmSaveResult> {
     }
     await restoreCaps();
     restoreCaps = undefined;
-    phases.mark('end');
-    log?.debug({ phases: phases.report() }, 'vm save: phases (ms)');
+    phases.lap('end');
+    log?.debug({ phases: { ...phases.ms, total: phases.total() } }, 'vm save: phases (ms)');
     return {
       command: 'vm save',
       output,
